@@ -1,0 +1,347 @@
+"""The feed-forward network with its error pathways written out as tensor maths.
+
+Notation follows DESIGN.md §2 with 0-based layer indices: layer ``i`` maps
+``h[i-1]`` to ``a[i] = W[i] h[i-1] + b[i]`` and ``h[i] = post(a[i])``, where ``post``
+is the activation, then (for convolutions) an optional max-pool and a flatten.
+``h[-1]`` is the input ``x`` and ``h[L-1]`` is the output ``ŷ``.
+
+Errors are computed without autograd: for every layer the local Jacobians are
+applied explicitly, and the matrix that carries an error *down* through layer
+``j`` is chosen by the learning rule (``W[j]`` for backprop, ``B[j]`` otherwise).
+That keeps one step of a small MLP to a few dozen tensor operations, which is what
+makes a node-perturbation step cheaper than a plain autograd step (DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from trainables.errors import ConfigError
+
+Tensor = torch.Tensor
+_conv_backward = torch.ops.aten.convolution_backward
+_pool_backward = torch.ops.aten.max_pool2d_with_indices_backward
+
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
+LOSSES = ("mse", "cross_entropy")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One weight layer: a linear map or a stride-1 'same' convolution, then ``post``."""
+
+    name: str
+    kind: Literal["linear", "conv"]
+    in_size: int  # features (linear) or channels (conv)
+    out_size: int
+    activation: str = "identity"
+    kernel_size: int = 1
+    pool: tuple[int, int, int] | None = None  # max-pool (kernel, stride, padding)
+    flatten: bool = False
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}; valid: {ACTIVATIONS}")
+        if self.kind not in ("linear", "conv"):
+            raise ConfigError(f"unknown layer kind {self.kind!r}; valid: linear, conv")
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        if self.kind == "linear":
+            return (self.out_size, self.in_size)
+        return (self.out_size, self.in_size, self.kernel_size, self.kernel_size)
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.weight_shape[1:])
+
+
+@dataclass
+class LayerRecord:
+    """What the backward pass needs from one layer of the clean forward pass."""
+
+    inp: Tensor  # h[i-1] as this layer consumed it
+    a: Tensor  # pre-activation
+    z: Tensor  # activation output, before pooling
+    h_shape: torch.Size  # shape of h[i] before flattening
+    pool_indices: Tensor | None = None
+
+
+@dataclass
+class ForwardPass:
+    records: list[LayerRecord]
+    output: Tensor  # ŷ of the clean pass
+    noisy_output: Tensor | None = None
+    noise: list[Tensor] = field(default_factory=list)  # ξ per hidden layer (unit variance)
+
+
+def _activate(kind: str, a: Tensor) -> Tensor:
+    if kind == "sigmoid":
+        return torch.sigmoid(a)
+    if kind == "tanh":
+        return torch.tanh(a)
+    if kind == "relu":
+        return torch.relu(a)
+    return a
+
+
+def _activation_vjp(kind: str, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+    """grad ∘ σ'(a), with σ' written in terms of the stored output z = σ(a)."""
+    if kind == "sigmoid":
+        return grad * z * (1.0 - z)
+    if kind == "tanh":
+        return grad * (1.0 - z * z)
+    if kind == "relu":
+        return grad * (a > 0)
+    return grad
+
+
+class FeedbackNetwork:
+    """Forward weights ``W``/``b`` of a network and its explicit error pathways.
+
+    The network holds plain tensors (no autograd, no ``nn.Module``); learning rules
+    and optimizers update them in place.
+    """
+
+    def __init__(
+        self,
+        layers: tuple[LayerSpec, ...] | list[LayerSpec],
+        loss: str,
+        input_shape: tuple[int, ...],
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+    ):
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown loss {loss!r}; valid: {LOSSES}")
+        self.layers = tuple(layers)
+        self.loss = loss
+        self.input_shape = tuple(input_shape)
+        self.device = torch.device(device)
+        self.weights: list[Tensor] = []
+        self.biases: list[Tensor] = []
+        for spec in self.layers:
+            bound = 1.0 / math.sqrt(spec.fan_in)  # nn.Linear / nn.Conv2d default range
+            w = torch.empty(spec.weight_shape).uniform_(-bound, bound, generator=generator)
+            b = torch.empty(spec.out_size).uniform_(-bound, bound, generator=generator)
+            self.weights.append(w.to(self.device))
+            self.biases.append(b.to(self.device))
+        self.hidden_shapes = self._infer_hidden_shapes()
+
+    # ----------------------------------------------------------------- shapes
+    @property
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.layers]
+
+    @property
+    def output_size(self) -> int:
+        return self.layers[-1].out_size
+
+    def parameters(self) -> list[Tensor]:
+        """Forward parameters in a fixed order: W0, b0, W1, b1, ..."""
+        return [t for pair in zip(self.weights, self.biases, strict=True) for t in pair]
+
+    def _infer_hidden_shapes(self) -> list[tuple[int, ...]]:
+        """Per-sample shape of h[i] as the next layer sees it (flattened if requested)."""
+        x = torch.zeros((1, *self.input_shape), device=self.device)
+        shapes = []
+        with torch.no_grad():
+            for i in range(len(self.layers)):
+                x, _ = self._layer_forward(i, x)
+                shapes.append(tuple(x.shape[1:]))
+        return shapes
+
+    # ---------------------------------------------------------------- forward
+    def _layer_forward(self, i: int, inp: Tensor) -> tuple[Tensor, LayerRecord]:
+        spec = self.layers[i]
+        if spec.kind == "linear":
+            a = torch.addmm(self.biases[i], inp, self.weights[i].t())
+        else:
+            a = F.conv2d(inp, self.weights[i], self.biases[i], padding=spec.kernel_size // 2)
+        z = _activate(spec.activation, a)
+        h, indices = z, None
+        if spec.pool is not None:
+            k, s, p = spec.pool
+            h, indices = F.max_pool2d(z, k, s, p, return_indices=True)
+        h_shape = h.shape
+        if spec.flatten:
+            h = h.flatten(1)
+        return h, LayerRecord(inp, a, z, h_shape, indices)
+
+    def forward(self, x: Tensor) -> ForwardPass:
+        """Clean forward pass, keeping what the backward pass needs."""
+        records = []
+        h = x
+        for i in range(len(self.layers)):
+            h, rec = self._layer_forward(i, h)
+            records.append(rec)
+        return ForwardPass(records, h)
+
+    def predict(self, x: Tensor) -> Tensor:
+        h = x
+        for i in range(len(self.layers)):
+            h, _ = self._layer_forward(i, h)
+        return h
+
+    def hidden(self, x: Tensor, layer: int) -> Tensor:
+        """h[layer] for a batch (e.g. the autoencoder's 2-D code)."""
+        h = x
+        for i in range(layer + 1):
+            h, _ = self._layer_forward(i, h)
+        return h
+
+    def forward_noisy(self, x: Tensor, noise_std: float, generator: torch.Generator) -> ForwardPass:
+        """Clean and noisy passes stacked into one batch.
+
+        The noisy pass adds ``noise_std · ξ`` (ξ ~ N(0, I)) to every hidden layer's
+        output, after the nonlinearity, all layers at once; the output is not
+        perturbed. Both passes share layer 0's input, so the stack starts after it.
+        """
+        n = x.shape[0]
+        records = []
+        noise = []
+        last = len(self.layers) - 1
+        h = x
+        for i in range(len(self.layers)):
+            h, rec = self._layer_forward(i, h)
+            if i > 0:  # stacked: keep the clean half for the backward pass
+                rec = LayerRecord(
+                    rec.inp[:n],
+                    rec.a[:n],
+                    rec.z[:n],
+                    torch.Size((n, *rec.h_shape[1:])),
+                    None if rec.pool_indices is None else rec.pool_indices[:n],
+                )
+            records.append(rec)
+            if i < last:
+                xi = torch.randn((n, *h.shape[1:]), generator=generator, device=h.device)
+                noise.append(xi)
+                if i == 0:
+                    h = torch.cat([h, h + noise_std * xi])
+                else:
+                    h[n:].add_(xi, alpha=noise_std)
+        return ForwardPass(records, h[:n], h[n:], noise)
+
+    # ------------------------------------------------------------------- loss
+    def per_sample_loss(self, y_hat: Tensor, target: Tensor) -> Tensor:
+        """L per sample: ½‖ŷ − t‖² (MSE) or −log softmax(ŷ)_t (cross-entropy, t = labels)."""
+        if self.loss == "mse":
+            d = y_hat - target
+            return 0.5 * (d * d).sum(1)
+        return torch.logsumexp(y_hat, 1) - y_hat.gather(1, target[:, None]).squeeze(1)
+
+    def output_error(self, fp: ForwardPass, target: Tensor) -> Tensor:
+        """e[L-1] = ∂L/∂ŷ ∘ σ'(a[L-1]) per sample."""
+        y_hat = fp.output
+        if self.loss == "mse":
+            grad = y_hat - target
+        else:
+            grad = torch.softmax(y_hat, 1)
+            grad[torch.arange(len(target), device=grad.device), target] -= 1.0
+        rec = fp.records[-1]
+        return _activation_vjp(self.layers[-1].activation, rec.a, rec.z, grad)
+
+    # --------------------------------------------------------------- backward
+    def send_down(self, j: int, e: Tensor, matrix: Tensor, rec: LayerRecord) -> Tensor:
+        """λ[j-1] = matrixᵀ e[j]: the error layer j sends to h[j-1], flattened as h[j-1]."""
+        spec = self.layers[j]
+        if spec.kind == "linear":
+            return e @ matrix
+        grad_inp, _, _ = _conv_backward(
+            e, rec.inp, matrix, None, [1, 1], [spec.kernel_size // 2] * 2, [1, 1],
+            False, [0, 0], 1, [True, False, False],
+        )
+        return grad_inp
+
+    def send_direct(self, e_out: Tensor, matrix: Tensor) -> Tensor:
+        """Direct feedback: λ = Bᵀ e[L-1], B of shape (outputs, size of h)."""
+        return e_out @ matrix
+
+    def post_vjp(self, i: int, lam: Tensor, rec: LayerRecord) -> Tensor:
+        """e[i] = ∂h[i]/∂a[i]ᵀ λ[i]: through flatten, max-pool and the activation."""
+        spec = self.layers[i]
+        grad = lam.reshape(rec.h_shape)
+        if spec.pool is not None:
+            k, s, p = spec.pool
+            grad = _pool_backward(
+                grad, rec.z, [k, k], [s, s], [p, p], [1, 1], False, rec.pool_indices
+            )
+        return _activation_vjp(spec.activation, rec.a, rec.z, grad)
+
+    def backward(
+        self,
+        fp: ForwardPass,
+        e_out: Tensor,
+        feedback: list[Tensor | None],
+        direct: bool = False,
+    ) -> tuple[list[Tensor], list[Tensor | None]]:
+        """Errors of every layer and the signals λ that produced them.
+
+        ``feedback[j]`` (j ≥ 1) carries the error to h[j-1]: a matrix shaped like
+        ``W[j]`` (layer-wise) or ``(outputs, size of h[j-1])`` (``direct``).
+        Returns ``errors[i]`` = ẽ[i] and ``signals[j]`` = λ̃[j-1] (``signals[0]`` is None).
+        """
+        n_layers = len(self.layers)
+        errors: list[Tensor] = [e_out] * n_layers
+        signals: list[Tensor | None] = [None] * n_layers
+        e = e_out
+        for j in range(n_layers - 1, 0, -1):
+            rec = fp.records[j - 1]
+            if direct:
+                lam = self.send_direct(e_out, feedback[j])
+            else:
+                lam = self.send_down(j, e, feedback[j], fp.records[j])
+            signals[j] = lam
+            e = self.post_vjp(j - 1, lam, rec)
+            errors[j - 1] = e
+        return errors, signals
+
+    def weight_gradients(self, fp: ForwardPass, errors: list[Tensor]) -> list[Tensor]:
+        """Batch-summed ∂/∂W, ∂/∂b from the errors: ΔW[i] ∝ ẽ[i] h[i-1]ᵀ (DESIGN.md §2).
+
+        Returned in ``parameters()`` order; divide by the batch size for the mean.
+        """
+        grads = []
+        for i, spec in enumerate(self.layers):
+            e, rec = errors[i], fp.records[i]
+            if spec.kind == "linear":
+                grads.append(e.t() @ rec.inp)
+                grads.append(e.sum(0))
+            else:
+                _, gw, gb = _conv_backward(
+                    e, rec.inp, self.weights[i], [spec.out_size], [1, 1],
+                    [spec.kernel_size // 2] * 2, [1, 1], False, [0, 0], 1, [False, True, True],
+                )
+                grads.append(gw)
+                grads.append(gb)
+        return grads
+
+    def feedback_gradient(
+        self, j: int, e: Tensor, residual: Tensor, rec_j: LayerRecord | None, direct: bool
+    ) -> Tensor:
+        """Batch-summed ∂/∂B of ½‖Bᵀe − λ̂‖² for the feedback of layer j, given residual Bᵀe − λ̂."""
+        if direct or self.layers[j].kind == "linear":
+            return e.t() @ residual
+        spec = self.layers[j]
+        _, gw, _ = _conv_backward(
+            e, residual, self.weights[j], None, [1, 1], [spec.kernel_size // 2] * 2, [1, 1],
+            False, [0, 0], 1, [False, True, False],
+        )
+        return gw
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"weights": [w.clone() for w in self.weights],
+                "biases": [b.clone() for b in self.biases]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for dst, src in zip(self.weights + self.biases, state["weights"] + state["biases"],
+                            strict=True):
+            dst.copy_(src)
+
+    def all_finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in self.parameters())

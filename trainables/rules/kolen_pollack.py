@@ -1,0 +1,33 @@
+"""Kolen–Pollack (Akrout et al. 2019): matched updates plus weight decay on W and B."""
+
+from __future__ import annotations
+
+import torch
+
+from trainables.errors import ConfigError
+from trainables.rules._base import LearningRule, RuleSettings
+
+
+class KolenPollack(LearningRule):
+    """ΔB = ΔW, and both decay: with decay d = η·weight_decay, W − B shrinks by (1 − d)
+    every step (exactly so with the sgd optimizer, which applies W's own decay)."""
+
+    name = "kolen_pollack"
+    description = "matched updates plus weight decay on both W and B, so B → W"
+    tracks_weight_updates = True
+
+    def __init__(self, net, settings: RuleSettings, generator):
+        if settings.weight_decay <= 0:
+            raise ConfigError(
+                f"kolen_pollack needs weight_decay > 0 (got {settings.weight_decay}); "
+                "with no decay it is the 'matched' rule"
+            )
+        super().__init__(net, settings, generator)
+
+    def after_weight_update(self, deltas, old_weights):
+        # B ← B + ΔW + d·(W_old − B): ΔW already holds W's own decay −d·W_old.
+        d = self.settings.lr * self.settings.weight_decay
+        B = self.feedback[1:]
+        gap = torch._foreach_sub(old_weights[1:], B)
+        torch._foreach_add_(B, deltas[1:])
+        torch._foreach_add_(B, gap, alpha=d)

@@ -1,0 +1,21 @@
+"""Node perturbation learns the feedback (Lansdell, Prakash & Kording 2019)."""
+
+from __future__ import annotations
+
+from trainables.rules._base import RegressedFeedback, Step
+
+
+class NodePerturbation(RegressedFeedback):
+    """Feedback B[j] regresses the noise estimate λ̂[j-1] on ẽ[j], layer by layer.
+
+    With hidden noise c·ξ added after the nonlinearity (all hidden layers at once),
+    λ̂ = (L̃ − L)·ξ/c per sample — eq. (3) of the paper: E[λ̂ | x] ≈ ∂L/∂h.
+    """
+
+    name = "node_perturbation"
+    description = "feedback learned from the node-perturbation estimate (L̃ − L)ξ/c, layer-wise"
+    uses_noise = True
+
+    def targets(self, step: Step):
+        scale = (step.noisy_loss - step.loss) / self.settings.noise_std  # (L̃ − L)/c
+        return [None] + [xi * scale.view((-1,) + (1,) * (xi.dim() - 1)) for xi in step.fp.noise]

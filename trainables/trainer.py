@@ -1,0 +1,340 @@
+"""The trainer: pure PyTorch, knows the network and the rule only by their interfaces.
+
+One step (DESIGN.md §2): a clean forward pass (stacked with the noisy one when the
+rule needs it), the output error, errors sent down the rule's pathway, the forward
+weights' update by the optimizer, and the rule's feedback learning. Per epoch: the
+train loss, the test metrics and the alignment metrics on a fixed batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainables import metrics as M
+from trainables.config import TrainConfig
+from trainables.data import Dataset, load_dataset
+from trainables.errors import ConfigError, DivergenceError
+from trainables.experiments import EXPERIMENTS
+from trainables.network import FeedbackNetwork
+from trainables.optimizers import make_optimizer
+from trainables.rules import RuleSettings, Step, make_rule
+
+Tensor = torch.Tensor
+CHECKPOINT_VERSION = 1
+
+
+class Callback:
+    """Hooks called by the trainer; override the ones you need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+
+    def on_batch_end(self, trainer: Trainer, batch: int, n_batches: int) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+
+    def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    config: dict[str, Any]
+    history: list[dict[str, float]]
+    final: dict[str, float]
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2, allow_nan=True) + "\n")
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use cpu")
+    return device
+
+
+class BatchSampler:
+    """An endless stream of shuffled mini-batch indices (drop-last), resumable."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+        if batch_size > n:
+            raise ConfigError(f"batch_size={batch_size} exceeds the {n} training samples")
+        self.n, self.batch_size, self.generator, self.device = n, batch_size, generator, device
+        self.perm: Tensor | None = None
+        self.pos = n
+
+    def next(self) -> Tensor:
+        if self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.generator).to(self.device)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "pos": self.pos,
+                "perm": None if self.perm is None else self.perm.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.pos = state["pos"]
+        self.perm = None if state["perm"] is None else state["perm"].to(self.device)
+
+
+class Trainer:
+    """Trains one configuration; ``fit()`` runs the remaining epochs and returns the result."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        callbacks: Sequence[Callback] = (),
+        dataset: Dataset | None = None,
+    ):
+        self.config = config
+        self.experiment = EXPERIMENTS.get(config.experiment)
+        self.device = resolve_device(config.device)
+        data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
+        self.data = data.to(self.device)
+        self.callbacks = list(callbacks)
+        self._batch_callbacks = [
+            cb for cb in self.callbacks if type(cb).on_batch_end is not Callback.on_batch_end
+        ]
+
+        init_gen = torch.Generator().manual_seed(config.seed)
+        self.net = FeedbackNetwork(
+            self.experiment.layers, self.experiment.loss, self.data.input_shape, init_gen, self.device
+        )
+        settings = RuleSettings(
+            noise_std=config.noise_std,
+            feedback_lr=config.feedback_lr,
+            feedback_solver=config.feedback_solver,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+        )
+        self.rule = make_rule(config.rule, self.net, settings, init_gen)
+        self.optimizer = make_optimizer(
+            config.optimizer, config.lr, config.momentum, config.weight_decay
+        )
+        self._params = self.net.parameters()
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(config.seed + 2)
+        self.sampler = BatchSampler(
+            len(self.data.x_train), config.batch_size,
+            torch.Generator().manual_seed(config.seed + 1), self.device,
+        )
+        self.train_targets = self._targets(self.data.x_train, self.data.y_train)
+        n_test = len(self.data.x_test)
+        if config.max_test_samples is not None:
+            n_test = min(n_test, config.max_test_samples)
+        self.n_test = n_test
+        m = min(config.metrics_batch_size, len(self.data.x_test))
+        self.metrics_x = self.data.x_test[:m]
+        self.metrics_t = self._targets(self.metrics_x, self.data.y_test[:m])
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.elapsed = 0.0
+
+    # ---------------------------------------------------------------- helpers
+    def _targets(self, x: Tensor, y: Tensor) -> Tensor:
+        if self.experiment.target == "input":
+            return x.flatten(1)
+        if self.experiment.loss == "cross_entropy":
+            return y
+        return torch.nn.functional.one_hot(y, self.net.output_size).to(x.dtype)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        if self.config.batches_per_epoch is not None:
+            return self.config.batches_per_epoch
+        return len(self.data.x_train) // self.config.batch_size
+
+    # ------------------------------------------------------------------- step
+    def train_step(self, x: Tensor, t: Tensor) -> Tensor:
+        """One mini-batch update of W (and of B, by the rule); returns the per-sample loss."""
+        net, rule = self.net, self.rule
+        if rule.uses_noise:
+            fp = net.forward_noisy(x, self.config.noise_std, self.noise_gen)
+            noisy_loss = net.per_sample_loss(fp.noisy_output, t)
+        else:
+            fp, noisy_loss = net.forward(x), None
+        loss = net.per_sample_loss(fp.output, t)
+        e_out = net.output_error(fp, t)
+        errors, signals = rule.send_errors(fp, e_out)
+        grads = net.weight_gradients(fp, errors)
+        rule.update_feedback(Step(fp, e_out, errors, signals, loss, noisy_loss))
+        if rule.tracks_weight_updates:
+            old = [w.clone() for w in net.weights]
+            self.optimizer.step(self._params, grads, scale=1.0 / x.shape[0])
+            rule.after_weight_update(torch._foreach_sub(net.weights, old), old)
+        else:
+            self.optimizer.step(self._params, grads, scale=1.0 / x.shape[0])
+        return loss
+
+    # ------------------------------------------------------------------ epoch
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, then measure; raises ``DivergenceError`` on NaN/inf."""
+        start = time.perf_counter()
+        epoch = self.epoch + 1
+        n_batches = self.batches_per_epoch
+        x_train, t_train = self.data.x_train, self.train_targets
+        loss_sum = torch.zeros((), device=self.device)
+        with torch.no_grad():
+            for b in range(n_batches):
+                idx = self.sampler.next()
+                loss_sum += self.train_step(x_train[idx], t_train[idx]).sum()
+                for cb in self._batch_callbacks:
+                    cb.on_batch_end(self, b, n_batches)
+            train_loss = loss_sum.item() / (n_batches * self.config.batch_size)
+            if not math.isfinite(train_loss):
+                raise DivergenceError(epoch, "the training loss")
+            if not self.net.all_finite():
+                raise DivergenceError(epoch, "a forward weight")
+            if not self.rule.all_finite():
+                raise DivergenceError(epoch, "a feedback weight")
+            metrics: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
+            metrics.update(self.evaluate())
+            if not math.isfinite(metrics["test_loss"]):
+                raise DivergenceError(epoch, "the test loss")
+            metrics.update(self.alignment())
+        self.epoch = epoch
+        self.elapsed += time.perf_counter() - start
+        metrics["time_s"] = self.elapsed
+        self.history.append(metrics)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, metrics)
+        return metrics
+
+    def fit(self) -> TrainResult:
+        """Run the epochs still to do (all of them, or the rest after a restore)."""
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        while self.epoch < self.config.epochs:
+            self.run_epoch()
+        result = self.result()
+        for cb in self.callbacks:
+            cb.on_fit_end(self, result)
+        return result
+
+    def result(self) -> TrainResult:
+        final = {k: v for k, v in self.history[-1].items() if k != "epoch"} if self.history else {}
+        final["epochs"] = self.epoch
+        losses = [h["test_loss"] for h in self.history]
+        if losses:
+            final["best_test_loss"] = min(losses)
+        if self.experiment.classification and self.history:
+            final["best_test_error"] = min(h["test_error"] for h in self.history)
+        return TrainResult(self.config.model_dump(), list(self.history), final)
+
+    # --------------------------------------------------------------- measures
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean per-sample test loss, and test error (fraction) for classification."""
+        chunk = 2000 if all(s.kind == "linear" for s in self.net.layers) else 250
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        wrong = torch.zeros((), device=self.device, dtype=torch.int64)
+        for start in range(0, self.n_test, chunk):
+            x = self.data.x_test[start : start + chunk][: self.n_test - start]
+            y = self.data.y_test[start : start + len(x)]
+            out = self.net.predict(x)
+            loss_sum += self.net.per_sample_loss(out, self._targets(x, y)).sum()
+            if self.experiment.classification:
+                wrong += (out.argmax(1) != y).sum()
+        result = {"test_loss": loss_sum.item() / self.n_test}
+        if self.experiment.classification:
+            result["test_error"] = wrong.item() / self.n_test
+        return result
+
+    @torch.no_grad()
+    def alignment(self) -> dict[str, float]:
+        """Per-layer alignment of the rule's pathway with backprop's, on the fixed batch."""
+        net, rule = self.net, self.rule
+        fp = net.forward(self.metrics_x)
+        e_out = net.output_error(fp, self.metrics_t)
+        true_errors, true_signals = net.backward(fp, e_out, [None, *net.weights[1:]])
+        syn_errors, syn_signals = rule.send_errors(fp, e_out)
+        true_grads = net.weight_gradients(fp, true_errors)
+        syn_grads = net.weight_gradients(fp, syn_errors)
+        pathway = rule.pathway()
+        top = len(net.layers) - 1
+        out: dict[str, float] = {}
+        for j in range(1, len(net.layers)):
+            name = net.layers[j].name
+            out[f"angle/{name}"] = M.mean_sample_angle(true_signals[j], syn_signals[j])
+            if not rule.direct or j == top:
+                out[f"relative_error/{name}"] = M.relative_error(net.weights[j], pathway[j])
+                out[f"sign_congruence/{name}"] = M.sign_congruence(net.weights[j], pathway[j])
+        for i in range(top):
+            name = net.layers[i].name
+            out[f"update_angle/{name}"] = M.angle_degrees(syn_grads[2 * i], true_grads[2 * i])
+        return out
+
+    @torch.no_grad()
+    def latent_codes(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The autoencoder's 2-D codes of the test set, with the digit labels."""
+        if self.experiment.code_layer is None:
+            raise ConfigError(f"experiment {self.experiment.name!r} has no code layer")
+        n = self.n_test if limit is None else min(limit, self.n_test)
+        codes = self.net.hidden(self.data.x_test[:n], self.experiment.code_layer)
+        return codes.cpu().numpy(), self.data.y_test[:n].cpu().numpy()
+
+    @torch.no_grad()
+    def reconstructions(self, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """(originals, reconstructions) of the first n test images, flat pixel rows."""
+        if self.experiment.target != "input":
+            raise ConfigError(f"experiment {self.experiment.name!r} is not an autoencoder")
+        x = self.data.x_test[:n]
+        return x.flatten(1).cpu().numpy(), self.net.predict(x).cpu().numpy()
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.model_dump(),
+            "epoch": self.epoch,
+            "elapsed": self.elapsed,
+            "history": list(self.history),
+            "net": self.net.state_dict(),
+            "rule": self.rule.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "noise_gen": self.noise_gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ConfigError(f"checkpoint version {state.get('version')} is not supported")
+        ours = self.config.model_dump()
+        theirs = {k: state["config"].get(k) for k in ours}
+        differ = sorted(k for k in ours if k not in ("epochs", "device", "data_dir")
+                        and ours[k] != theirs[k])
+        if differ:
+            raise ConfigError(f"checkpoint was made with a different config: {', '.join(differ)}")
+        self.epoch = state["epoch"]
+        self.elapsed = state["elapsed"]
+        self.history = list(state["history"])
+        self.net.load_state_dict(state["net"])
+        self.rule.load_state_dict(state["rule"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.noise_gen.set_state(state["noise_gen"])
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write everything needed to continue bit-identically (atomic replace)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-")
+        os.close(fd)
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
