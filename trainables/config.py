@@ -80,5 +80,7 @@ class TrainConfig(BaseModel):
                 f"valid: {', '.join(exp.datasets)}"
             )
         if self.rule == "kolen_pollack" and self.weight_decay <= 0:
-            raise ValueError("rule 'kolen_pollack' needs weight_decay > 0 (without it, use 'matched')")
+            raise ValueError(
+                "rule 'kolen_pollack' needs weight_decay > 0 (without it, use 'matched')"
+            )
         return self

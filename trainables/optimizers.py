@@ -107,13 +107,16 @@ class Adam(Optimizer):
         torch._foreach_addcdiv_(params, self.m, denom, value=-step_size)
 
     def state_dict(self) -> dict:
-        clone = (lambda xs: None if xs is None else [x.clone() for x in xs])
-        return {"t": self.t, "m": clone(self.m), "v": clone(self.v)}
+        return {"t": self.t, "m": _clone(self.m), "v": _clone(self.v)}
 
     def load_state_dict(self, state: dict) -> None:
         self.t = state["t"]
-        self.m = None if state["m"] is None else [x.clone() for x in state["m"]]
-        self.v = None if state["v"] is None else [x.clone() for x in state["v"]]
+        self.m = _clone(state["m"])
+        self.v = _clone(state["v"])
+
+
+def _clone(xs: list[Tensor] | None) -> list[Tensor] | None:
+    return None if xs is None else [x.clone() for x in xs]
 
 
 def make_optimizer(name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):

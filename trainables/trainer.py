@@ -111,8 +111,9 @@ class Trainer:
         ]
 
         init_gen = torch.Generator().manual_seed(config.seed)
+        exp = self.experiment
         self.net = FeedbackNetwork(
-            self.experiment.layers, self.experiment.loss, self.data.input_shape, init_gen, self.device
+            exp.layers, exp.loss, self.data.input_shape, init_gen, self.device
         )
         settings = RuleSettings(
             noise_std=config.noise_std,

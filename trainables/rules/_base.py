@@ -177,9 +177,8 @@ def make_solver(net: FeedbackNetwork, settings: RuleSettings, direct: bool) -> F
         return SGDSolver(net, settings.feedback_lr, direct)
     if settings.feedback_solver == "lstsq":
         return LeastSquaresSolver(net, direct)
-    raise ConfigError(
-        f"unknown feedback_solver {settings.feedback_solver!r}; valid: {', '.join(FEEDBACK_SOLVERS)}"
-    )
+    valid = ", ".join(FEEDBACK_SOLVERS)
+    raise ConfigError(f"unknown feedback_solver {settings.feedback_solver!r}; valid: {valid}")
 
 
 class RegressedFeedback(LearningRule):
