@@ -332,7 +332,7 @@ class Trainer:
         """Write everything needed to continue bit-identically (atomic replace)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="tmp-ckpt-", suffix=".pt")
         os.close(fd)
         torch.save(self.state_dict(), tmp)
         os.replace(tmp, path)

@@ -67,7 +67,8 @@ class LearningRule(ABC):
             shape = self.feedback_shape(j)
             fan = self.net.output_size if self.direct else self.net.layers[j].fan_in
             bound = 1.0 / math.sqrt(fan)
-            b = torch.empty(shape).uniform_(-bound, bound, generator=generator)
+            b = torch.empty(shape, dtype=self.net.weights[0].dtype)
+            b.uniform_(-bound, bound, generator=generator)
             feedback.append(b.to(self.net.device))
         return feedback
 
