@@ -166,6 +166,9 @@ def load_dataset(
     other callers in this process: do not modify them in place.
     """
     DATASETS.check(name)
+    if data_dir is not None and str(data_dir) != "" and not Path(data_dir).expanduser().is_dir():
+        # An explicit directory must exist, even for a dataset that does not read it.
+        raise DataUnavailableError(f"data directory {data_dir} does not exist")
     return _load_cached(name, resolve_data_dir(data_dir), cache_dir()).to(device)
 
 

@@ -53,7 +53,18 @@ class TrainResult:
     final: dict[str, float]
 
     def to_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2, allow_nan=True) + "\n")
+        """Strict JSON: a metric that is NaN (e.g. an angle of zero vectors) is written null."""
+        Path(path).write_text(json.dumps(_finite_or_none(asdict(self)), indent=2) + "\n")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
 
 
 def resolve_device(name: str) -> torch.device:

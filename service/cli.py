@@ -1,0 +1,96 @@
+"""The ``credit`` command line: one argparse parser, one subcommand per module.
+
+Each module in ``service/commands/`` exposes ``register(subparsers)``, which adds its
+parser(s) with ``set_defaults(func=...)``; ``func(args) -> int`` does the work. Heavy
+imports (torch, the trainer) live inside those functions so ``credit --help`` is fast.
+
+Errors: bad input exits 2, a failed run 1, Ctrl-C 130 — each with exactly one line
+on stderr (``credit: ...``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from typing import NoReturn
+
+from service.commands import UsageError, train
+
+PROG = "credit"
+
+#: The command modules, in the order ``credit --help`` lists them.
+COMMAND_MODULES = (train,)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line and an exception, not usage + exit.
+
+    ``main`` turns the ``UsageError`` into ``credit: error: ...`` and exit status 2, so
+    a subcommand's errors look the same as the top level's.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("credit-search")
+    except metadata.PackageNotFoundError:  # running from a tree that is not installed
+        return "unknown"
+
+
+def build_parser() -> ArgumentParser:
+    """The full parser: the top level and every registered subcommand."""
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Train and search learning rules that avoid weight transport "
+        "(Lansdell, Prakash & Kording 2019).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    subparsers = parser.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND", parser_class=ArgumentParser
+    )
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+
+    def missing_command(args: argparse.Namespace) -> int:
+        names = ", ".join(subparsers.choices)
+        raise UsageError(f"missing command; valid: {names} (see '{PROG} --help')")
+
+    parser.set_defaults(func=missing_command)  # a subcommand's own func overrides it
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    message = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``credit`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    from trainables.errors import ConfigError, CreditError, DataUnavailableError, DivergenceError
+
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help and --version print, then exit
+            return e.code if isinstance(e.code, int) else 0
+        return int(args.func(args) or 0)
+    except (ConfigError, DataUnavailableError) as e:  # UsageError is a ConfigError
+        return _fail(f"error: {e}", 2)
+    except DivergenceError as e:
+        return _fail(str(e), 1)
+    except CreditError as e:
+        return _fail(f"error: {e}", 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""``credit train`` (one run of one configuration) and the catalogues of what it accepts.
+
+``credit train`` builds a ``TrainConfig`` from the flags the user gave (every flag is
+the config field of the same name; defaults are the config's own), trains it with a
+progress bar on stderr, prints an end-of-run table on stdout and can write the
+result as JSON. ``credit rules|experiments|datasets`` list the valid names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from service.commands import UsageError, flag, validation_message
+
+__all__ = ["CONFIG_OPTIONS", "format_summary", "make_config", "register"]
+
+#: The ``TrainConfig`` fields settable from the command line: field → (type, metavar, help).
+#: Defaults are never repeated here: ``credit train --help`` reads them from TrainConfig.
+CONFIG_OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
+    "experiment": (str, "NAME", "network (see 'credit experiments')"),
+    "rule": (str, "NAME", "learning rule (see 'credit rules')"),
+    "dataset": (str, "NAME", "dataset (see 'credit datasets')"),
+    "epochs": (int, "N", "number of epochs"),
+    "lr": (float, "LR", "forward learning rate η (0 freezes W)"),
+    "noise_std": (float, "C", "std c of the hidden-unit noise (> 0)"),
+    "feedback_lr": (float, "LR", "feedback learning rate η_B (sgd solver)"),
+    "feedback_solver": (str, "{sgd,lstsq}", "how the feedback weights are learned"),
+    "optimizer": (str, "{sgd,adam}", "optimizer of the forward weights"),
+    "momentum": (float, "M", "SGD momentum, in [0, 1)"),
+    "weight_decay": (float, "D", "L2 weight decay"),
+    "batch_size": (int, "N", "mini-batch size"),
+    "batches_per_epoch": (int, "N", "batches per epoch"),
+    "seed": (int, "N", "random seed"),
+    "device": (str, "DEVICE", "cpu, cuda or cuda:N"),
+    "data_dir": (str, "DIR", "data directory"),
+    "metrics_batch_size": (int, "N", "size of the fixed test batch for alignment metrics"),
+    "max_test_samples": (int, "N", "evaluate on the first N test samples only"),
+}
+
+#: Columns of the per-layer table: metric prefix → (header, format).
+_LAYER_METRICS = {
+    "angle": ("angle (°)", "{:.2f}"),
+    "relative_error": ("relative error", "{:.4f}"),
+    "sign_congruence": ("sign congruence (%)", "{:.1f}"),
+    "update_angle": ("update angle (°)", "{:.2f}"),
+}
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+class _ConfigHelpFormatter(argparse.HelpFormatter):
+    """Help text and defaults of config flags come from ``TrainConfig`` itself.
+
+    Imported only when ``credit train --help`` is formatted, so parsing stays fast.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest not in CONFIG_OPTIONS:
+            return action.help
+        from trainables.config import TrainConfig
+
+        field = TrainConfig.model_fields[action.dest]
+        text = field.description or action.help or ""
+        if field.default is not None:
+            text += f" (default: {field.default})"
+        return text.replace("%", "%%")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``rules``, ``experiments`` and ``datasets``."""
+    train = subparsers.add_parser(
+        "train",
+        help="train one configuration and report its metrics",
+        description="Train one configuration. Every option is the TrainConfig field of the "
+        "same name; options not given take TrainConfig's defaults.",
+        formatter_class=_ConfigHelpFormatter,
+        allow_abbrev=False,
+    )
+    config = train.add_argument_group("configuration")
+    for field, (kind, metavar, text) in CONFIG_OPTIONS.items():
+        config.add_argument(
+            flag(field), dest=field, type=kind, metavar=metavar, help=text,
+            default=argparse.SUPPRESS,
+        )
+    output = train.add_argument_group("output")
+    output.add_argument("--json", metavar="FILE", help="write the result (config, history, "
+                        "final metrics) as JSON to FILE")
+    output.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=run_train)
+
+    for name, func, text in (
+        ("rules", list_rules, "list the learning rules"),
+        ("experiments", list_experiments, "list the experiments (networks) and their datasets"),
+        ("datasets", list_datasets, "list the datasets"),
+    ):
+        sub = subparsers.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        sub.set_defaults(func=func)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def make_config(options: Mapping[str, Any]):
+    """The ``TrainConfig`` of the given options; a bad value is a one-line ``UsageError``."""
+    from pydantic import ValidationError
+
+    from trainables.config import TrainConfig
+
+    try:
+        return TrainConfig(**options)
+    except ValidationError as e:
+        raise UsageError(validation_message(e)) from None
+
+
+def _progress_bar(every: int = 10):
+    """A trainer callback drawing one tqdm bar (stderr) over all batches of the run."""
+    from tqdm import tqdm
+
+    from trainables.trainer import Callback
+
+    class ProgressBar(Callback):
+        def __init__(self) -> None:
+            self.bar: tqdm | None = None
+            self.pending = 0
+
+        def on_fit_start(self, trainer) -> None:
+            remaining = trainer.config.epochs - trainer.epoch
+            self.bar = tqdm(
+                total=remaining * trainer.batches_per_epoch, unit="batch", file=sys.stderr,
+                dynamic_ncols=True, desc=trainer.config.rule,
+            )
+
+        def on_batch_end(self, trainer, batch: int, n_batches: int) -> None:
+            self.pending += 1
+            if self.pending >= every or batch + 1 == n_batches:
+                self.bar.update(self.pending)
+                self.pending = 0
+
+        def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
+            postfix = {"epoch": int(metrics["epoch"])}
+            if "test_error" in metrics:
+                postfix["test_error"] = f"{100 * metrics['test_error']:.2f}%"
+            postfix["test_loss"] = f"{metrics['test_loss']:.4g}"
+            self.bar.set_postfix(postfix)
+
+        def close(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return ProgressBar()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train the configuration the flags describe; print the table, write the JSON."""
+    start = time.perf_counter()
+    config = make_config({f: getattr(args, f) for f in CONFIG_OPTIONS if hasattr(args, f)})
+    json_path = Path(args.json) if args.json else None
+    if json_path is not None and not json_path.resolve().parent.is_dir():
+        raise UsageError(f"--json: directory {json_path.resolve().parent} does not exist")
+
+    from trainables.trainer import Trainer
+
+    progress = None if args.quiet else _progress_bar()
+    trainer = Trainer(config, callbacks=[progress] if progress else [])
+    try:
+        result = trainer.fit()
+    finally:
+        if progress is not None:
+            progress.close()
+    if json_path is not None:
+        result.to_json(json_path)
+    layers = [layer.name for layer in trainer.net.layers]
+    print(format_summary(result.config, result.final, layers, time.perf_counter() - start))
+    return 0
+
+
+def _number(value: float, fmt: str = "{:.4g}") -> str:
+    return "nan" if isinstance(value, float) and math.isnan(value) else fmt.format(value)
+
+
+def format_summary(
+    config: Mapping[str, Any], final: Mapping[str, float], layers: Sequence[str], wall_s: float
+) -> str:
+    """The end-of-run table: overall metrics, then per-layer alignment, then the times."""
+    epochs = final.get("epochs", config["epochs"])
+    lines = [
+        f"{config['experiment']} · {config['rule']} on {config['dataset']} · "
+        f"{epochs} epoch{'' if epochs == 1 else 's'} · seed {config['seed']}",
+        "",
+    ]
+    rows: list[tuple[str, str]] = []
+    if "test_error" in final:
+        text = f"{100 * final['test_error']:.2f} %"
+        if "best_test_error" in final:
+            text += f"  (best {100 * final['best_test_error']:.2f} %)"
+        rows.append(("test error", text))
+    if "test_loss" in final:
+        text = _number(final["test_loss"])
+        if "best_test_loss" in final:
+            text += f"  (best {_number(final['best_test_loss'])})"
+        rows.append(("test loss", text))
+    shown = {"test_error", "best_test_error", "test_loss", "best_test_loss", "epochs", "time_s"}
+    for key, value in final.items():
+        if "/" not in key and key not in shown:
+            rows.append((key.replace("_", " "), _number(value)))
+    width = max(len(label) for label, _ in rows) if rows else 0
+    lines += [f"{label:<{width}}  {text}" for label, text in rows]
+
+    per_layer: dict[str, dict[str, float]] = {}
+    for key, value in final.items():
+        if "/" in key:
+            metric, layer = key.split("/", 1)
+            per_layer.setdefault(metric, {})[layer] = value
+    if per_layer:
+        metrics = [m for m in _LAYER_METRICS if m in per_layer]
+        metrics += [m for m in per_layer if m not in _LAYER_METRICS]
+        names = [name for name in layers if any(name in per_layer[m] for m in metrics)]
+        names += sorted({n for m in metrics for n in per_layer[m]} - set(names))
+        header = ["layer"] + [_LAYER_METRICS.get(m, (m, ""))[0] for m in metrics]
+        table = [header]
+        for name in names:
+            row = [name]
+            for m in metrics:
+                fmt = _LAYER_METRICS.get(m, ("", "{:.4g}"))[1]
+                row.append(_number(per_layer[m][name], fmt) if name in per_layer[m] else "-")
+            table.append(row)
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        lines.append("")
+        for row in table:
+            cells = [row[0].ljust(widths[0])]
+            cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+            lines.append("  ".join(cells).rstrip())
+
+    lines.append("")
+    timing = f"wall time {wall_s:.1f} s"
+    if "time_s" in final:
+        timing += f" (training {final['time_s']:.1f} s)"
+    lines.append(timing)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- catalogues
+
+
+def _print_table(rows: Sequence[tuple[str, str]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    for name, text in rows:
+        print(f"{name:<{width}}  {text}")
+
+
+def list_rules(args: argparse.Namespace) -> int:
+    """Print every learning rule with its one-line description."""
+    from trainables.rules import RULES
+
+    _print_table([(name, rule.description) for name, rule in RULES.items()])
+    return 0
+
+
+def list_experiments(args: argparse.Namespace) -> int:
+    """Print every experiment with its description, datasets and default dataset."""
+    from trainables.experiments import EXPERIMENTS
+
+    _print_table([
+        (name, f"{exp.description}; datasets: {', '.join(exp.datasets)} "
+               f"(default: {exp.default_dataset})")
+        for name, exp in EXPERIMENTS.items()
+    ])
+    return 0
+
+
+def list_datasets(args: argparse.Namespace) -> int:
+    """Print every dataset with its description and the experiments that use it."""
+    from trainables.data import describe_datasets
+    from trainables.experiments import EXPERIMENTS
+
+    rows = []
+    for name, text in describe_datasets().items():
+        users = [e for e, exp in EXPERIMENTS.items() if name in exp.datasets]
+        rows.append((name, f"{text.rstrip('.')}; experiments: {', '.join(users) or '-'}"))
+    _print_table(rows)
+    return 0
