@@ -28,7 +28,9 @@ class TrainConfig(BaseModel):
     rule: str = Field("node_perturbation", description="learning rule: " + ", ".join(RULES.names()))
     dataset: str | None = Field(None, description="dataset; default: the experiment's default")
     epochs: int = Field(10, ge=1, le=100_000)
-    lr: float = Field(0.1, ge=0, description="forward learning rate η (0 freezes W)")
+    lr: float | None = Field(
+        None, ge=0, description="forward learning rate η (0 freezes W); default: the experiment's"
+    )
     noise_std: float = Field(0.01, gt=0, description="std c of the hidden-unit noise")
     feedback_lr: float = Field(0.01, ge=0, description="feedback learning rate η_B (sgd solver)")
     feedback_solver: Literal["sgd", "lstsq"] = "sgd"
@@ -72,6 +74,8 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         exp = EXPERIMENTS.get(self.experiment)
+        if self.lr is None:
+            object.__setattr__(self, "lr", exp.default_lr)
         if self.dataset is None:
             object.__setattr__(self, "dataset", exp.default_dataset)
         elif self.dataset not in exp.datasets:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from trainables.network import LayerSpec
@@ -19,7 +20,16 @@ class Experiment:
     target: str  # "onehot" (classification) or "input" (autoencoder)
     datasets: tuple[str, ...]
     default_dataset: str
+    default_lr: float = 0.01  # a stable forward learning rate for batch-mean losses
     code_layer: int | None = None  # hidden layer whose output is the 2-D code
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads worth using: small MLP steps are dispatch-bound, and extra
+        threads only spin (and collide with parallel trials); convolutions scale."""
+        if all(spec.kind == "linear" for spec in self.layers):
+            return 1
+        return os.cpu_count() or 1
 
     @property
     def classification(self) -> bool:
@@ -45,6 +55,7 @@ _add(Experiment(
     target="onehot",
     datasets=("mnist", "mnist-5k"),
     default_dataset="mnist-5k",
+    default_lr=0.1,
 ))
 
 _add(Experiment(
@@ -60,6 +71,7 @@ _add(Experiment(
     target="input",
     datasets=("mnist", "mnist-5k"),
     default_dataset="mnist-5k",
+    default_lr=0.003,
     code_layer=1,
 ))
 

@@ -244,3 +244,17 @@ def test_zero_learning_rate_freezes_w_but_feedback_learns():
     tr.fit()
     assert all(torch.equal(a, b) for a, b in zip(w0, tr.net.weights, strict=True))
     assert not torch.equal(b0[-1], tr.rule.feedback[-1])
+
+
+def test_learning_rate_defaults_per_experiment_and_explicit_wins():
+    assert TrainConfig(experiment="mnist-fc").lr == 0.1
+    assert TrainConfig(experiment="mnist-autoencoder").lr == 0.003
+    assert TrainConfig(experiment="mnist-autoencoder", lr=0.0).lr == 0.0
+
+
+def test_explicit_missing_data_dir_is_refused_even_for_mnist_5k(tmp_path):
+    from trainables.data import load_dataset
+    from trainables.errors import DataUnavailableError
+
+    with pytest.raises(DataUnavailableError, match="does not exist"):
+        load_dataset("mnist-5k", tmp_path / "nope")
