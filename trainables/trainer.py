@@ -45,6 +45,15 @@ class Callback:
 
     def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None: ...
 
+    def on_fit_error(self, trainer: Trainer, error: BaseException) -> None:
+        """Training stopped with ``error`` (e.g. ``DivergenceError``); it is re-raised after."""
+
+    def state_dict(self) -> dict | None:
+        """State to keep in the trainer's checkpoint (e.g. a tracking run id), or None."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 @dataclass
 class TrainResult:
@@ -229,8 +238,13 @@ class Trainer:
         """Run the epochs still to do (all of them, or the rest after a restore)."""
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        while self.epoch < self.config.epochs:
-            self.run_epoch()
+        try:
+            while self.epoch < self.config.epochs:
+                self.run_epoch()
+        except BaseException as error:
+            for cb in self.callbacks:
+                cb.on_fit_error(self, error)
+            raise
         result = self.result()
         for cb in self.callbacks:
             cb.on_fit_end(self, result)
@@ -319,6 +333,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "noise_gen": self.noise_gen.get_state(),
+            "callbacks": {
+                type(cb).__qualname__: s
+                for cb in self.callbacks
+                if (s := cb.state_dict()) is not None
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -338,6 +357,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.noise_gen.set_state(state["noise_gen"])
+        saved = state.get("callbacks", {})
+        for cb in self.callbacks:
+            if type(cb).__qualname__ in saved:
+                cb.load_state_dict(saved[type(cb).__qualname__])
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write everything needed to continue bit-identically (atomic replace)."""

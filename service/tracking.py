@@ -1,0 +1,213 @@
+"""MLflow records of a study: one parent run per study, one child run per trial.
+
+The child run is written by the trial itself (``MlflowTrialLogger``, a trainer
+callback), so a restored trial keeps logging to the run it started: its id is part
+of the trainer checkpoint. The driver closes whatever a killed or early-stopped
+trial left RUNNING (``close_stale_runs``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from trainables.trainer import Callback, Trainer
+
+PARENT_TAG = "mlflow.parentRunId"
+STUDY_TAG = "credit.study"
+ROLE_TAG = "credit.role"  # study | trial | final | campaign
+TRIAL_TAG = "credit.trial_id"
+STATE_TAG = "credit.state"  # COMPLETE | FAILED | PRUNED | STALE
+FAILURE_TAG = "credit.failure"
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
+    """The id of the MLflow experiment ``name``, created (once, here) if missing."""
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # another process created it meanwhile
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _batched(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def log_params(c: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    flat = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+    for chunk in _batched(flat, 100):
+        c.log_batch(run_id, params=chunk)
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:6000]
+
+
+def log_metrics(c: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    now = int(time.time() * 1000)
+    rows = [
+        Metric(k, float(v), now, step)
+        for k, v in sorted(metrics.items())
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    for chunk in _batched(rows, 900):
+        c.log_batch(run_id, metrics=chunk)
+
+
+def find_runs(tracking_uri: str, experiment_id: str, filter_string: str) -> list:
+    c = client(tracking_uri)
+    runs, token = [], None
+    while True:
+        page = c.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list:
+    return find_runs(tracking_uri, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+
+
+class MlflowTrialLogger(Callback):
+    """Writes one trial to its own MLflow child run: params, per-epoch metrics as
+    steps, plots as artifacts, and a final status (FINISHED or FAILED + reason)."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        study: str,
+        trial_id: str,
+        role: str = "trial",
+    ):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.study = study
+        self.trial_id = trial_id
+        self.role = role
+        self.run_id: str | None = None
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = client(self.tracking_uri)
+        return self._client
+
+    # --------------------------------------------------------------- hooks
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.run_id is not None:  # restored from a checkpoint: keep the same run
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{self.study}-{self.role}-{self.trial_id}",
+            tags={PARENT_TAG: self.parent_run_id, STUDY_TAG: self.study,
+                  ROLE_TAG: self.role, TRIAL_TAG: self.trial_id},
+        )
+        self.run_id = run.info.run_id
+        log_params(self.client, self.run_id, trainer.config.model_dump())
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))
+        if trainer.epoch >= trainer.config.epochs:
+            # Finish now, before the final report: Tune may stop the trial inside it.
+            self._log_plots(trainer)
+            self.client.set_tag(self.run_id, STATE_TAG, "COMPLETE")
+            self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def on_fit_error(self, trainer: Trainer, error: BaseException) -> None:
+        if self.run_id is None:
+            return
+        reason = str(error) or type(error).__name__
+        self.client.log_batch(self.run_id, tags=[RunTag(FAILURE_TAG, reason[:5000]),
+                                                  RunTag(STATE_TAG, "FAILED")])
+        if trainer.history:
+            self._log_plots(trainer)
+        self.client.set_terminated(self.run_id, status="FAILED")
+
+    def state_dict(self) -> dict | None:
+        return None if self.run_id is None else {"run_id": self.run_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run_id = state["run_id"]
+
+    # -------------------------------------------------------------- artifacts
+    def _log_plots(self, trainer: Trainer) -> None:
+        from trainables import plots
+
+        extra: dict[str, Any] = {}
+        if trainer.experiment.code_layer is not None:
+            extra["codes"], extra["labels"] = trainer.latent_codes(limit=2000)
+            extra["originals"], extra["recon"] = trainer.reconstructions(8)
+        title = f"{trainer.config.rule} · {self.role} {self.trial_id}"
+        figures = plots.trial_figures(trainer.history, title=title, **extra)
+        with tempfile.TemporaryDirectory(prefix="credit-plots-") as tmp:
+            plots.save_figures(figures, tmp)
+            if extra:
+                import numpy as np
+
+                np.savez_compressed(Path(tmp) / "autoencoder.npz", **extra)
+            self.client.log_artifacts(self.run_id, tmp, artifact_path="plots")
+
+
+class TrialLoggerFactory:
+    """Picklable factory the trainable calls to get its MLflow callback."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str,
+                 role: str = "trial"):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.study = study
+        self.role = role
+
+    def __call__(self, config, trial_id: str) -> list[Callback]:
+        return [MlflowTrialLogger(self.tracking_uri, self.experiment_id, self.parent_run_id,
+                                  self.study, trial_id, self.role)]
+
+
+def close_stale_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
+                     pruned_trial_ids: set[str], active_trial_ids: set[str] = frozenset()) -> int:
+    """End every child run still RUNNING: KILLED, tagged PRUNED (early-stopped) or STALE.
+
+    Runs of ``active_trial_ids`` (still training elsewhere) are left alone.
+    Returns the number of runs closed.
+    """
+    c = client(tracking_uri)
+    closed = 0
+    for run in child_runs(tracking_uri, experiment_id, parent_run_id):
+        if run.info.status != "RUNNING":
+            continue
+        trial_id = run.data.tags.get(TRIAL_TAG)
+        if trial_id in active_trial_ids:
+            continue
+        state = "PRUNED" if trial_id in pruned_trial_ids else "STALE"
+        c.set_tag(run.info.run_id, STATE_TAG, state)
+        c.set_terminated(run.info.run_id, status="KILLED")
+        closed += 1
+    return closed
