@@ -90,6 +90,21 @@ def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> lis
     return find_runs(tracking_uri, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
 
 
+def _where() -> dict[str, str]:
+    """Which machine and Ray node ran the trial (tags, for multi-node clusters)."""
+    import socket
+
+    where = {"credit.host": socket.gethostname()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            where["credit.node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # not under Ray
+        pass
+    return where
+
+
 class MlflowTrialLogger(Callback):
     """Writes one trial to its own MLflow child run: params, per-epoch metrics as
     steps, plots as artifacts, and a final status (FINISHED or FAILED + reason)."""
@@ -131,6 +146,7 @@ class MlflowTrialLogger(Callback):
         )
         self.run_id = run.info.run_id
         log_params(self.client, self.run_id, trainer.config.model_dump())
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _where().items()])
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))

@@ -1,0 +1,178 @@
+"""``credit search`` (run or resume a study) and ``credit spaces`` (the presets)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service.commands import UsageError, flag, validation_message
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "search", help="run a hyperparameter study on Ray Tune with Optuna and MLflow",
+        description="Run (or resume) a study: Optuna picks configurations of the search "
+        "space, Ray Tune runs them as trials, every trial is an MLflow run.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--space", required=True, metavar="NAME|FILE",
+                   help="a preset (see 'credit spaces') or a search-space JSON file")
+    p.add_argument("--name", help="unique study name (default: <space>-<timestamp>)")
+    p.add_argument("--trials", type=int, dest="max_trials", help="number of trials (20)")
+    p.add_argument("--concurrency", type=int, dest="parallel_trials",
+                   help="trials run at once (1)")
+    p.add_argument("--sampler", help="random (as in the paper), tpe, qmc or cmaes (random)")
+    p.add_argument("--seed", type=int, help="sampler seed (0)")
+    p.add_argument("--metric", help="objective metric (default: the space's)")
+    p.add_argument("--mode", help="min or max")
+    p.add_argument("--epochs", type=int, help="epochs per trial (5)")
+    p.add_argument("--batches-per-epoch", type=int, help="batches per epoch (one pass)")
+    p.add_argument("--dataset", help="dataset (default: the experiment's)")
+    p.add_argument("--data-dir", help="data directory (default: $CREDIT_DATA_DIR)")
+    p.add_argument("--max-failed", type=int, dest="max_failed_trials",
+                   help="stop the study after more failed trials than this")
+    p.add_argument("--asha", action="store_true", help="early-stop weak trials (ASHA)")
+    p.add_argument("--final-seeds", type=int, help="rerun the best configuration with K seeds")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (1)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, may be fractional (0)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in CREDIT_HOME)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in CREDIT_HOME)")
+    p.add_argument("--resume", action="store_true", help="resume the study --name")
+    p.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.set_defaults(func=run_search)
+
+    s = subparsers.add_parser("spaces", help="list the search-space presets")
+    s.set_defaults(func=list_spaces)
+
+
+def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {"space": args.space}
+    for key in ("name", "max_trials", "parallel_trials", "sampler", "seed", "epochs",
+                "batches_per_epoch", "dataset", "data_dir", "max_failed_trials",
+                "final_seeds", "tracking_uri", "storage"):
+        value = getattr(args, key)
+        if value is not None:
+            fields[key] = value
+    if args.asha:
+        fields["early_stopping"] = True
+    if args.metric or args.mode:
+        fields["objective"] = {"metric": args.metric or "test_error", "mode": args.mode or "min"}
+    resources = {}
+    if args.cpus_per_trial is not None:
+        resources["cpu"] = args.cpus_per_trial
+    if args.gpus_per_trial is not None:
+        resources["gpu"] = args.gpus_per_trial
+    if resources:
+        fields["resources"] = resources
+    return fields
+
+
+_FLAGS = {"max_trials": "--trials", "parallel_trials": "--concurrency",
+          "max_failed_trials": "--max-failed", "early_stopping": "--asha",
+          "resources": "--cpus/gpus-per-trial", "objective": "--metric/--mode"}
+
+
+def make_spec(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from service.study import StudySpec
+
+    fields = _spec_fields(args)
+    if "name" not in fields:
+        if args.resume:
+            raise UsageError("--resume needs --name of the study to resume")
+        stem = Path(args.space).stem if args.space.endswith(".json") else args.space
+        fields["name"] = f"{stem[:40]}-{time.strftime('%Y%m%d-%H%M%S')}".lower()
+    try:
+        return StudySpec(**fields)
+    except ValidationError as e:
+        raise UsageError(validation_message(e, lambda f: _FLAGS.get(f, flag(f)))) from None
+
+
+class _Progress:
+    """One live status line on stderr: trials done/running/failed/pruned, best so far."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.last = ""
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        c = state["counts"]
+        best = "-" if state["best"] is None else f"{state['best']:.4g}"
+        line = (f"trials {c['complete'] + c['failed'] + c['pruned']}/{state['max_trials']}: "
+                f"{c['complete']} complete, {c['running']} running, {c['failed']} failed, "
+                f"{c['pruned']} pruned · best {state['metric']} {best}")
+        if line != self.last:
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+            self.last = line
+
+    def close(self) -> None:
+        if self.last and not self.quiet:
+            print(file=sys.stderr)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from service.study import StudyError, _jsonable, run_study
+
+    spec = make_spec(args)
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise UsageError(f"--json: directory {Path(args.json).resolve().parent} does not exist")
+    progress = _Progress(args.quiet)
+    if not args.quiet:
+        print(f"study {spec.name}: space {spec.search_space().name}, {spec.max_trials} trials, "
+              f"sampler {spec.sampler}, objective {spec.objective.mode} "
+              f"{spec.objective.metric}", file=sys.stderr)
+    try:
+        result = run_study(spec, resume=args.resume, progress=progress)
+    except StudyError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        progress.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps(_jsonable(result.to_dict()), indent=2) + "\n")
+    print(format_result(result))
+    return 0 if result.status == "SUCCEEDED" else 1
+
+
+def format_result(result) -> str:
+    c = result.counts
+    lines = [f"study {result.name}: {result.status}"
+             + (f" ({result.message})" if result.message else ""),
+             f"trials: {c.get('complete', 0)} complete, {c.get('failed', 0)} failed, "
+             f"{c.get('pruned', 0)} pruned · {result.wall_time_s:.1f} s", ""]
+    if result.best_params is None:
+        lines.append("no best configuration: no trial completed")
+    else:
+        obj = result.objective
+        lines.append(f"best {obj['metric']} ({obj['mode']}): {result.best_value:.6g}")
+        width = max(len(k) for k in result.best_params)
+        for k, v in sorted(result.best_params.items()):
+            lines.append(f"  {k:<{width}}  {v:.6g}" if isinstance(v, float)
+                         else f"  {k:<{width}}  {v}")
+        lines.append(f"MLflow run of the best trial: {result.best_run_id}")
+    if result.final:
+        n = int(result.final.get("final_seeds", 0))
+        lines.append(f"final evaluation over {n} seeds (mean ± standard error):")
+        for key in sorted(k for k in result.final if k.endswith("_mean")):
+            base = key[len("final/"):-len("_mean")]
+            sem = result.final.get(f"final/{base}_sem", 0.0)
+            lines.append(f"  {base:<24} {result.final[key]:.6g} ± {sem:.2g}")
+    lines.append(f"MLflow parent run: {result.parent_run_id} ({result.tracking_uri})")
+    return "\n".join(lines)
+
+
+def list_spaces(args: argparse.Namespace) -> int:
+    from search_spaces import list_presets
+
+    presets = list_presets()
+    width = max(len(n) for n in presets)
+    for name, text in sorted(presets.items()):
+        print(f"{name:<{width}}  {text}")
+    return 0

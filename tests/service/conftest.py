@@ -1,0 +1,67 @@
+"""Real infrastructure for the service tests: a two-node Ray cluster on this machine
+(``ray start --head`` + ``ray start --address``, private temp dir), MLflow and
+Optuna stores in a temporary CREDIT_HOME."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "ray"), *args], env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+@pytest.fixture(scope="session")
+def credit_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("credit-home")
+    os.environ["CREDIT_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(credit_home):
+    """A head node (2 CPUs) and a worker node (1 CPU) joined over loopback."""
+    temp = Path(f"/tmp/credit-test-ray-{os.getpid()}")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    port = _free_port()
+    head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp}", "--include-dashboard=false",
+                "--resources={\"head_node\": 1}", "--disable-usage-stats", env=env)
+    if head.returncode != 0:
+        pytest.fail(f"ray start --head failed: {head.stderr[-2000:]}")
+    address = f"127.0.0.1:{port}"
+    worker = _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1",
+                  "--num-cpus=1", "--num-gpus=0", "--resources={\"worker_node\": 1}",
+                  "--disable-usage-stats", env=env)
+    if worker.returncode != 0:
+        _ray("stop", "--force", env=env)
+        pytest.fail(f"ray start (worker) failed: {worker.stderr[-2000:]}")
+    os.environ["RAY_ADDRESS"] = address
+    deadline = time.time() + 60
+    import ray
+
+    ray.init(address=address, log_to_driver=False)
+    while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    yield address
+    ray.shutdown()
+    os.environ.pop("RAY_ADDRESS", None)
+    _ray("stop", "--force", env=env)
+    shutil.rmtree(temp, ignore_errors=True)

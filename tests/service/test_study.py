@@ -1,0 +1,227 @@
+"""The study runner on real Ray (two nodes), a real MLflow store and a real Optuna storage."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
+
+from service import tracking as T
+from service.study import StudySpec, run_study
+
+TINY = dict(epochs=2, batches_per_epoch=15, dataset="mnist-5k")
+
+
+def _stores(tmp_path: Path, name: str) -> dict:
+    return {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "name": name}
+
+
+def _children(result, role="trial"):
+    runs = T.child_runs(result.tracking_uri, result.experiment_id, result.parent_run_id)
+    return [r for r in runs if r.data.tags.get(T.ROLE_TAG) == role]
+
+
+def _optuna_trials(spec):
+    return optuna.load_study(study_name=spec.name, storage=spec.storage).trials
+
+
+def test_random_search_best_matches_optuna_and_mlflow(ray_cluster, tmp_path):
+    spec = StudySpec(space="mnist-fc-node-perturbation", max_trials=4, parallel_trials=3,
+                     sampler="random", seed=1, **TINY, **_stores(tmp_path, "rs"))
+    seen = []
+    result = run_study(spec, progress=seen.append)
+    assert result.status == "SUCCEEDED"
+    assert result.counts["complete"] == 4
+    assert seen and seen[-1]["counts"]["complete"] == 4
+
+    complete = [t for t in _optuna_trials(spec) if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    assert result.best_value == min(t.value for t in complete)
+
+    children = _children(result)
+    assert len(children) == 4
+    client = MlflowClient(result.tracking_uri)
+    finals = {}
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert {"lr", "noise_std", "feedback_lr", "rule", "momentum"} <= set(run.data.params)
+        assert run.data.params["rule"] == "node_perturbation"
+        history = client.get_metric_history(run.info.run_id, "test_error")
+        assert [m.step for m in history] == [1, 2]
+        assert "angle/fc2" in run.data.metrics
+        finals[run.info.run_id] = run.data.metrics["test_error"]
+        arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/learning_curves.png", "plots/alignment.png"} <= arts
+    assert result.best_value == min(finals.values())
+    assert finals[result.best_run_id] == result.best_value
+    # the best configuration is recorded on the parent run
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert float(parent.data.params["best.lr"]) == pytest.approx(result.best_params["lr"])
+    assert parent.data.metrics["best_test_error"] == pytest.approx(result.best_value)
+    assert parent.data.tags["credit.best_run_id"] == result.best_run_id
+    # trials ran on both nodes of the cluster
+    assert len({r.data.tags.get("credit.node_id") for r in children}) == 2
+
+
+def test_diverging_trial_fails_alone(ray_cluster, tmp_path):
+    space = {"name": "diverge", "experiment": "mnist-fc", "rule": "backprop",
+             "fixed": {"momentum": 0.9},
+             "params": {"lr": {"type": "categorical", "choices": [5000.0, 0.05]}}}
+    spec = StudySpec(space=space, max_trials=4, parallel_trials=2, seed=3, **TINY,
+                     **_stores(tmp_path, "div"))
+    result = run_study(spec)
+    assert result.status == "SUCCEEDED"
+    assert result.counts["failed"] >= 1 and result.counts["complete"] >= 1
+    assert result.best_params == {"lr": 0.05}
+    failed = [t for t in result.trials if t.state == "FAILED"]
+    assert all("diverged" in (t.error or "") for t in failed)
+    runs = _children(result)
+    assert sorted(r.info.status for r in runs).count("FAILED") == len(failed)
+    for r in runs:
+        if r.info.status == "FAILED":
+            assert "diverged in epoch 1" in r.data.tags[T.FAILURE_TAG]
+    states = [t.state.name for t in _optuna_trials(spec)]
+    assert states.count("FAIL") == len(failed)
+
+
+def test_asha_stopped_trials_are_pruned_not_complete(ray_cluster, tmp_path):
+    spec = StudySpec(space="mnist-fc-feedback-alignment", max_trials=6, parallel_trials=3,
+                     early_stopping={"grace_period": 1, "reduction_factor": 3}, seed=0,
+                     epochs=3, batches_per_epoch=10, dataset="mnist-5k",
+                     **_stores(tmp_path, "asha"))
+    result = run_study(spec)
+    trials = _optuna_trials(spec)
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned, [t.state.name for t in trials]
+    for t in trials:
+        if t.state.name == "COMPLETE":
+            assert max(t.intermediate_values) == 3  # only full-length trials are complete
+    runs = _children(result)
+    assert all(r.info.status != "RUNNING" for r in runs)
+    pruned_runs = [r for r in runs if r.data.tags.get(T.STATE_TAG) == "PRUNED"]
+    assert len(pruned_runs) == len(pruned)
+    assert all(r.info.status == "KILLED" for r in pruned_runs)
+    assert result.counts["pruned"] == len(pruned)
+
+
+def test_same_seed_same_configurations(ray_cluster, tmp_path):
+    def sequence(name, seed):
+        spec = StudySpec(space="mnist-fc-node-perturbation", max_trials=3, seed=seed,
+                         epochs=1, batches_per_epoch=3, dataset="mnist-5k",
+                         **_stores(tmp_path, name))
+        run_study(spec)
+        trials = sorted(_optuna_trials(spec), key=lambda t: t.number)
+        return [t.params for t in trials]
+
+    first, again, other = sequence("s1", 7), sequence("s2", 7), sequence("s3", 8)
+    assert first == again
+    assert first != other
+
+
+def test_taken_name_is_refused_and_nothing_is_created(ray_cluster, tmp_path):
+    from service.study import StudyError
+
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=1, epochs=1, batches_per_epoch=2,
+                     dataset="mnist-5k", **_stores(tmp_path, "taken"))
+    run_study(spec)
+    with pytest.raises(StudyError, match="taken"):
+        run_study(spec)
+
+
+def test_final_evaluation_with_seeds(ray_cluster, tmp_path):
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=2, parallel_trials=2, final_seeds=3,
+                     **TINY, **_stores(tmp_path, "final"))
+    result = run_study(spec)
+    finals = _children(result, "final")
+    assert len(finals) == 3
+    assert sorted(int(r.data.params["seed"]) for r in finals) == [1, 2, 3]
+    values = [r.data.metrics["test_error"] for r in finals]
+    mean = sum(values) / 3
+    assert result.final["final/test_error_mean"] == pytest.approx(mean)
+    sem = math.sqrt(sum((v - mean) ** 2 for v in values) / 2) / math.sqrt(3)
+    assert result.final["final/test_error_sem"] == pytest.approx(sem)
+    parent = MlflowClient(result.tracking_uri).get_run(result.parent_run_id)
+    assert parent.data.metrics["final/test_error_mean"] == pytest.approx(mean)
+
+
+def _count_complete(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return con.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path, credit_home):
+    stores = _stores(tmp_path, "resumed")
+    args = [sys.executable, "-m", "service.cli", "search", "--space", "mnist-fc-backprop",
+            "--name", "resumed", "--trials", "5", "--concurrency", "2", "--epochs", "3",
+            "--batches-per-epoch", "40", "--dataset", "mnist-5k", "--quiet",
+            "--tracking-uri", stores["tracking_uri"], "--storage", stores["storage"]]
+    env = dict(os.environ)
+    driver = subprocess.Popen(args, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = tmp_path / "optuna.db"
+    deadline = time.time() + 240
+    while _count_complete(db) < 2 and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    assert _count_complete(db) >= 2
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+
+    done = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=5, epochs=3, **stores)
+    trials = _optuna_trials(spec)
+    assert [t.state.name for t in trials].count("COMPLETE") == 5
+    client = MlflowClient(stores["tracking_uri"])
+    exp = client.get_experiment_by_name("credit-search")
+    parent = T.find_runs(stores["tracking_uri"], exp.experiment_id,
+                         f"tags.`{T.STUDY_TAG}` = 'resumed' and tags.`{T.ROLE_TAG}` = 'study'")
+    assert len(parent) == 1
+    runs = [r for r in T.child_runs(stores["tracking_uri"], exp.experiment_id,
+                                    parent[0].info.run_id)
+            if r.data.tags.get(T.ROLE_TAG) == "trial"]
+    trial_ids = [r.data.tags[T.TRIAL_TAG] for r in runs]
+    assert len(set(trial_ids)) == len(trial_ids) == 5  # no duplicate run for a trial
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert sum(r.info.status == "FINISHED" for r in runs) == 5
+
+
+@pytest.mark.parametrize("fields,where", [
+    (dict(name="../etc"), "name"),
+    (dict(name="Upper"), "name"),
+    (dict(space="no-such-preset"), "space"),
+    (dict(sampler="grid"), "sampler"),
+    (dict(max_trials=0), "max_trials"),
+    (dict(parallel_trials=-1), "parallel_trials"),
+    (dict(epochs=0), "epochs"),
+    (dict(resources={"cpu": 0}), "resources.cpu"),
+    (dict(resources={"gpu": -1}), "resources.gpu"),
+    (dict(dataset="cifar10"), "dataset"),
+    (dict(objective={"metric": "x", "mode": "best"}), "objective.mode"),
+    (dict(final_seeds=-2), "final_seeds"),
+    (dict(colour="red"), "colour"),
+])
+def test_bad_spec_names_the_field(fields, where):
+    base = dict(name="ok", space="mnist-fc-backprop")
+    base.update(fields)
+    with pytest.raises((ValidationError, ValueError)) as info:
+        StudySpec(**base)
+    assert where.split(".")[0] in str(info.value)
