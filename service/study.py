@@ -201,11 +201,16 @@ def connect_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
     _quiet_ray()
     address = os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": {"PYTHONPATH": _project_root()}}
+    # The node IP this driver registers: CREDIT_RAY_NODE_IP, or loopback for a private
+    # cluster (so a single-machine study never talks over the network).
+    node_ip = os.environ.get("CREDIT_RAY_NODE_IP") or (None if address else "127.0.0.1")
+    extra = {"_node_ip_address": node_ip} if node_ip else {}
     if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, **extra)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 _temp_dir=str(ray_temp_dir()), log_to_driver=False, runtime_env=runtime_env)
+                 _temp_dir=str(ray_temp_dir()), log_to_driver=False, runtime_env=runtime_env,
+                 **extra)
 
 
 def _quiet_ray() -> None:
@@ -241,6 +246,10 @@ def _make_searcher(spec: StudySpec, space: SearchSpace, storage):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             ot_trial = self._ot_trials[trial_id]
+            stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
+            if stored.state.is_finished():  # told before a driver restart
+                self._completed_trials.add(trial_id)
+                return
             value = None if result is None else result.get(self.metric)
             if error or value is None or not math.isfinite(float(value)):
                 state, value = optuna.trial.TrialState.FAIL, None
@@ -313,10 +322,22 @@ def _error_text(trial) -> str:
             text = Path(trial.error_file).read_text()
         except OSError:
             text = ""
+    return _exception_line(text)
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception))(?:\([\w.]+\))?: (.+)$")
+
+
+def _exception_line(text: str) -> str:
+    """The message of the innermost exception in a (remote) traceback, one line."""
+    found = None
+    for line in text.strip().splitlines():
+        m = _EXCEPTION_LINE.match(line.strip())
+        if m:
+            found = m.group(2).strip()
+    if found:
+        return found[:500]
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    for line in reversed(lines):  # the exception line, not the traceback
-        if "Error" in line or "diverged" in line:
-            return line[:500]
     return (lines[-1] if lines else "trial failed")[:500]
 
 
@@ -347,6 +368,7 @@ def run_study(spec: StudySpec, *, resume: bool = False,
     from trainables.tune import train_trial
 
     start = time.perf_counter()
+    _quiet_ray()
     space = spec.search_space()
     tracking_uri = spec.tracking_uri or settings.default_tracking_uri()
     storage_url = spec.storage or settings.default_optuna_storage()
@@ -390,6 +412,9 @@ def run_study(spec: StudySpec, *, resume: bool = False,
         result = _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summaries)
         result.status = status if result.best_params is not None or status == "FAILED" \
             else "FAILED"
+        if progress is not None:
+            progress({"counts": dict(result.counts), "best": result.best_value,
+                      "metric": spec.objective.metric, "max_trials": spec.max_trials})
         if result.best_params is None and not message:
             message = "no trial completed"
         if result.best_params is not None and spec.final_seeds > 0:
@@ -513,11 +538,7 @@ def _trial_summaries(spec, grid, monitor) -> list[TrialSummary]:
 
 
 def _short_error(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    for line in reversed(text):
-        if "Error" in line or "diverged" in line:
-            return line.strip()[:500]
-    return (text[-1] if text else type(error).__name__)[:500]
+    return _exception_line(str(error)) if str(error) else type(error).__name__
 
 
 def _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summaries):

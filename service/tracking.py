@@ -125,6 +125,7 @@ class MlflowTrialLogger(Callback):
         self.trial_id = trial_id
         self.role = role
         self.run_id: str | None = None
+        self.closed = False
         self._client: MlflowClient | None = None
 
     @property
@@ -135,8 +136,13 @@ class MlflowTrialLogger(Callback):
 
     # --------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: Trainer) -> None:
-        if self.run_id is not None:  # restored from a checkpoint: keep the same run
-            self.client.update_run(self.run_id, status="RUNNING")
+        if self.run_id is None:  # a trial restarted before its first checkpoint
+            self.run_id = self._existing_run()
+        if self.run_id is not None:  # restored: keep logging to the same run
+            if trainer.epoch >= trainer.config.epochs:
+                self.closed = True  # it had finished; only the driver lost track of it
+            else:
+                self.client.update_run(self.run_id, status="RUNNING")
             return
         run = self.client.create_run(
             self.experiment_id,
@@ -148,6 +154,15 @@ class MlflowTrialLogger(Callback):
         log_params(self.client, self.run_id, trainer.config.model_dump())
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _where().items()])
 
+    def _existing_run(self) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = "
+            f"'{self.trial_id}' and tags.`{ROLE_TAG}` = '{self.role}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))
         if trainer.epoch >= trainer.config.epochs:
@@ -155,9 +170,15 @@ class MlflowTrialLogger(Callback):
             self._log_plots(trainer)
             self.client.set_tag(self.run_id, STATE_TAG, "COMPLETE")
             self.client.set_terminated(self.run_id, status="FINISHED")
+            self.closed = True
 
     def on_fit_error(self, trainer: Trainer, error: BaseException) -> None:
-        if self.run_id is None:
+        if self.run_id is None or self.closed:
+            return
+        self.closed = True
+        if isinstance(error, SystemExit):  # Tune stopped the trial inside report()
+            self.client.set_tag(self.run_id, STATE_TAG, "PRUNED")
+            self.client.set_terminated(self.run_id, status="KILLED")
             return
         reason = str(error) or type(error).__name__
         self.client.log_batch(self.run_id, tags=[RunTag(FAILURE_TAG, reason[:5000]),

@@ -22,3 +22,6 @@ class DivergenceError(CreditError):
         self.epoch = epoch
         self.what = what
         super().__init__(f"training diverged in epoch {epoch}: {what} is not finite")
+
+    def __reduce__(self):  # picklable across processes (Ray sends it to the driver)
+        return type(self), (self.epoch, self.what)

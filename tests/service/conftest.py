@@ -5,6 +5,7 @@ Optuna stores in a temporary CREDIT_HOME."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -39,6 +40,14 @@ def credit_home(tmp_path_factory) -> Path:
 def ray_cluster(credit_home):
     """A head node (2 CPUs) and a worker node (1 CPU) joined over loopback."""
     temp = Path(f"/tmp/credit-test-ray-{os.getpid()}")
+    # Token authentication, as Ray >= 2.59 enables it: every node and driver of this
+    # cluster (subprocesses included) shares one token through the environment.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    # Keep every node, driver and worker on loopback: nodes register 127.0.0.1, and
+    # the address is 127.0.0.2 (loopback too) because Ray rewrites "127.0.0.1" in an
+    # address into the machine's outward IP.
+    os.environ["CREDIT_RAY_NODE_IP"] = "127.0.0.1"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     port = _free_port()
     head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
@@ -46,7 +55,7 @@ def ray_cluster(credit_home):
                 "--resources={\"head_node\": 1}", "--disable-usage-stats", env=env)
     if head.returncode != 0:
         pytest.fail(f"ray start --head failed: {head.stderr[-2000:]}")
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.2:{port}"
     worker = _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1",
                   "--num-cpus=1", "--num-gpus=0", "--resources={\"worker_node\": 1}",
                   "--disable-usage-stats", env=env)
@@ -57,7 +66,7 @@ def ray_cluster(credit_home):
     deadline = time.time() + 60
     import ray
 
-    ray.init(address=address, log_to_driver=False)
+    ray.init(address=address, log_to_driver=False, _node_ip_address="127.0.0.1")
     while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
         time.sleep(0.5)
     yield address

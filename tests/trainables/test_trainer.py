@@ -258,3 +258,10 @@ def test_explicit_missing_data_dir_is_refused_even_for_mnist_5k(tmp_path):
 
     with pytest.raises(DataUnavailableError, match="does not exist"):
         load_dataset("mnist-5k", tmp_path / "nope")
+
+
+def test_divergence_error_survives_pickling():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(DivergenceError(3, "the training loss")))
+    assert error.epoch == 3 and "diverged in epoch 3" in str(error)
