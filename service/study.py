@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -428,6 +429,7 @@ def run_study(spec: StudySpec, *, resume: bool = False,
                          else "FAILED")
         return result
     except BaseException as error:
+        T.close_stale_runs(tracking_uri, experiment_id, parent_id, set())
         c.set_tag(parent_id, T.FAILURE_TAG, (str(error) or type(error).__name__)[:5000])
         c.set_terminated(parent_id, status="KILLED" if isinstance(error, KeyboardInterrupt)
                          else "FAILED")
@@ -651,10 +653,52 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def close_study_records(spec: StudySpec, status: str = "KILLED", reason: str = "cancelled") -> int:
+    """End a study's records from outside its driver (after its job was stopped/killed):
+    every RUNNING MLflow run of the study (parent and children) → ``status``, and every
+    unfinished Optuna trial → FAIL. Idempotent; returns the number of runs closed."""
+    import optuna
+
+    from service import settings
+    from service import tracking as T
+
+    tracking_uri = spec.tracking_uri or settings.default_tracking_uri()
+    c = T.client(tracking_uri)
+    closed = 0
+    exp = c.get_experiment_by_name(spec.experiment_name)
+    if exp is not None:
+        parents = T.find_runs(tracking_uri, exp.experiment_id,
+                              f"tags.`{T.STUDY_TAG}` = '{spec.name}' and "
+                              f"tags.`{T.ROLE_TAG}` = 'study'")
+        for parent in parents:
+            closed += T.close_stale_runs(tracking_uri, exp.experiment_id, parent.info.run_id,
+                                         set())
+            if parent.info.status == "RUNNING":
+                c.set_tag(parent.info.run_id, T.FAILURE_TAG, reason)
+                c.set_tag(parent.info.run_id, "credit.status", "CANCELLED"
+                          if status == "KILLED" else "FAILED")
+                c.set_terminated(parent.info.run_id, status=status)
+                closed += 1
+    try:
+        storage = _optuna_storage(spec.storage or settings.default_optuna_storage())
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:  # the study never reached Optuna
+        return closed
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,
+                                                      optuna.trial.TrialState.WAITING)):
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return closed
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m service.study SPEC.json [--resume]``: the Ray Job entrypoint."""
     argv = sys.argv[1:] if argv is None else argv
     spec = StudySpec.model_validate_json(Path(argv[0]).read_text())
+
+    def _terminate(signum, frame):  # `ray job stop` sends SIGTERM: end records as KILLED
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     result = run_study(spec, resume="--resume" in argv)
     print(json.dumps(_jsonable(result.to_dict())))
     return 0 if result.status == "SUCCEEDED" else 1
