@@ -79,6 +79,12 @@ class StudySpec(BaseModel):
     tracking_uri: str | None = None
     storage: str | None = Field(None, description="Optuna storage URL (SQLAlchemy)")
     experiment_name: str = Field("credit-search", min_length=1, max_length=200)
+    group_run_id: str | None = Field(
+        None, description="MLflow run to nest this study's parent run under (a campaign)"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="extra tags of the parent run (credit.<key>)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -498,10 +504,12 @@ def _parent_run(spec, space, tracking_uri, experiment_id, resume):
         run = existing[0]
         c.update_run(run.info.run_id, status="RUNNING")
         return run
-    run = c.create_run(experiment_id, run_name=spec.name,
-                       tags={T.STUDY_TAG: spec.name, T.ROLE_TAG: "study",
-                             "credit.experiment": space.experiment, "credit.rule": space.rule,
-                             "credit.space": space.name})
+    tags = {T.STUDY_TAG: spec.name, T.ROLE_TAG: "study", "credit.experiment": space.experiment,
+            "credit.rule": space.rule, "credit.space": space.name,
+            **{f"credit.{k}": v for k, v in spec.labels.items()}}
+    if spec.group_run_id:
+        tags[T.PARENT_TAG] = spec.group_run_id
+    run = c.create_run(experiment_id, run_name=spec.name, tags=tags)
     payload = json.loads(spec.model_dump_json())
     payload["space"] = json.loads(space.model_dump_json())
     T.log_params(c, run.info.run_id, {
