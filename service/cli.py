@@ -75,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``credit`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     from trainables.errors import ConfigError, CreditError, DataUnavailableError, DivergenceError
 
+    import logging
+
+    for noisy in ("mlflow", "alembic"):  # their INFO lines are not ours to show
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser()
     try:
         try:

@@ -115,6 +115,8 @@ def run_report(args: argparse.Namespace) -> int:
     from service.report import ReportError, build_report, format_table
 
     tracking_uri = args.tracking_uri or settings.default_tracking_uri()
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).exists():
+        raise UsageError(f"--tracking-uri: no MLflow store at {tracking_uri[10:]}")
     out = Path(args.out) if args.out else Path(f"report-{args.run_id}")
     try:
         report = build_report(args.run_id, tracking_uri, out, log_to_mlflow=not args.no_log)
