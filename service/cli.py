@@ -73,9 +73,9 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``credit`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    from trainables.errors import ConfigError, CreditError, DataUnavailableError, DivergenceError
-
     import logging
+
+    from trainables.errors import ConfigError, CreditError, DataUnavailableError, DivergenceError
 
     for noisy in ("mlflow", "alembic"):  # their INFO lines are not ours to show
         logging.getLogger(noisy).setLevel(logging.WARNING)
