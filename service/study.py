@@ -526,9 +526,12 @@ def _parent_run(spec, space, tracking_uri, experiment_id, resume):
 
 def _trial_summaries(spec, grid, monitor) -> list[TrialSummary]:
     out = []
-    for r in grid:
+    # ResultGrid keeps its results in the order of its trials (ray 2.60); the trial
+    # objects carry the id also for trials that failed before their first report.
+    trials = list(getattr(getattr(grid, "_experiment_analysis", None), "trials", []) or [])
+    for i, r in enumerate(grid):
         metrics = r.metrics or {}
-        trial_id = metrics.get("trial_id") or (r.path and Path(r.path).name.split("_")[1])
+        trial_id = metrics.get("trial_id") or (trials[i].trial_id if i < len(trials) else "?")
         done = int(metrics.get("epoch", 0) or 0)
         if r.error is not None:
             state = "FAILED"

@@ -88,6 +88,7 @@ def test_diverging_trial_fails_alone(ray_cluster, tmp_path):
     assert result.best_params == {"lr": 0.05}
     failed = [t for t in result.trials if t.state == "FAILED"]
     assert all("diverged" in (t.error or "") for t in failed)
+    assert all(t.run_id for t in result.trials)  # every trial maps to its MLflow run
     runs = _children(result)
     assert sorted(r.info.status for r in runs).count("FAILED") == len(failed)
     for r in runs:
