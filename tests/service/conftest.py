@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def ray_cluster(credit_home):
                   "--num-cpus=1", "--num-gpus=0", "--resources={\"worker_node\": 1}",
                   "--disable-usage-stats", env=env)
     if worker.returncode != 0:
-        _ray("stop", "--force", env=env)
+        stop_cluster(temp)
         pytest.fail(f"ray start (worker) failed: {worker.stderr[-2000:]}")
     os.environ["RAY_ADDRESS"] = address
     deadline = time.time() + 60
@@ -72,5 +73,41 @@ def ray_cluster(credit_home):
     yield address
     ray.shutdown()
     os.environ.pop("RAY_ADDRESS", None)
-    _ray("stop", "--force", env=env)
+    stop_cluster(temp)
     shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_cluster(temp_dir: Path) -> None:
+    """Stop the Ray processes of ONE cluster: those whose command line names its temp dir.
+
+    Never ``ray stop``: it kills every Ray process of the machine, other users' clusters
+    (and a study running beside the tests) included.
+    """
+    mine = [pid for pid, cmd in _processes() if str(temp_dir) in cmd and pid != os.getpid()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(pid) for pid in mine):
+            time.sleep(0.2)
+
+
+def _processes():
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            yield int(entry.name), cmd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
