@@ -32,10 +32,11 @@ from pydantic import (
     model_validator,
 )
 
-from trainables.config import TrainConfig
+from trainables.config import ExperimentName, RuleName, TrainConfig
 from trainables.errors import ConfigError
 from trainables.experiments import EXPERIMENTS
 from trainables.rules import RULES
+from trainables.validation import error_phrase
 
 if TYPE_CHECKING:
     from optuna.distributions import (
@@ -365,8 +366,8 @@ class SearchSpace(BaseModel):
         json_schema_extra={"pattern": _NAME.pattern},
     )
     description: str = ""
-    experiment: str = Field(description="network: " + ", ".join(EXPERIMENTS.names()))
-    rule: str = Field(description="learning rule: " + ", ".join(RULES.names()))
+    experiment: ExperimentName = Field(description="network: " + ", ".join(EXPERIMENTS.names()))
+    rule: RuleName = Field(description="learning rule: " + ", ".join(RULES.names()))
     fixed: dict[str, JsonScalar] = Field(
         default_factory=dict, description="TrainConfig fields held constant in every trial"
     )
@@ -384,16 +385,6 @@ class SearchSpace(BaseModel):
                 "hyphens, starting with a letter or digit (it becomes part of file names)"
             )
         return v
-
-    @field_validator("experiment")
-    @classmethod
-    def _known_experiment(cls, v: str) -> str:
-        return EXPERIMENTS.check(v)
-
-    @field_validator("rule")
-    @classmethod
-    def _known_rule(cls, v: str) -> str:
-        return RULES.check(v)
 
     @field_validator("params")
     @classmethod
@@ -531,40 +522,15 @@ class SearchSpace(BaseModel):
 
 # ----------------------------------------------------------------------- messages
 
-_BOUNDS = {
-    "greater_than": ("gt", ">"),
-    "greater_than_equal": ("ge", ">="),
-    "less_than": ("lt", "<"),
-    "less_than_equal": ("le", "<="),
-}
-
-
 def _reason(error: dict[str, Any], with_input: bool = True) -> str:
     """What is wrong with one value, in words (pydantic's error dict → one phrase)."""
     kind, ctx = error["type"], error.get("ctx") or {}
-    if kind == "value_error" and "error" in ctx:
-        return str(ctx["error"])
-    if kind in _BOUNDS and _BOUNDS[kind][0] in ctx:
-        key, op = _BOUNDS[kind]
-        bound = ctx[key]
-        text = f"must be {op} {bound:g}" if isinstance(bound, float) else f"must be {op} {bound}"
-    elif kind == "literal_error":
-        text = f"must be {ctx.get('expected', '?')}"
-    elif kind == "extra_forbidden":
-        return "unknown key"
-    elif kind == "missing":
-        return "required, but missing"
-    elif kind == "union_tag_invalid":
+    if kind == "union_tag_invalid":
         return (f"unknown distribution type {_show(ctx.get('tag'))}; valid: "
                 f"{', '.join(_TYPES)}")
-    elif kind == "union_tag_not_found":
+    if kind == "union_tag_not_found":
         return f"needs a \"type\": one of {', '.join(_TYPES)}"
-    else:
-        msg = error["msg"].removeprefix("Input should be ")
-        text = f"must be {msg}" if msg != error["msg"] else msg[:1].lower() + msg[1:]
-    if with_input and "input" in error and not isinstance(error["input"], (dict, list)):
-        text += f" (got {_show(error['input'])})"
-    return text
+    return error_phrase(error, with_input=with_input, show=_show)
 
 
 def validation_problems(err: ValidationError) -> list[tuple[str, str]]:

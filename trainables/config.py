@@ -8,14 +8,25 @@ valid choices before any work starts.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from trainables.experiments import EXPERIMENTS
 from trainables.rules import RULES
 
 DATASET_NAMES = ("cifar10", "mnist", "mnist-5k")
+
+#: A registered experiment or rule name; an unknown one fails listing the valid names.
+ExperimentName = Annotated[str, AfterValidator(EXPERIMENTS.check)]
+RuleName = Annotated[str, AfterValidator(RULES.check)]
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
@@ -24,8 +35,12 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
-    experiment: str = Field("mnist-fc", description="network: " + ", ".join(EXPERIMENTS.names()))
-    rule: str = Field("node_perturbation", description="learning rule: " + ", ".join(RULES.names()))
+    experiment: ExperimentName = Field(
+        "mnist-fc", description="network: " + ", ".join(EXPERIMENTS.names())
+    )
+    rule: RuleName = Field(
+        "node_perturbation", description="learning rule: " + ", ".join(RULES.names())
+    )
     dataset: str | None = Field(None, description="dataset; default: the experiment's default")
     epochs: int = Field(10, ge=1, le=100_000)
     lr: float | None = Field(
@@ -46,16 +61,6 @@ class TrainConfig(BaseModel):
     data_dir: str | None = Field(None, description="data directory; default: $CREDIT_DATA_DIR")
     metrics_batch_size: int = Field(512, ge=1, description="fixed test batch for alignment metrics")
     max_test_samples: int | None = Field(None, ge=1, description="evaluate on a test subset")
-
-    @field_validator("experiment")
-    @classmethod
-    def _known_experiment(cls, v: str) -> str:
-        return EXPERIMENTS.check(v)
-
-    @field_validator("rule")
-    @classmethod
-    def _known_rule(cls, v: str) -> str:
-        return RULES.check(v)
 
     @field_validator("dataset")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from trainables.errors import ConfigError
+from trainables.validation import error_phrase
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -26,33 +27,9 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-_BOUNDS = {
-    "greater_than": ("gt", ">"),
-    "greater_than_equal": ("ge", ">="),
-    "less_than": ("lt", "<"),
-    "less_than_equal": ("le", "<="),
-}
-
-
 def _problem(error: dict[str, Any]) -> str:
     """What is wrong with one value, in words, with the valid range or choices."""
-    kind, ctx = error["type"], error.get("ctx") or {}
-    if kind == "value_error" and "error" in ctx:
-        return str(ctx["error"])  # our validators' messages already name the value
-    if kind in _BOUNDS and _BOUNDS[kind][0] in ctx:
-        key, op = _BOUNDS[kind]
-        bound = ctx[key]
-        text = f"must be {op} {bound:g}" if isinstance(bound, float) else f"must be {op} {bound}"
-    elif kind == "literal_error":
-        text = f"must be {ctx.get('expected', '?')}"
-    elif kind == "extra_forbidden":
-        return "unknown setting"
-    else:
-        msg = error["msg"].removeprefix("Input should be ")
-        text = f"must be {msg}" if msg != error["msg"] else msg[:1].lower() + msg[1:]
-    if "input" in error and not isinstance(error["input"], dict):
-        text += f" (got {error['input']!r})"
-    return text
+    return error_phrase(error, unknown="unknown setting")
 
 
 def validation_message(err: ValidationError, name=flag) -> str:
