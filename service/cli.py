@@ -74,9 +74,11 @@ def _fail(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``credit`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     import logging
+    import os
 
     from trainables.errors import ConfigError, CreditError, DataUnavailableError, DivergenceError
 
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     for noisy in ("mlflow", "alembic"):  # their INFO lines are not ours to show
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser()

@@ -367,17 +367,16 @@ def _counts_from_tune(trials, epochs: int) -> dict[str, int]:
 def run_study(spec: StudySpec, *, resume: bool = False,
               progress: ProgressFn | None = None) -> StudyResult:
     """Run (or resume) a study to the end and return its best configuration."""
-    import ray
-    from ray import tune
-
     from service import settings
     from service import tracking as T
-    from trainables.tune import train_trial
 
     start = time.perf_counter()
     _quiet_ray()
     space = spec.search_space()
     tracking_uri = spec.tracking_uri or settings.default_tracking_uri()
+    if resume and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).exists():
+        raise StudyError(f"no study named {spec.name!r} to resume (no MLflow store at "
+                         f"{tracking_uri[10:]})")
     storage_url = spec.storage or settings.default_optuna_storage()
     artifact_root = settings.default_artifact_root() if _is_local(tracking_uri) else None
 
@@ -391,8 +390,13 @@ def run_study(spec: StudySpec, *, resume: bool = False,
     experiment_dir = settings.tune_results_dir() / spec.name
     status, message = "SUCCEEDED", ""
     try:
-        connect_ray()
+        from ray import tune  # heavy: only once the study passed its checks
+
+        from trainables.tune import train_trial
+
         monitor = _StudyMonitor(spec, progress)
+        monitor._seen([], None)  # the study passed its checks: show it before Ray starts
+        connect_ray()
         factory = T.TrialLoggerFactory(tracking_uri, experiment_id, parent_id, spec.name)
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, callback_factory=factory),
@@ -440,9 +444,6 @@ def run_study(spec: StudySpec, *, resume: bool = False,
         c.set_terminated(parent_id, status="KILLED" if isinstance(error, KeyboardInterrupt)
                          else "FAILED")
         raise
-    finally:
-        if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-            pass  # a private cluster ends with the process; callers may run more studies
 
 
 def _is_local(uri: str) -> bool:

@@ -83,6 +83,14 @@ def make_spec(args: argparse.Namespace):
     from service.study import StudySpec
 
     fields = _spec_fields(args)
+    if "resources" in fields:  # checked apart, to name the flags themselves
+        from service.study import Resources
+
+        try:
+            Resources(**fields["resources"])
+        except ValidationError as e:
+            raise UsageError(validation_message(
+                e, lambda f: {"cpu": "--cpus-per-trial", "gpu": "--gpus-per-trial"}[f])) from None
     if "name" not in fields:
         if args.resume:
             raise UsageError("--resume needs --name of the study to resume")
@@ -97,13 +105,17 @@ def make_spec(args: argparse.Namespace):
 class _Progress:
     """One live status line on stderr: trials done/running/failed/pruned, best so far."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, header: str = ""):
         self.quiet = quiet
+        self.header = header  # printed once the study has passed its checks
         self.last = ""
 
     def __call__(self, state: dict[str, Any]) -> None:
         if self.quiet:
             return
+        if self.header:
+            print(self.header, file=sys.stderr)
+            self.header = ""
         c = state["counts"]
         best = "-" if state["best"] is None else f"{state['best']:.4g}"
         line = (f"trials {c['complete'] + c['failed'] + c['pruned']}/{state['max_trials']}: "
@@ -124,11 +136,9 @@ def run_search(args: argparse.Namespace) -> int:
     spec = make_spec(args)
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UsageError(f"--json: directory {Path(args.json).resolve().parent} does not exist")
-    progress = _Progress(args.quiet)
-    if not args.quiet:
-        print(f"study {spec.name}: space {spec.search_space().name}, {spec.max_trials} trials, "
-              f"sampler {spec.sampler}, objective {spec.objective.mode} "
-              f"{spec.objective.metric}", file=sys.stderr)
+    progress = _Progress(args.quiet, f"study {spec.name}: space {spec.search_space().name}, "
+                         f"{spec.max_trials} trials, sampler {spec.sampler}, objective "
+                         f"{spec.objective.mode} {spec.objective.metric}")
     try:
         result = run_study(spec, resume=args.resume, progress=progress)
     except StudyError as e:
