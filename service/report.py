@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from service import tracking as T
 from service.paper import PAPER
@@ -224,6 +224,9 @@ def figure1(arms: list[ArmData]) -> Figure:
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.ticklabel_format(axis="y", style="plain")
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=colors[a.key], label=a.label) for a in aligned]
