@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import NoReturn
 
-from service.commands import UsageError, paper, search, train
+from service.commands import UsageError, paper, search, serve, studies, train
 
 PROG = "credit"
 
 #: The command modules, in the order ``credit --help`` lists them.
-COMMAND_MODULES = (train, search, paper)
+COMMAND_MODULES = (train, search, paper, serve, studies)
 
 
 class ArgumentParser(argparse.ArgumentParser):

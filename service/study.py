@@ -229,6 +229,10 @@ def _quiet_ray() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     for name in ("ray", "ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A failed trial is part of a study's normal life: its reason goes to MLflow and the
+    # result, not as a traceback on the user's terminal.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
 
 
 def _project_root() -> str:

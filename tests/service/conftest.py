@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 VENV_BIN = Path(sys.executable).parent
+NODE_IP = "127.0.0.2"  # loopback, and not rewritten by Ray (see ray_cluster)
 
 
 def _free_port() -> int:
@@ -39,35 +40,42 @@ def credit_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_cluster(credit_home):
-    """A head node (2 CPUs) and a worker node (1 CPU) joined over loopback."""
+    """A head node (2 CPUs, with the dashboard and its Jobs API) and a worker node
+    (1 CPU) joined over loopback."""
     temp = Path(f"/tmp/credit-test-ray-{os.getpid()}")
     # Token authentication, as Ray >= 2.59 enables it: every node and driver of this
     # cluster (subprocesses included) shares one token through the environment.
     os.environ["RAY_AUTH_MODE"] = "token"
-    # Keep every node, driver and worker on loopback: nodes register 127.0.0.1, and
-    # the address is 127.0.0.2 (loopback too) because Ray rewrites "127.0.0.1" in an
-    # address into the machine's outward IP.
-    os.environ["CREDIT_RAY_NODE_IP"] = "127.0.0.1"
+    # Keep every node, driver and worker on loopback: nodes register 127.0.0.2, and
+    # drivers join at 127.0.0.2 too, because Ray rewrites "127.0.0.1" (and "localhost")
+    # into the machine's outward IP, in --node-ip-address as in an address.
+    os.environ["CREDIT_RAY_NODE_IP"] = NODE_IP
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    port = _free_port()
-    head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp}", "--include-dashboard=false",
+    port, dashboard_port = _free_port(), _free_port()
+    # Every port a node opens is chosen here: a second cluster on this machine (another
+    # user's, or another test session's) must never collide with this one.
+    head = _ray("start", "--head", f"--port={port}", f"--node-ip-address={NODE_IP}",
+                "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp}",
+                "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard_port}", *_node_ports(head=True),
                 "--resources={\"head_node\": 1}", "--disable-usage-stats", env=env)
     if head.returncode != 0:
+        stop_cluster(temp)
         pytest.fail(f"ray start --head failed: {head.stderr[-2000:]}")
-    address = f"127.0.0.2:{port}"
-    worker = _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1",
-                  "--num-cpus=1", "--num-gpus=0", "--resources={\"worker_node\": 1}",
-                  "--disable-usage-stats", env=env)
+    address = f"{NODE_IP}:{port}"
+    worker = _ray("start", f"--address={address}", f"--node-ip-address={NODE_IP}",
+                  "--num-cpus=1", "--num-gpus=0", *_node_ports(head=False),
+                  "--resources={\"worker_node\": 1}", "--disable-usage-stats", env=env)
     if worker.returncode != 0:
         stop_cluster(temp)
         pytest.fail(f"ray start (worker) failed: {worker.stderr[-2000:]}")
     os.environ["RAY_ADDRESS"] = address
+    os.environ["CREDIT_TEST_RAY_DASHBOARD_URL"] = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.time() + 60
     import ray
 
-    ray.init(address=address, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(address=address, log_to_driver=False, _node_ip_address=NODE_IP)
     while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
         time.sleep(0.5)
     yield address
@@ -75,6 +83,20 @@ def ray_cluster(credit_home):
     os.environ.pop("RAY_ADDRESS", None)
     stop_cluster(temp)
     shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_dashboard(ray_cluster) -> str:
+    """The URL of the test cluster's dashboard (Jobs API, state API), on loopback."""
+    return os.environ["CREDIT_TEST_RAY_DASHBOARD_URL"]
+
+
+def _node_ports(head: bool) -> list[str]:
+    ports = [f"--dashboard-agent-listen-port={_free_port()}",
+             f"--metrics-export-port={_free_port()}"]
+    if head:
+        ports.append(f"--ray-client-server-port={_free_port()}")
+    return ports
 
 
 def stop_cluster(temp_dir: Path) -> None:
