@@ -79,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainables.errors import ConfigError, CreditError, DataUnavailableError, DivergenceError
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for noisy in ("mlflow", "alembic"):  # their INFO lines are not ours to show
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser()
