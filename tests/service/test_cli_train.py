@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,8 +104,15 @@ def test_ctrl_c_exits_130_with_one_line() -> None:
         cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        first = proc.stderr.read(1)  # the progress bar's first draw: training has begun
-        assert first, "credit exited before training"
+        # Wait for the progress bar's unit: training has begun (not merely an import
+        # or a warning on stderr — an interrupt during start-up is another story).
+        seen = b""
+        deadline = time.monotonic() + 120
+        while b"batch" not in seen and time.monotonic() < deadline:
+            chunk = os.read(proc.stderr.fileno(), 256)
+            assert chunk, f"credit exited before training: {seen!r}"
+            seen += chunk
+        assert b"batch" in seen, seen
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
