@@ -1,0 +1,222 @@
+"""The FastAPI app: ``create_app(settings)``.
+
+Request path, outermost first: bearer-token check (``TokenAuth``), body-size limit
+(``BodySizeLimit``), then FastAPI's routing and validation. Routes are thin: they
+call ``service.api.studies`` in a worker thread (every call there blocks on Ray,
+MLflow, Optuna or the database) and map its errors to status codes here, each 4xx
+with a body that names the field and the reason:
+
+    {"detail": [{"loc": ["body", "max_trials"], "msg": "must be >= 1 (got 0)",
+                 "type": "greater_than_equal"}]}
+
+A background task started by the lifespan syncs every PENDING/RUNNING study with its
+Ray job every ``sync_interval_s``; since it reads the rows, a restarted API resumes
+following every study that is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import catalog as catalog_domain
+from service.api import studies
+from service.api.config import OPEN_PATHS, ApiSettings
+from service.api.routes import catalog, health
+from service.api.routes import studies as study_routes
+from trainables.validation import error_phrase
+
+log = logging.getLogger("credit.api")
+
+DESCRIPTION = """Submit hyperparameter studies of learning rules that avoid weight
+transport, follow them, cancel them, and get their best configuration. Each study
+runs as a Ray Job; every trial is an MLflow run. Every route but `/healthz` and the
+docs needs `Authorization: Bearer <token>`."""
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The study service: routes, auth, limits, error bodies and the status sync."""
+    settings = settings or ApiSettings()
+    settings.check_startable()  # tokens, or an explicit insecure
+    services = studies.Services.from_settings(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(services.prepare)
+        task = asyncio.create_task(_sync_forever(services, settings.sync_interval_s))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            services.db.dispose()
+
+    app = FastAPI(title="credit-search study service", version="1", description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.services = services
+    app.include_router(health.router)
+    app.include_router(study_routes.router)
+    app.include_router(catalog.router)
+    _add_error_handlers(app)
+    # add_middleware wraps: the last added runs first (auth, then the size limit)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(TokenAuth, tokens=settings.tokens)
+    return app
+
+
+async def _sync_forever(services: studies.Services, interval_s: float) -> None:
+    while True:
+        try:
+            await run_in_threadpool(studies.sync_active, services)
+        except Exception:  # keep syncing whatever one round met
+            log.exception("study sync failed")
+        await asyncio.sleep(interval_s)
+
+
+# ------------------------------------------------------------------------ errors
+def error_body(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
+    return {"detail": [{"loc": loc, "msg": msg, "type": kind}]}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def problem(status: int, loc: list[Any], kind: str, headers: dict | None = None):
+        async def handler(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse(error_body(loc, str(exc), kind), status_code=status,
+                                headers=headers)
+        return handler
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"loc": list(e.get("loc", ())), "msg": error_phrase(e), "type": e["type"]}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(studies.StudyRejected)
+    async def _rejected(request: Request, exc: studies.StudyRejected) -> JSONResponse:
+        detail = [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}
+                  for loc, msg in exc.problems]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if not isinstance(detail, list):  # no such route (404), wrong method (405)
+            detail = [{"loc": ["path"], "msg": f"{detail}: {request.method} {request.url.path}",
+                       "type": "http_error"}]
+        return JSONResponse({"detail": detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    app.add_exception_handler(studies.StudyNotFound,
+                              problem(404, ["path", "study"], "not_found"))
+    app.add_exception_handler(catalog_domain.UnknownSearchSpace,
+                              problem(404, ["path", "name"], "not_found"))
+    app.add_exception_handler(studies.NameTaken, problem(409, ["body", "name"], "name_taken"))
+    app.add_exception_handler(studies.StudyStateConflict,
+                              problem(409, ["path", "study"], "conflict"))
+    app.add_exception_handler(studies.TooManyStudies,
+                              problem(429, ["body"], "too_many_studies", {"Retry-After": "30"}))
+    app.add_exception_handler(studies.BackendUnavailable,
+                              problem(503, [], "backend_unavailable", {"Retry-After": "10"}))
+
+
+# -------------------------------------------------------------------- middleware
+async def _send_json(send: Send, status: int, body: dict[str, Any],
+                     headers: dict[str, str] | None = None) -> None:
+    raw = json.dumps(body).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(raw)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": raw})
+
+
+class TokenAuth:
+    """``Authorization: Bearer <token>`` on every path but ``OPEN_PATHS``.
+
+    401 (with ``WWW-Authenticate: Bearer``) without a bearer token, 403 with a wrong
+    one; tokens are compared in constant time. With no token configured (the
+    explicit ``insecure`` setting) every request is let in. It runs before anything
+    reads the body, so an unauthenticated client learns nothing from validation.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: list[str]):
+        self.app = app
+        self.tokens = [t.encode() for t in tokens]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not token.strip():
+            await _send_json(send, 401, error_body(
+                ["header", "Authorization"], "a bearer token is required "
+                "(Authorization: Bearer <token>)", "unauthorized"),
+                {"WWW-Authenticate": "Bearer"})
+            return
+        token = token.strip()
+        # compare with every token, always: the time taken says nothing about which matched
+        matched = False
+        for known in self.tokens:
+            matched |= hmac.compare_digest(token, known)
+        if not matched:
+            await _send_json(send, 403, error_body(
+                ["header", "Authorization"], "the bearer token is not valid", "forbidden"))
+            return
+        await self.app(scope, receive, send)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, [{"loc": ["body"], "msg": f"the request body exceeds {limit} "
+                                "bytes, this server's limit", "type": "too_large"}])
+
+
+class BodySizeLimit:
+    """413 for a body over ``max_bytes``: by its Content-Length up front, and counted on
+    the stream (a chunked or lying client is cut off at the limit)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                await _send_json(send, 400, error_body(["header", "Content-Length"],
+                                                       "must be a number of bytes", "invalid"))
+                return
+            if int(length) > self.max_bytes:
+                await _send_json(send, 413, {"detail": _BodyTooLarge(self.max_bytes).detail})
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # an HTTPException passes FastAPI's body reading untouched → 413
+                    raise _BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited, send)

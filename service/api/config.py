@@ -1,0 +1,116 @@
+"""The study service's settings: one pydantic-settings object, read from ``CREDIT_*``.
+
+Every field is an environment variable named ``CREDIT_`` + the field in capitals
+(``CREDIT_API_TOKENS``, ``CREDIT_RAY_DASHBOARD_URL``, ...). Paths default to files
+under ``CREDIT_HOME`` (``~/.credit``), as ``service.settings`` lays them out, so the
+API, ``credit search`` and the study runner share one local installation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Paths anyone may call without a token.
+OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+
+
+class ApiSettings(BaseSettings):
+    """How the API runs, where it keeps state, which cluster and stores it uses."""
+
+    model_config = SettingsConfigDict(env_prefix="CREDIT_", extra="ignore",
+                                      validate_default=True, populate_by_name=True)
+
+    home: Path = Field(Path("~/.credit"), description="local state (CREDIT_HOME)")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the study records (sqlite in CREDIT_HOME)")
+    api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (), description="bearer tokens, comma-separated; a request needs one of them")
+    insecure: bool = Field(
+        False, description="allow running with no token at all (every request is let in)")
+
+    ray_dashboard_url: str = Field("http://127.0.0.1:8265",
+                                   description="Ray dashboard (Jobs API) of the cluster")
+    ray_auth_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("CREDIT_RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN"),
+        description="the cluster's Ray auth token (token authentication)")
+    ray_node_ip: str | None = Field(
+        None, description="node IP drivers register (CREDIT_RAY_NODE_IP, for jobs)")
+    job_python: str = Field(sys.executable,
+                            description="the Python that runs a study's driver on the cluster")
+    job_entrypoint_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom resources a study's driver reserves (JSON), e.g. to pin it")
+
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI the studies log to (MLFLOW_TRACKING_URI, "
+                          "else sqlite in CREDIT_HOME)")
+    mlflow_ui_url: str | None = Field(
+        None, description="base URL of the MLflow UI for links (default: the tracking "
+                          "URI when it is http)")
+    optuna_storage: str | None = Field(
+        None, description="Optuna storage URL (sqlite in CREDIT_HOME)")
+    experiment_name: str = Field("credit-search", min_length=1, max_length=200)
+    data_dir: str | None = Field(None, description="CREDIT_DATA_DIR, handed to studies")
+
+    max_trials_per_study: int = Field(1000, ge=1, le=10_000)
+    max_concurrent_studies: int = Field(4, ge=1, le=1000)
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    sync_interval_s: float = Field(2.0, gt=0, le=60)
+    cancel_timeout_s: float = Field(30.0, gt=0, le=600)
+    lost_job_grace_s: float = Field(
+        60.0, gt=0, description="a study whose Ray job is unknown this long is FAILED")
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _resolve_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _defaults(self) -> ApiSettings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.home / 'service.db'}"
+        if self.optuna_storage is None:
+            self.optuna_storage = f"sqlite:///{self.home / 'optuna.db'}"
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = (os.environ.get("MLFLOW_TRACKING_URI")
+                                        or f"sqlite:///{self.home / 'mlflow.db'}")
+        if self.mlflow_ui_url is None and self.mlflow_tracking_uri.startswith("http"):
+            self.mlflow_ui_url = self.mlflow_tracking_uri
+        if self.mlflow_ui_url:
+            self.mlflow_ui_url = self.mlflow_ui_url.rstrip("/")
+        self.ray_dashboard_url = self.ray_dashboard_url.rstrip("/")
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def tokens(self) -> list[str]:
+        return [t.get_secret_value() for t in self.api_tokens]
+
+    def job_env(self) -> dict[str, str]:
+        """Environment of a study's driver (and its trials) on the cluster."""
+        env = {"CREDIT_HOME": str(self.home)}
+        for key, value in (("CREDIT_DATA_DIR", self.data_dir),
+                           ("CREDIT_RAY_NODE_IP", self.ray_node_ip),
+                           ("CREDIT_CACHE_DIR", os.environ.get("CREDIT_CACHE_DIR"))):
+            if value:
+                env[key] = value
+        return env
+
+    def check_startable(self) -> None:
+        """Refuse to run open to anyone by accident: tokens, or an explicit ``insecure``."""
+        if not self.tokens and not self.insecure:
+            raise ValueError("no API token configured: set CREDIT_API_TOKENS (comma-separated) "
+                             "or, to let every request in, CREDIT_INSECURE=1 / --insecure")

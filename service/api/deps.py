@@ -1,0 +1,22 @@
+"""Route dependencies: the app's ``Services``, and the bearer scheme for the OpenAPI page."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPBearer
+
+from service.api.studies import Services
+
+#: Documents the bearer token in the OpenAPI page. Enforcement is ``TokenAuth`` (a
+#: middleware, so that it runs before the body is read); this scheme never rejects.
+bearer = HTTPBearer(auto_error=False, description="one of the server's CREDIT_API_TOKENS")
+Authenticated = Security(bearer)
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,45 @@
+"""Whether what the service depends on answers: the database, Ray, MLflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.api.studies import Services
+
+
+def _check(fn) -> dict[str, Any]:
+    try:
+        detail = fn()
+    except Exception as error:
+        return {"ok": False, "detail": " ".join(str(error).split())[:300] or type(error).__name__}
+    return {"ok": True, "detail": detail or ""}
+
+
+def _mlflow(services: Services) -> str:
+    uri = services.settings.mlflow_tracking_uri
+    if uri.startswith("http"):
+        import httpx
+
+        r = httpx.get(uri.rstrip("/") + "/health", timeout=5)
+        r.raise_for_status()
+        return uri
+    from service import tracking
+
+    tracking.client(uri).search_experiments(max_results=1)
+    return uri
+
+
+def health(services: Services) -> dict[str, Any]:
+    """``{"status": "ok"|"degraded", "checks": {name: {ok, detail}}}``."""
+
+    def database() -> str:
+        services.db.ping()
+        return services.db.engine.url.render_as_string(hide_password=True)
+
+    checks = {"database": _check(database),
+              "ray": _check(lambda: f"Ray {services.jobs.version()} at "
+                                    f"{services.jobs.dashboard_url}"),
+              "mlflow": _check(lambda: _mlflow(services))}
+    status = "ok" if all(c["ok"] for c in checks.values()) else "degraded"
+    return {"status": status, "checks": checks,
+            "mlflow_ui_url": services.settings.mlflow_ui_url}

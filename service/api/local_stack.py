@@ -1,0 +1,235 @@
+"""The local stack behind ``credit serve --local``: a private Ray head and an MLflow server.
+
+Both run on loopback only and each is started in its own session (process group),
+so stopping it ends exactly its processes — never ``ray stop``, which would kill
+every Ray process of the machine, other users' clusters included.
+
+Ray rewrites ``127.0.0.1`` (and ``localhost``) into the machine's outward IP, in
+``--node-ip-address`` as in addresses; ``127.0.0.2`` is loopback too and left
+alone, so the head registers, and its drivers join, at ``127.0.0.2``. Every port a
+node opens is chosen here, so two clusters on one machine never collide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from trainables.errors import CreditError
+
+NODE_IP = "127.0.0.2"
+BIN = Path(sys.executable).parent
+
+
+class StackError(CreditError):
+    """A part of the local stack did not start (the message says which and why)."""
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """``preferred`` if nothing listens there, else a free port chosen by the kernel."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise StackError("no free port")  # pragma: no cover
+
+
+def wait_http(url: str, timeout_s: float, headers: dict | None = None,
+              alive=lambda: True) -> None:
+    """Until ``url`` answers 200 (or ``timeout_s`` passes, or ``alive()`` turns false)."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if not alive():
+            raise StackError(f"{url}: the process serving it exited")
+        try:
+            r = httpx.get(url, headers=headers, timeout=2)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as error:
+            last = type(error).__name__
+        time.sleep(0.3)
+    raise StackError(f"{url} did not answer within {timeout_s:.0f} s ({last})")
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (Linux /proc): a Ray head's daemons and the
+    workers its raylet starts (each in its own process group, but in the session)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getsid(pid) == sid and pid != os.getpid() and _alive(pid):
+                pids.append(pid)
+        except OSError:
+            continue
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop_session(sid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM to every process of session ``sid``; SIGKILL to those left after ``grace_s``."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        members = session_members(sid)
+        if not members:
+            return
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and session_members(sid):
+            time.sleep(0.2)
+
+
+class LocalRayHead:
+    """A one-node Ray cluster with its dashboard (Jobs API) and token authentication."""
+
+    def __init__(self, num_cpus: int | None = None, num_gpus: int | None = None,
+                 dashboard_port: int | None = None, token: str | None = None,
+                 temp_dir: Path | None = None, log_file: Path | None = None):
+        self.num_cpus = num_cpus or os.cpu_count() or 1
+        self.num_gpus = num_gpus
+        self.token = token or secrets.token_hex(32)
+        # Ray's socket paths must stay short (107 bytes): a shallow, private temp dir
+        self.temp_dir = temp_dir or Path(tempfile.mkdtemp(prefix=f"credit-{os.getuid()}-",
+                                                          dir="/tmp"))
+        self.port = free_port()
+        self.dashboard_port = free_port(dashboard_port or 8265)
+        self.log_file = log_file
+        self.sid: int | None = None  # the session of `ray start` and all it starts
+
+    @property
+    def address(self) -> str:
+        return f"{NODE_IP}:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
+                    RAY_USAGE_STATS_ENABLED="0")
+
+    def start(self, timeout_s: float = 180.0) -> LocalRayHead:
+        args = [str(BIN / "ray"), "start", "--head", f"--port={self.port}",
+                f"--node-ip-address={NODE_IP}", f"--num-cpus={self.num_cpus}",
+                f"--temp-dir={self.temp_dir}", "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]
+        if self.num_gpus is not None:
+            args.append(f"--num-gpus={self.num_gpus}")
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(args, env=self.env(), start_new_session=True, stdout=out,
+                                    stderr=subprocess.STDOUT)
+            self.sid = proc.pid
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise StackError(f"ray start did not finish within {timeout_s:.0f} s") from None
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        if code != 0:
+            where = f" (see {self.log_file})" if self.log_file else ""
+            raise StackError(f"ray start --head failed with exit code {code}{where}")
+        headers = {"Authorization": f"Bearer {self.token}"}
+        wait_http(f"{self.dashboard_url}/api/version", timeout_s, headers)
+        self._wait_jobs_agent(timeout_s, headers)
+        return self
+
+    def _wait_jobs_agent(self, timeout_s: float, headers: dict) -> None:
+        """The Jobs API takes submissions once the head's agent has registered."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{self.dashboard_url}/api/v0/nodes?detail=false",
+                              headers=headers, timeout=5)
+                rows = r.json()["data"]["result"]["result"]
+                if r.status_code == 200 and any(n.get("state") == "ALIVE" for n in rows):
+                    return
+            except (httpx.HTTPError, KeyError, TypeError, json.JSONDecodeError):
+                pass
+            time.sleep(0.5)
+        raise StackError("the Ray head's node did not register in time")
+
+    def stop(self) -> None:
+        if self.sid is not None:
+            stop_session(self.sid)
+            self.sid = None
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class MlflowServer:
+    """``mlflow server --workers 1`` on loopback: tracking REST API, UI, proxied artifacts."""
+
+    def __init__(self, backend_store_uri: str, artifacts_dir: Path, port: int | None = None,
+                 log_file: Path | None = None):
+        self.backend_store_uri = backend_store_uri
+        self.artifacts_dir = Path(artifacts_dir)
+        self.port = free_port(port or 5000)
+        self.log_file = log_file
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 120.0) -> MlflowServer:
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        hosts = f"127.0.0.1:{self.port},localhost:{self.port}"
+        args = [str(BIN / "mlflow"), "server", "--workers", "1",
+                "--backend-store-uri", self.backend_store_uri,
+                "--artifacts-destination", str(self.artifacts_dir),
+                "--host", "127.0.0.1", "--port", str(self.port), "--allowed-hosts", hosts]
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(args, start_new_session=True, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        try:
+            wait_http(f"{self.url}/health", timeout_s,
+                      alive=lambda: self.proc is not None and self.proc.poll() is None)
+        except StackError as error:
+            self.stop()
+            where = f" (see {self.log_file})" if self.log_file else ""
+            raise StackError(f"mlflow server did not start: {error}{where}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_session(self.proc.pid)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+            self.proc = None

@@ -1,0 +1,126 @@
+"""``/studies``: submit, list, show, trials, best, cancel.
+
+Every handler is a plain ``def``: FastAPI runs it in its threadpool, so the blocking
+calls of the domain functions (Ray Jobs, MLflow, Optuna, the database) never stall
+the event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response
+
+from service.api import studies
+from service.api.deps import Authenticated, ServicesDep
+from service.api.schemas import (
+    BestPublic,
+    ErrorPublic,
+    StudiesPublic,
+    StudyCreate,
+    StudyPublic,
+    StudyStatus,
+    TrialsPublic,
+)
+from service.db import StudyRecord
+
+router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authenticated],
+                   responses={401: {"model": ErrorPublic}, 403: {"model": ErrorPublic}})
+
+StudyRef = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+                               description="the study's id, or its name")]
+
+
+def to_public(services: studies.Services, record: StudyRecord) -> StudyPublic:
+    progress = record.progress or {}
+    result = record.result or {}
+    counts = dict(progress.get("counts") or {})
+    if result.get("counts"):  # the runner's own final counts
+        counts = {k: result["counts"].get(k, 0) for k in
+                  ("complete", "running", "failed", "pruned", "pending")}
+    best = progress.get("best")
+    if result.get("best_params") is not None:
+        best = {"value": result["best_value"], "params": result["best_params"],
+                "trial_id": result.get("best_trial_id")}
+    spec = record.spec
+    return StudyPublic(
+        id=record.id, name=record.name, status=record.status, message=record.message or "",
+        space=spec["space"]["name"] if isinstance(spec["space"], dict) else spec["space"],
+        sampler=spec["sampler"], objective=spec["objective"], max_trials=spec["max_trials"],
+        parallel_trials=spec["parallel_trials"], counts=counts, best=best,
+        job_id=record.job_id, mlflow_experiment_id=record.experiment_id,
+        mlflow_parent_run_id=record.parent_run_id, spec=studies.public_spec(record),
+        created_at=studies.aware(record.created_at),
+        updated_at=studies.aware(record.updated_at),
+        links={"self": f"/studies/{record.id}",
+               "mlflow": services.mlflow_link(record.experiment_id, record.parent_run_id)},
+    )
+
+
+@router.post("", status_code=201, response_model=StudyPublic,
+             responses={409: {"model": ErrorPublic, "description": "name taken"},
+                        413: {"model": ErrorPublic, "description": "body too large"},
+                        422: {"model": ErrorPublic, "description": "invalid study"},
+                        429: {"model": ErrorPublic, "description": "too many studies"},
+                        503: {"model": ErrorPublic, "description": "Ray unreachable"}})
+def submit_study(body: StudyCreate, services: ServicesDep) -> Any:
+    """Submit a study: it is validated, stored and started as a Ray job.
+
+    Everything but `name` and `space` has a default. `space` is a preset name (see
+    `GET /search-spaces`) or an inline search space. A rejected request creates
+    nothing: no record, no job.
+    """
+    record = studies.submit_study(services, body)
+    return to_public(services, record)
+
+
+@router.get("", response_model=StudiesPublic)
+def list_studies(services: ServicesDep,
+                 status: Annotated[list[StudyStatus] | None, Query(
+                     description="only studies in these states (repeat for several)")] = None,
+                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Any:
+    """Studies, newest first, a page at a time; `count` is the total matching."""
+    records, count = studies.list_studies(services, status, offset, limit)
+    return StudiesPublic(data=[to_public(services, r) for r in records], count=count)
+
+
+@router.get("/{study}", response_model=StudyPublic,
+            responses={404: {"model": ErrorPublic}})
+def get_study(study: StudyRef, services: ServicesDep) -> Any:
+    """A study: status, trial counts (complete/running/failed/pruned), best so far, links.
+
+    Read from the study's record alone (the sync keeps it current), so it is cheap."""
+    return to_public(services, studies.get_study(services, study))
+
+
+@router.get("/{study}/trials", response_model=TrialsPublic,
+            responses={404: {"model": ErrorPublic}})
+def get_trials(study: StudyRef, services: ServicesDep) -> Any:
+    """Every trial: state, parameters, value, and its MLflow run."""
+    trials = studies.study_trials(services, study)
+    return TrialsPublic(data=trials, count=len(trials))
+
+
+@router.get("/{study}/best", response_model=BestPublic,
+            responses={404: {"model": ErrorPublic},
+                       409: {"model": ErrorPublic, "description": "no trial completed yet"}})
+def get_best(study: StudyRef, services: ServicesDep) -> Any:
+    """The best configuration, its metrics and its MLflow run; 409 while no trial has
+    completed. `final` says whether the study has ended."""
+    return BestPublic(**studies.best_of(services, study))
+
+
+@router.post("/{study}/cancel", response_model=StudyPublic,
+             responses={202: {"model": StudyPublic,
+                              "description": "stop requested; Ray has not stopped the job yet"},
+                        404: {"model": ErrorPublic},
+                        409: {"model": ErrorPublic, "description": "the study has ended"}})
+def cancel_study(study: StudyRef, services: ServicesDep, response: Response) -> Any:
+    """Cancel a study: its Ray job is stopped, its MLflow runs end KILLED, its
+    unfinished trials FAIL; the study is CANCELLED (200). 202 if Ray has not stopped
+    the job in time: the study becomes CANCELLED as soon as it has."""
+    record, done = studies.cancel_study(services, study)
+    if not done:
+        response.status_code = 202
+    return to_public(services, record)

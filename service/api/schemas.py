@@ -1,0 +1,206 @@
+"""Request and response bodies: Create / Public pairs, and ``{data, count}`` lists.
+
+``StudyCreate`` is ``service.study.StudySpec`` less the fields the server owns
+(where MLflow and Optuna keep their records, the data directory, the experiment,
+campaign nesting and extra tags): clients choose what to search, never server paths.
+Its fields, bounds and defaults come from ``StudySpec`` itself, so the CLI, the
+runner and the API share one schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, field_validator
+
+from service.study import STUDY_NAME, StudySpec
+
+#: StudySpec fields only the server sets.
+SERVER_FIELDS = ("data_dir", "tracking_uri", "storage", "experiment_name", "group_run_id",
+                 "labels")
+
+StudyStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
+
+_EXAMPLE = {
+    "name": "np-mnist-5k",
+    "space": "mnist-fc-node-perturbation",
+    "sampler": "random",
+    "seed": 0,
+    "max_trials": 8,
+    "parallel_trials": 2,
+    "epochs": 3,
+    "dataset": "mnist-5k",
+}
+
+
+def _study_create_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, info in StudySpec.model_fields.items():
+        if name in SERVER_FIELDS:
+            continue
+        fields[name] = (info.annotation, info)
+    fields["name"] = (str, Field(
+        ..., min_length=1, max_length=64, pattern=STUDY_NAME.pattern,
+        description="unique study name: 1-64 lowercase letters, digits, '.', '_', '-'"))
+    fields["space"] = (Annotated[Any, WithJsonSchema(
+        {"anyOf": [{"type": "string"}, {"type": "object"}]})], Field(
+        ..., description="a preset name (GET /search-spaces) or an inline search space "
+                         "(the search-space schema: name, experiment, rule, fixed, params)"))
+    return fields
+
+
+def _space_kind(value: Any) -> Any:
+    if isinstance(value, str) and 0 < len(value) <= 200 or isinstance(value, dict):
+        return value
+    raise ValueError("must be a preset name (a string) or an inline search space (an object)")
+
+
+StudyCreate = create_model(
+    "StudyCreate",
+    __config__=ConfigDict(extra="forbid", allow_inf_nan=False,
+                          json_schema_extra={"examples": [_EXAMPLE]}),
+    __doc__="A study to run: what to search, how, and for how long.",
+    __validators__={"_space_kind": field_validator("space")(_space_kind)},
+    **_study_create_fields(),
+)
+
+
+class Links(BaseModel):
+    self: str
+    mlflow: str | None = Field(None, description="MLflow UI page of the study's parent run")
+
+
+class TrialCounts(BaseModel):
+    complete: int = 0
+    running: int = 0
+    failed: int = 0
+    pruned: int = 0
+    pending: int = 0
+
+
+class BestSoFar(BaseModel):
+    value: float
+    params: dict[str, Any]
+    trial_id: str | None = None
+
+
+class StudyPublic(BaseModel):
+    """A study as the service knows it now."""
+
+    id: str
+    name: str
+    status: StudyStatus
+    message: str = ""
+    space: str
+    sampler: str
+    objective: dict[str, str]
+    max_trials: int
+    parallel_trials: int
+    counts: TrialCounts
+    best: BestSoFar | None = None
+    job_id: str | None = None
+    mlflow_experiment_id: str | None = None
+    mlflow_parent_run_id: str | None = None
+    spec: dict[str, Any] = Field(description="the study as submitted, defaults filled in")
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    links: Links
+
+
+class StudiesPublic(BaseModel):
+    data: list[StudyPublic]
+    count: int = Field(description="studies matching the filter, on all pages")
+
+
+class TrialPublic(BaseModel):
+    number: int
+    trial_id: str | None = Field(None, description="Ray Tune trial id")
+    state: Literal["COMPLETE", "RUNNING", "FAILED", "PRUNED", "PENDING"]
+    params: dict[str, Any]
+    value: float | None = None
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    mlflow_run_id: str | None = None
+    mlflow_url: str | None = None
+
+
+class TrialsPublic(BaseModel):
+    data: list[TrialPublic]
+    count: int
+
+
+class BestPublic(BaseModel):
+    """The best configuration found so far (final once the study has ended)."""
+
+    study_id: str
+    status: StudyStatus
+    final: bool = Field(description="the study has ended: this is its result")
+    metric: str
+    mode: str
+    value: float
+    params: dict[str, Any]
+    config: dict[str, Any] = Field(description="the full TrainConfig of the best trial")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="the last metrics of the best trial's MLflow run")
+    trial_id: str | None = None
+    mlflow_run_id: str | None = None
+    mlflow_url: str | None = None
+    final_evaluation: dict[str, float] | None = None
+
+
+class SearchSpaceSummary(BaseModel):
+    name: str
+    description: str
+    experiment: str
+    rule: str
+    params: list[str]
+
+
+class SearchSpacesPublic(BaseModel):
+    data: list[SearchSpaceSummary]
+    count: int
+
+
+class ExperimentPublic(BaseModel):
+    name: str
+    description: str
+    classification: bool
+    datasets: list[str]
+    default_dataset: str
+
+
+class NamedDescription(BaseModel):
+    name: str
+    description: str
+
+
+class CatalogPublic(BaseModel):
+    """What a study may name: networks, learning rules and datasets."""
+
+    experiments: list[ExperimentPublic]
+    rules: list[NamedDescription]
+    datasets: list[NamedDescription]
+
+
+class CheckPublic(BaseModel):
+    ok: bool
+    detail: str = ""
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok", "degraded"]
+    checks: dict[str, CheckPublic]
+    mlflow_ui_url: str | None = None
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorPublic(BaseModel):
+    """Every 4xx body: which field (``loc``) and why (``msg``)."""
+
+    detail: list[ErrorItem]

@@ -1,0 +1,202 @@
+"""``credit serve``: the HTTP study service (uvicorn), alone or with its local stack.
+
+``credit serve`` runs the API against the cluster and stores its settings name
+(``CREDIT_RAY_DASHBOARD_URL``, ``CREDIT_MLFLOW_TRACKING_URI``, ...; see
+``deploy/README.md``). ``credit serve --local`` first starts a private Ray head (with
+its dashboard, token authentication, loopback only) and ``mlflow server --workers 1``
+on loopback, points the API at them, and on Ctrl-C or SIGTERM stops the API, then
+cancels the studies still running, then stops MLflow and that Ray head — only those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from service.commands import UsageError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the HTTP study service (with --local: and its Ray and MLflow)",
+        description="Run the study service's HTTP API. Settings come from CREDIT_* "
+        "environment variables (see deploy/README.md); --local also starts a private Ray "
+        "head and an MLflow server on loopback and stops them on Ctrl-C.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (8000)")
+    p.add_argument("--local", action="store_true",
+                   help="also start a private Ray head (dashboard, token auth) and an MLflow "
+                   "server, all on loopback; Ctrl-C stops all of them")
+    p.add_argument("--cpus", type=int, help="--local: CPUs of the Ray head (all of them)")
+    p.add_argument("--gpus", type=int, help="--local: GPUs of the Ray head (autodetect)")
+    p.add_argument("--mlflow-port", type=int, help="--local: MLflow port (5000 if free)")
+    p.add_argument("--dashboard-port", type=int,
+                   help="--local: Ray dashboard port (8265 if free)")
+    p.add_argument("--insecure", action="store_true",
+                   help="run without any API token: every request is let in")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run_serve)
+
+
+class _Stop(Exception):
+    """Ctrl-C or SIGTERM: leave the server and clean up."""
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signum)
+
+
+def _settings(args: argparse.Namespace, **overrides):
+    from pydantic import ValidationError
+
+    from service.api.config import ApiSettings
+    from service.commands import validation_message
+
+    if args.insecure:
+        overrides["insecure"] = True
+    try:
+        settings = ApiSettings(**overrides)
+        settings.check_startable()
+    except ValidationError as e:
+        raise UsageError(validation_message(e, lambda f: "CREDIT_" + f.upper())) from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return settings
+
+
+def api_token_file(home: Path) -> Path:
+    return home / "api_token"
+
+
+def ensure_api_token(home: Path) -> str:
+    """The token in CREDIT_HOME/api_token, generated (mode 0600) if missing."""
+    path = api_token_file(home)
+    if path.exists() and path.read_text().strip():
+        return path.read_text().strip()
+    home.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def _uvicorn(app, args: argparse.Namespace):
+    import uvicorn
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            proxy_headers=False, server_header=False, timeout_graceful_shutdown=10)
+    return uvicorn.Server(config)
+
+
+def _defaults_for_clients() -> None:
+    # MLflow's REST client retries for minutes on a dead server; the API should say so soon.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port: must be 1-65535 (got {args.port})")
+    _defaults_for_clients()
+    if args.local:
+        return _serve_local(args)
+    from service.api import create_app
+
+    settings = _settings(args)
+    server = _uvicorn(create_app(settings), args)
+    print(f"credit-search API on http://{args.host}:{args.port} (Ray {settings.ray_dashboard_url},"
+          f" MLflow {settings.mlflow_tracking_uri})", file=sys.stderr, flush=True)
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    except _Stop:
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0 if server.started else 1
+
+
+def _serve_local(args: argparse.Namespace) -> int:
+    from service.api.config import ApiSettings
+    from service.api.local_stack import NODE_IP, LocalRayHead, MlflowServer, StackError
+
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    base = _settings(args, insecure=True)  # tokens are settled below
+    home = base.home
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    token = None if base.tokens or args.insecure else ensure_api_token(home)
+    head = LocalRayHead(num_cpus=args.cpus, num_gpus=args.gpus,
+                        dashboard_port=args.dashboard_port, log_file=logs / "ray-start.log")
+    mlflow = MlflowServer(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts",
+                          port=args.mlflow_port, log_file=logs / "mlflow.log")
+    server = None
+    services = None
+    try:
+        print(f"starting Ray (head on {NODE_IP}, dashboard {head.dashboard_url}) and "
+              f"MLflow ({mlflow.url}) ...", file=sys.stderr, flush=True)
+        head.start()
+        mlflow.start()
+        overrides = dict(ray_dashboard_url=head.dashboard_url, ray_auth_token=head.token,
+                         ray_node_ip=NODE_IP, mlflow_tracking_uri=mlflow.url,
+                         mlflow_ui_url=mlflow.url, insecure=args.insecure)
+        if token is not None:
+            overrides["api_tokens"] = token
+        settings = ApiSettings(**overrides)
+        settings.check_startable()
+        from service.api import create_app
+
+        app = create_app(settings)
+        services = app.state.services
+        server = _uvicorn(app, args)
+        where = (f"token in {api_token_file(home)}: {token}" if token is not None
+                 else "token from CREDIT_API_TOKENS" if settings.tokens else "no token needed")
+        print(f"\ncredit-search is up (CREDIT_HOME={home})\n"
+              f"  API        http://{args.host}:{args.port}   ({where})\n"
+              f"  API docs   http://{args.host}:{args.port}/docs\n"
+              f"  MLflow UI  {mlflow.url}\n"
+              f"  Ray        {head.dashboard_url} (dashboard; Ray token in the serve process)\n"
+              f"Ctrl-C stops the API, the studies still running, MLflow and this Ray head.\n",
+              file=sys.stderr, flush=True)
+        server.run()
+        if not server.started:
+            raise StackError(f"the API did not start on {args.host}:{args.port} "
+                             "(is the port taken?)")
+    except _Stop:
+        pass
+    except StackError as error:
+        print(f"credit: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for s in previous:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(s, lambda *_: print("stopping, please wait ...", file=sys.stderr))
+        print("stopping ...", file=sys.stderr, flush=True)
+        if services is not None:
+            _cancel_running(services)
+        mlflow.stop()
+        head.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        print("stopped: API, MLflow and the Ray head.", file=sys.stderr, flush=True)
+    return 0
+
+
+def _cancel_running(services) -> None:
+    from service.api import studies
+
+    try:
+        n = studies.cancel_active(services, "cancelled: the local stack was stopped")
+    except Exception as error:  # the stack is going down whatever happens here
+        print(f"could not cancel the running studies: {error}", file=sys.stderr)
+        return
+    if n:
+        print(f"cancelled {n} running studies", file=sys.stderr, flush=True)

@@ -1,0 +1,339 @@
+"""``credit studies``: the study service's client (submit, list, show, best, cancel, wait).
+
+Talks HTTP (httpx) to the API at ``--url`` / ``$CREDIT_URL`` (default
+http://127.0.0.1:8000) with the bearer token from ``--token`` / ``$CREDIT_TOKEN``,
+else ``$CREDIT_HOME/api_token`` (what ``credit serve --local`` writes). A study is
+named by its id or its name. The server's 4xx answers (bad input) exit 2 with one
+line naming the field; an unreachable server or a 5xx exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service.commands import UsageError
+from trainables.errors import CreditError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+class ServiceError(CreditError):
+    """The service is unreachable or failed (exit status 1)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "studies", help="submit and follow studies on the study service (HTTP)",
+        description="Client of the study service (see 'credit serve'). Server URL from "
+        "--url or $CREDIT_URL; token from --token, $CREDIT_TOKEN or $CREDIT_HOME/api_token.",
+        allow_abbrev=False,
+    )
+    sub = p.add_subparsers(title="study commands", dest="study_command", metavar="COMMAND",
+                           parser_class=type(p))
+
+    def command(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        c.add_argument("--url", help=f"the service ($CREDIT_URL, default {DEFAULT_URL})")
+        c.add_argument("--token", help="bearer token ($CREDIT_TOKEN, $CREDIT_HOME/api_token)")
+        c.set_defaults(func=func)
+        return c
+
+    s = command("submit", "submit a study (a JSON file and/or flags)", submit)
+    s.add_argument("file", nargs="?", metavar="FILE",
+                   help="the study as JSON (the POST /studies body); flags override it")
+    s.add_argument("--space", metavar="NAME", help="a search-space preset ('credit spaces')")
+    s.add_argument("--name", help="unique study name (default: <space>-<timestamp>)")
+    s.add_argument("--trials", type=int, dest="max_trials", help="number of trials (20)")
+    s.add_argument("--concurrency", type=int, dest="parallel_trials",
+                   help="trials run at once (1)")
+    s.add_argument("--sampler", help="random, tpe, qmc or cmaes (random)")
+    s.add_argument("--seed", type=int, help="sampler seed (0)")
+    s.add_argument("--metric", help="objective metric (default: the space's)")
+    s.add_argument("--mode", help="min or max")
+    s.add_argument("--epochs", type=int, help="epochs per trial (5)")
+    s.add_argument("--batches-per-epoch", type=int, help="batches per epoch (one pass)")
+    s.add_argument("--dataset", help="dataset (default: the experiment's)")
+    s.add_argument("--max-failed", type=int, dest="max_failed_trials",
+                   help="stop the study after more failed trials than this")
+    s.add_argument("--asha", action="store_true", help="early-stop weak trials (ASHA)")
+    s.add_argument("--final-seeds", type=int, help="rerun the best configuration with K seeds")
+    s.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (1)")
+    s.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (0)")
+    s.add_argument("--wait", action="store_true", help="then wait for it, as 'wait' does")
+
+    ls = command("list", "list studies, newest first", list_studies)
+    ls.add_argument("--status", action="append",
+                    help="only this status (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    ls.add_argument("--offset", type=int, default=0, help="skip this many (0)")
+    ls.add_argument("--json", action="store_true", help="the raw JSON answer")
+
+    for name, help_text, func in (("show", "a study's state, counts, best so far, links", show),
+                                  ("best", "the best configuration of a study", best),
+                                  ("cancel", "cancel a study (stop its Ray job)", cancel)):
+        c = command(name, help_text, func)
+        c.add_argument("study", metavar="ID", help="the study's id or name")
+        if name != "cancel":
+            c.add_argument("--json", action="store_true", help="the raw JSON answer")
+
+    w = command("wait", "show a study's progress until it ends, then its best configuration",
+                wait)
+    w.add_argument("study", metavar="ID", help="the study's id or name")
+    w.add_argument("--interval", type=float, default=2.0, help="seconds between polls (2)")
+    w.add_argument("--timeout", type=float, help="give up after this many seconds")
+
+    def missing(args: argparse.Namespace) -> int:
+        raise UsageError("missing study command; valid: submit, list, show, best, cancel, wait")
+
+    p.set_defaults(func=missing)
+
+
+# ------------------------------------------------------------------------ client
+class Client:
+    """The few calls the commands make; errors become one-line ``UsageError`` (4xx) or
+    ``ServiceError`` (unreachable, 5xx)."""
+
+    def __init__(self, url: str | None, token: str | None):
+        import httpx
+
+        self.url = (url or os.environ.get("CREDIT_URL") or DEFAULT_URL).rstrip("/")
+        token = token or os.environ.get("CREDIT_TOKEN") or _token_file()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def call(self, method: str, path: str, **kwargs) -> Any:
+        import httpx
+
+        try:
+            r = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise ServiceError(f"cannot reach the study service at {self.url}: "
+                               f"{error or type(error).__name__}") from None
+        if r.status_code < 400:
+            return r.json()
+        text = _problems(r)
+        if r.status_code < 500:
+            raise UsageError(f"{method} {path}: {r.status_code} {text}")
+        raise ServiceError(f"{method} {path}: {r.status_code} {text}")
+
+
+def _token_file() -> str | None:
+    home = Path(os.environ.get("CREDIT_HOME") or "~/.credit").expanduser()
+    path = home / "api_token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _problems(r) -> str:
+    try:
+        detail = r.json().get("detail")
+    except (ValueError, AttributeError):
+        return r.text[:300]
+    if isinstance(detail, list):
+        parts = []
+        for d in detail:
+            loc = [str(p) for p in d.get("loc", []) if p not in ("body", "path", "query")]
+            parts.append(f"{'.'.join(loc)}: {d.get('msg')}" if loc else str(d.get("msg")))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, args.token)
+
+
+# ---------------------------------------------------------------------- commands
+_FIELDS = ("name", "max_trials", "parallel_trials", "sampler", "seed", "epochs",
+           "batches_per_epoch", "dataset", "max_failed_trials", "final_seeds")
+
+
+def study_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST /studies body: the FILE's JSON, then the flags given."""
+    body: dict[str, Any] = {}
+    if args.file:
+        try:
+            body = json.loads(Path(args.file).read_text())
+        except OSError as e:
+            raise UsageError(f"{args.file}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{args.file}: not valid JSON: {e.msg} at line {e.lineno}") from None
+        if not isinstance(body, dict):
+            raise UsageError(f"{args.file}: must hold a JSON object (the study)")
+    if args.space:
+        body["space"] = args.space
+    for key in _FIELDS:
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    if args.asha:
+        body["early_stopping"] = True
+    if args.metric or args.mode:
+        objective = dict(body.get("objective") or {})
+        objective.update({k: v for k, v in (("metric", args.metric), ("mode", args.mode)) if v})
+        objective.setdefault("metric", "test_error")
+        body["objective"] = objective
+    resources = dict(body.get("resources") or {})
+    if args.cpus_per_trial is not None:
+        resources["cpu"] = args.cpus_per_trial
+    if args.gpus_per_trial is not None:
+        resources["gpu"] = args.gpus_per_trial
+    if resources:
+        body["resources"] = resources
+    if "space" not in body:
+        raise UsageError("give a study FILE or --space NAME (see 'credit spaces')")
+    if "name" not in body:
+        space = body["space"] if isinstance(body["space"], str) else \
+            str(body["space"].get("name", "study"))
+        body["name"] = f"{space[:40]}-{time.strftime('%Y%m%d-%H%M%S')}".lower()
+    return body
+
+
+def submit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    study = client.call("POST", "/studies", json=study_body(args))
+    print(f"submitted study {study['name']} (id {study['id']}): {study['status']}")
+    print(f"  {client.url}{study['links']['self']}")
+    if args.wait:
+        return _wait(client, study["id"], 2.0, None)
+    return 0
+
+
+def list_studies(args: argparse.Namespace) -> int:
+    client = _client(args)
+    params: dict[str, Any] = {"limit": args.limit, "offset": args.offset}
+    if args.status:
+        params["status"] = [s.upper() for s in args.status]
+    page = client.call("GET", "/studies", params=params)
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    rows = [("ID", "NAME", "STATUS", "TRIALS", "BEST", "CREATED")]
+    for s in page["data"]:
+        c = s["counts"]
+        done = c["complete"] + c["failed"] + c["pruned"]
+        best = "-" if s["best"] is None else f"{s['best']['value']:.4g}"
+        rows.append((s["id"][:8], s["name"], s["status"], f"{done}/{s['max_trials']}",
+                     best, s["created_at"][:19].replace("T", " ")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    print(f"{len(page['data'])} of {page['count']} studies")
+    return 0
+
+
+def format_study(s: dict[str, Any], base_url: str) -> str:
+    c = s["counts"]
+    obj = s["objective"]
+    lines = [f"study {s['name']} ({s['id']}): {s['status']}"
+             + (f" — {s['message']}" if s["message"] else ""),
+             f"  space {s['space']}, sampler {s['sampler']}, objective {obj['mode']} "
+             f"{obj['metric']}, {s['max_trials']} trials, {s['parallel_trials']} at once",
+             f"  trials: {c['complete']} complete, {c['running']} running, "
+             f"{c['failed']} failed, {c['pruned']} pruned"]
+    if s["best"] is not None:
+        params = ", ".join(f"{k}={_num(v)}" for k, v in sorted(s["best"]["params"].items()))
+        lines.append(f"  best so far: {obj['metric']} {_num(s['best']['value'])} ({params})")
+    lines.append(f"  API:    {base_url}{s['links']['self']}")
+    lines.append(f"  MLflow: {s['links']['mlflow'] or '(once the study has started)'}")
+    return "\n".join(lines)
+
+
+def _num(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def format_best(b: dict[str, Any]) -> str:
+    state = "final" if b["final"] else f"so far, study {b['status']}"
+    lines = [f"best {b['metric']} ({b['mode']}): {_num(b['value'])}  [{state}]"]
+    width = max((len(k) for k in b["params"]), default=0)
+    for k, v in sorted(b["params"].items()):
+        lines.append(f"  {k:<{width}}  {_num(v)}")
+    shown = [k for k in ("test_error", "test_loss", "train_loss", "time_s")
+             if k in (b.get("metrics") or {})]
+    if shown:
+        lines.append("its run: " + ", ".join(f"{k} {_num(b['metrics'][k])}" for k in shown))
+    if b.get("final_evaluation"):
+        ev = b["final_evaluation"]
+        lines.append(f"final evaluation over {int(ev.get('final_seeds', 0))} seeds "
+                     "(mean ± standard error):")
+        for key in sorted(k for k in ev if k.endswith("_mean")):
+            base = key[len("final/"):-len("_mean")]
+            lines.append(f"  {base:<24} {ev[key]:.6g} ± {ev.get(f'final/{base}_sem', 0.0):.2g}")
+    lines.append(f"trial {b['trial_id']}, MLflow run {b['mlflow_run_id']}")
+    if b.get("mlflow_url"):
+        lines.append(f"MLflow: {b['mlflow_url']}")
+    return "\n".join(lines)
+
+
+def show(args: argparse.Namespace) -> int:
+    client = _client(args)
+    study = client.call("GET", f"/studies/{args.study}")
+    print(json.dumps(study, indent=2) if args.json else format_study(study, client.url))
+    return 0
+
+
+def best(args: argparse.Namespace) -> int:
+    client = _client(args)
+    found = client.call("GET", f"/studies/{args.study}/best")
+    print(json.dumps(found, indent=2) if args.json else format_best(found))
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    client = _client(args)
+    study = client.call("POST", f"/studies/{args.study}/cancel")
+    print(f"study {study['name']}: {study['status']}")
+    return 0
+
+
+def wait(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError(f"--interval: must be > 0 (got {args.interval})")
+    return _wait(_client(args), args.study, args.interval, args.timeout)
+
+
+def _wait(client: Client, ref: str, interval: float, timeout: float | None) -> int:
+    """A progress bar (trials done / max_trials, best so far) until the study ends."""
+    from tqdm import tqdm
+
+    start = time.monotonic()
+    study = client.call("GET", f"/studies/{ref}")
+    bar = tqdm(total=study["max_trials"], desc=study["name"], unit="trial", file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        while True:
+            c = study["counts"]
+            bar.n = min(c["complete"] + c["failed"] + c["pruned"], bar.total)
+            best_text = "-" if study["best"] is None else f"{study['best']['value']:.4g}"
+            seeds = study["spec"].get("final_seeds") or 0
+            doing = (f"final evaluation of the best ({seeds} seeds)"
+                     if study["status"] == "RUNNING" and seeds and bar.n >= bar.total
+                     else f"{c['running']} running")
+            bar.set_postfix_str(f"{study['status']} · {doing} · "
+                                f"best {study['objective']['metric']} {best_text}")
+            if study["status"] in TERMINAL:
+                break
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise ServiceError(f"study {study['name']} still {study['status']} after "
+                                   f"{timeout:g} s")
+            time.sleep(interval)
+            try:
+                study = client.call("GET", f"/studies/{study['id']}")
+            except ServiceError as error:  # the API restarting: keep waiting
+                bar.write(f"(retrying: {error})")
+    finally:
+        bar.close()
+    print(format_study(study, client.url))
+    if study["counts"]["complete"] > 0:
+        print()
+        print(format_best(client.call("GET", f"/studies/{study['id']}/best")))
+    return 0 if study["status"] == "SUCCEEDED" else 1

@@ -1,0 +1,183 @@
+"""The study service's records: one ``studies`` table, through SQLAlchemy 2.
+
+A sqlite file under ``CREDIT_HOME`` by default; any SQLAlchemy URL works unchanged
+(``postgresql+psycopg://...``). The functions here are plain CRUD on a ``Session``:
+no HTTP, no Ray. ``name`` is UNIQUE, so of parallel submissions of one name exactly
+one row is stored (the others get ``NameTaken``).
+
+Updates made while a study runs (``update_active``) apply only while the row is
+still PENDING or RUNNING: a status written by one writer (the sync loop, a cancel)
+is never overwritten by another that read the row earlier.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from trainables.errors import CreditError
+
+#: Study statuses; the first two are "active" (a Ray job may still be working).
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+ACTIVE = (PENDING, RUNNING)
+
+
+class NameTaken(CreditError):
+    """A study of that name is already stored."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyRecord(Base):
+    """One submitted study: its spec, its Ray job, where MLflow keeps it, its outcome."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the full StudySpec, as JSON
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    experiment_id: Mapped[str | None] = mapped_column(String(64))
+    parent_run_id: Mapped[str | None] = mapped_column(String(64))
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # counts, best so far
+    best_value: Mapped[float | None] = mapped_column(Float)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # StudyResult.to_dict()
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                    onupdate=utcnow)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+class Database:
+    """An engine and its session factory; ``create_all`` makes the table if missing."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine: Engine = _engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_all(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    # Several threads (request handlers, the sync loop) and processes (a restarted API)
+    # share the file: wait for locks instead of failing, and let readers run beside
+    # the one writer (WAL).
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+# ------------------------------------------------------------------------------ CRUD
+def create_study(session: Session, record: StudyRecord) -> StudyRecord:
+    """Store a new study; ``NameTaken`` if its name is stored already."""
+    session.add(record)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise NameTaken(f"study name {record.name!r} is taken") from None
+    return record
+
+
+def get_study(session: Session, study_id: str) -> StudyRecord | None:
+    return session.get(StudyRecord, study_id)
+
+
+def get_study_by_name(session: Session, name: str) -> StudyRecord | None:
+    return session.scalars(select(StudyRecord).where(StudyRecord.name == name)).first()
+
+
+def list_studies(session: Session, statuses: Sequence[str] | None = None, offset: int = 0,
+                 limit: int = 100) -> tuple[list[StudyRecord], int]:
+    """A page of studies, newest first, and how many match in all."""
+    query = select(StudyRecord)
+    counting = select(func.count()).select_from(StudyRecord)
+    if statuses:
+        query = query.where(StudyRecord.status.in_(list(statuses)))
+        counting = counting.where(StudyRecord.status.in_(list(statuses)))
+    rows = session.scalars(query.order_by(StudyRecord.created_at.desc(), StudyRecord.id)
+                           .offset(offset).limit(limit)).all()
+    return list(rows), int(session.scalar(counting) or 0)
+
+
+def count_active(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(StudyRecord)
+                              .where(StudyRecord.status.in_(ACTIVE))) or 0)
+
+
+def active_studies(session: Session) -> list[StudyRecord]:
+    return list(session.scalars(select(StudyRecord).where(StudyRecord.status.in_(ACTIVE))
+                                .order_by(StudyRecord.created_at)).all())
+
+
+def update_active(session: Session, study_id: str, **fields: Any) -> bool:
+    """Update a study only while it is PENDING or RUNNING; whether a row changed."""
+    fields["updated_at"] = utcnow()
+    result = session.execute(update(StudyRecord)
+                             .where(StudyRecord.id == study_id,
+                                    StudyRecord.status.in_(ACTIVE))
+                             .values(**fields))
+    session.commit()
+    return bool(result.rowcount)
+
+
+def delete_study(session: Session, study_id: str) -> None:
+    record = session.get(StudyRecord, study_id)
+    if record is not None:
+        session.delete(record)
+        session.commit()

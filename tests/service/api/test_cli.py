@@ -1,0 +1,192 @@
+"""``credit studies`` (the HTTP client) and ``credit serve``, as users run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.api.config import ApiSettings
+from tests.service.api.conftest import TINY, TOKEN, free_port, wait_status
+
+
+def credit(*args: str, env: dict | None = None, timeout: float = 120,
+           cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def client_env(server, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDIT_")}
+    env.update({"CREDIT_URL": server.url, "CREDIT_TOKEN": TOKEN, **extra})
+    return env
+
+
+def one_line(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_submit_list_show_cancel(queue_api, tmp_path):
+    env = client_env(queue_api)
+    spec = tmp_path / "study.json"
+    spec.write_text(json.dumps({"space": "mnist-fc-backprop", "max_trials": 2, **TINY}))
+    proc = credit("studies", "submit", str(spec), "--name", "from-the-cli", "--trials", "3",
+                  "--sampler", "tpe", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "submitted study from-the-cli" in proc.stdout
+    with queue_api.client() as c:
+        stored = c.get("/studies/from-the-cli").json()
+    assert stored["max_trials"] == 3 and stored["sampler"] == "tpe"  # flags over the file
+    assert stored["spec"]["epochs"] == 1
+
+    listed = credit("studies", "list", "--status", "pending", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "from-the-cli" in listed.stdout and "PENDING" in listed.stdout
+    shown = credit("studies", "show", "from-the-cli", env=env)
+    assert shown.returncode == 0
+    assert f"({stored['id']}): PENDING" in shown.stdout
+    assert json.loads(credit("studies", "show", stored["id"], "--json",
+                             env=env).stdout)["name"] == "from-the-cli"
+    no_best = credit("studies", "best", "from-the-cli", env=env)
+    assert no_best.returncode == 2
+    assert "409" in one_line(no_best) and "no completed trial" in no_best.stderr
+    cancelled = credit("studies", "cancel", "from-the-cli", env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "CANCELLED" in cancelled.stdout
+    again = credit("studies", "cancel", "from-the-cli", env=env)
+    assert again.returncode == 2 and "ended already" in one_line(again)
+
+
+def test_submit_wait_best_on_a_real_study(api):
+    env = client_env(api)
+    proc = credit("studies", "submit", "--space", "mnist-fc-backprop", "--name", "cli-waited",
+                  "--trials", "2", "--concurrency", "2", "--epochs", "1",
+                  "--batches-per-epoch", "5", "--dataset", "mnist-5k", "--wait", env=env,
+                  timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "cli-waited" in proc.stderr  # the progress bar
+    assert "SUCCEEDED" in proc.stdout
+    assert "best test_error (min):" in proc.stdout and "[final]" in proc.stdout
+    assert "MLflow: http://127.0.0.1:" in proc.stdout
+    best = credit("studies", "best", "cli-waited", "--json", env=env)
+    with api.client() as c:
+        assert json.loads(best.stdout) == c.get("/studies/cli-waited/best").json()
+    waited = credit("studies", "wait", "cli-waited", env=env)
+    assert waited.returncode == 0 and "best test_error" in waited.stdout
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["studies", "submit", "--space", "no-such"], 2, ["422", "space", "unknown preset"]),
+    (["studies", "submit", "--space", "mnist-fc-backprop", "--trials", "0"], 2,
+     ["max_trials", ">= 1"]),
+    (["studies", "submit"], 2, ["FILE or --space"]),
+    (["studies", "submit", "missing.json"], 2, ["missing.json"]),
+    (["studies", "show", "no-such-study"], 2, ["404", "no-such-study"]),
+    (["studies", "wait", "x", "--interval", "0"], 2, ["--interval"]),
+    (["studies"], 2, ["missing study command"]),
+])
+def test_client_errors_are_one_line(queue_api, tmp_path, args, code, words):
+    proc = credit(*args, env=client_env(queue_api), cwd=tmp_path)
+    assert proc.returncode == code, proc.stderr
+    line = one_line(proc)
+    for word in words:
+        assert word in line, line
+
+
+def test_wrong_token_and_no_server(queue_api):
+    proc = credit("studies", "list", env=client_env(queue_api, CREDIT_TOKEN="nope"))
+    assert proc.returncode == 2 and "403" in one_line(proc)
+    env = client_env(queue_api)
+    env["CREDIT_URL"] = f"http://127.0.0.1:{free_port()}"
+    proc = credit("studies", "list", env=env)
+    assert proc.returncode == 1 and "cannot reach the study service" in one_line(proc)
+
+
+def test_serve_refuses_to_start_without_a_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDIT_")}
+    env["CREDIT_HOME"] = str(tmp_path)
+    proc = credit("serve", "--port", str(free_port()), env=env, timeout=60)
+    assert proc.returncode == 2
+    assert "CREDIT_API_TOKENS" in one_line(proc)
+
+
+def test_settings_come_from_credit_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("CREDIT_HOME", str(tmp_path))
+    monkeypatch.setenv("CREDIT_API_TOKENS", " a , b,,c ")
+    monkeypatch.setenv("CREDIT_MAX_CONCURRENT_STUDIES", "7")
+    monkeypatch.setenv("CREDIT_JOB_ENTRYPOINT_RESOURCES", '{"driver": 0.5}')
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "ray-secret")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    s = ApiSettings()
+    assert s.tokens == ["a", "b", "c"]
+    assert s.max_concurrent_studies == 7
+    assert s.job_entrypoint_resources == {"driver": 0.5}
+    assert s.database_url == f"sqlite:///{tmp_path / 'service.db'}"
+    assert s.optuna_storage == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert s.mlflow_ui_url is None
+    assert s.ray_auth_token.get_secret_value() == "ray-secret"
+    assert "ray-secret" not in repr(s) and "'a'" not in repr(s)
+    assert s.job_env()["CREDIT_HOME"] == str(tmp_path)
+
+
+@pytest.mark.slow
+def test_serve_local_starts_and_stops_the_whole_stack(tmp_path):
+    """``credit serve --local``: Ray head + MLflow + API up; SIGTERM stops only them."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CREDIT_", "RAY_"))}
+    env["CREDIT_HOME"] = str(tmp_path / "home")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--local", "--port",
+                             str(port), "--cpus", "2", "--mlflow-port", str(free_port()),
+                             "--dashboard-port", str(free_port())],
+                            env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        health = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = httpx.get(url + "/healthz", timeout=2).json()
+                if health["status"] == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert health and health["status"] == "ok", health
+        token = (tmp_path / "home" / "api_token").read_text().strip()
+        assert oct((tmp_path / "home" / "api_token").stat().st_mode & 0o777) == "0o600"
+        headers = {"Authorization": f"Bearer {token}"}
+        r = httpx.post(url + "/studies", headers=headers, json={
+            "name": "local", "space": "mnist-fc-backprop", "max_trials": 1, **TINY})
+        assert r.status_code == 201, r.text
+        with httpx.Client(base_url=url, headers=headers) as c:
+            final = wait_status(c, "local", ("SUCCEEDED", "FAILED"))
+        assert final["status"] == "SUCCEEDED"
+        assert final["links"]["mlflow"].startswith(health["mlflow_ui_url"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped: API, MLflow and the Ray head." in err
+    for url in (health["mlflow_ui_url"], f"http://127.0.0.1:{port}",
+                re.search(r"Ray +(http://\S+)", err).group(1)):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url, timeout=2)
+    # nothing of that stack is left running (its session, or its Ray temp dir)
+    temp = re.search(r"--temp-dir=(\S+)", (tmp_path / "home" / "logs" / "ray-start.log")
+                     .read_text(errors="replace"))
+    ps = subprocess.run(["ps", "-eo", "sid,args"], capture_output=True, text=True).stdout
+    assert not [line for line in ps.splitlines() if line.split()[0] == str(proc.pid)]
+    assert temp is None or temp.group(1) not in ps

@@ -1,0 +1,139 @@
+"""The studies domain without HTTP, where Ray must misbehave on purpose: a submission
+Ray refuses leaves nothing; a study whose job vanished ends FAILED. The database,
+Optuna storage and MLflow store are real (sqlite in a temporary CREDIT_HOME)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from service import db
+from service.api import studies
+from service.api.config import ApiSettings
+from service.api.schemas import StudyCreate
+from service.jobs import JobError, JobNotFound, NodeResources, RayJobs
+
+
+class BrokenRay(RayJobs):
+    """A cluster that lists its nodes but refuses or forgets every job."""
+
+    def __init__(self):
+        super().__init__("http://127.0.0.1:9")
+        self.stopped: list[str] = []
+
+    def nodes(self):
+        return [NodeResources("node", True, {"CPU": 2.0})]
+
+    def submit(self, submission_id, *args, **kwargs):
+        raise JobError("Ray refused job: the cluster is full")
+
+    def stop(self, submission_id):
+        self.stopped.append(submission_id)
+        raise JobNotFound(submission_id)
+
+    def info(self, submission_id):
+        raise JobNotFound(submission_id)
+
+
+@pytest.fixture()
+def services(tmp_path):
+    settings = ApiSettings(home=tmp_path, api_tokens="t", lost_job_grace_s=1,
+                           mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    svc = studies.Services.from_settings(settings)
+    svc.jobs = BrokenRay()
+    svc.prepare()
+    yield svc
+    svc.db.dispose()
+
+
+def _rows(svc):
+    with svc.db.session() as session:
+        return db.list_studies(session)[0]
+
+
+def test_a_submission_ray_refuses_leaves_no_row(services):
+    body = StudyCreate(name="refused", space="mnist-fc-backprop", epochs=1)
+    with pytest.raises(studies.BackendUnavailable, match="the cluster is full"):
+        studies.submit_study(services, body)
+    assert _rows(services) == []
+    assert services.jobs.stopped and services.jobs.stopped[0].startswith("credit-refused-")
+    # the name is free again
+    with pytest.raises(studies.BackendUnavailable):
+        studies.submit_study(services, body)
+
+
+def test_a_study_whose_job_vanished_ends_failed(services):
+    old = db.utcnow() - dt.timedelta(seconds=5)
+    spec = studies.build_spec(services, StudyCreate(name="lost", space="mnist-fc-backprop"))
+    with services.db.session() as session:
+        db.create_study(session, db.StudyRecord(
+            id="lost-id", name="lost", status=db.RUNNING, job_id="credit-lost-x",
+            spec=spec.model_dump(mode="json"), message="", created_at=old))
+    studies.sync_active(services)
+    record = studies.get_study(services, "lost")
+    assert record.status == db.FAILED
+    assert "Ray job is gone" in record.message
+
+
+def test_the_concurrency_limit_counts_pending_and_running(services):
+    services.settings.max_concurrent_studies = 1
+    spec = studies.build_spec(services, StudyCreate(name="busy", space="mnist-fc-backprop"))
+    with services.db.session() as session:
+        db.create_study(session, db.StudyRecord(
+            id="busy-id", name="busy", status=db.PENDING, job_id="j",
+            spec=spec.model_dump(mode="json"), message=""))
+    with pytest.raises(studies.TooManyStudies, match="at most 1"):
+        studies.submit_study(services, StudyCreate(name="next", space="mnist-fc-backprop"))
+    assert [r.name for r in _rows(services)] == ["busy"]
+
+
+def test_status_written_by_one_writer_is_not_overwritten(services):
+    spec = studies.build_spec(services, StudyCreate(name="raced", space="mnist-fc-backprop"))
+    with services.db.session() as session:
+        db.create_study(session, db.StudyRecord(
+            id="raced-id", name="raced", status=db.RUNNING, job_id="j",
+            spec=spec.model_dump(mode="json"), message=""))
+        assert db.update_active(session, "raced-id", status=db.CANCELLED)
+        # a sync round that read the row before the cancel must not bring it back
+        assert not db.update_active(session, "raced-id", status=db.RUNNING)
+    assert studies.get_study(services, "raced-id").status == db.CANCELLED
+
+
+class SlowToStop(BrokenRay):
+    """A cluster whose job ignores the stop for now (a driver waiting for resources)."""
+
+    def __init__(self):
+        super().__init__()
+        self.status = "PENDING"
+
+    def stop(self, submission_id):
+        self.stopped.append(submission_id)
+        return True
+
+    def info(self, submission_id):
+        from service.jobs import JobInfo
+
+        return JobInfo(submission_id=submission_id, status=self.status)
+
+    def wait(self, submission_id, timeout_s, poll_s=0.5):
+        return self.info(submission_id)
+
+
+def test_a_cancel_ray_has_not_carried_out_yet_ends_when_the_job_stops(services):
+    services.jobs = jobs = SlowToStop()
+    spec = studies.build_spec(services, StudyCreate(name="slow", space="mnist-fc-backprop"))
+    with services.db.session() as session:
+        db.create_study(session, db.StudyRecord(
+            id="slow-id", name="slow", status=db.PENDING, job_id="credit-slow-x",
+            spec=spec.model_dump(mode="json"), message=""))
+    record, done = studies.cancel_study(services, "slow")
+    assert not done and record.status == db.PENDING
+    assert record.message.startswith("cancel requested")
+    assert jobs.stopped == ["credit-slow-x"]
+    studies.sync_active(services)  # still pending: nothing changes
+    assert studies.get_study(services, "slow").status == db.PENDING
+    jobs.status = "STOPPED"
+    studies.sync_active(services)
+    record = studies.get_study(services, "slow")
+    assert record.status == db.CANCELLED and record.message == "cancelled"
