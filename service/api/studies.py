@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import tempfile
 import threading
 import time
@@ -564,6 +565,31 @@ def with_parent(svc: Services, record: StudyRecord) -> StudyRecord:
                 session.commit()
         record.experiment_id, record.parent_run_id = experiment_id, parent
     return record
+
+
+REPORT_FILES = re.compile(r"^(report\.html|[a-z0-9_]+\.png)$")
+
+
+def study_report(svc: Services, ref: str, name: str = "report.html") -> Path:
+    """A file of the study's report (the HTML page, or one figure), built once from its
+    MLflow runs when the study has ended (``service.report``) and kept under CREDIT_HOME."""
+    from service.report import build_report
+
+    if not REPORT_FILES.match(name):
+        raise StudyNotFound(f"no report file {name!r}")
+    record = with_parent(svc, get_study(svc, ref))
+    if record.status not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        raise StudyStateConflict(f"study {record.name!r} is {record.status}: its report is "
+                                 "drawn once it has ended")
+    if not record.parent_run_id:
+        raise StudyStateConflict(f"study {record.name!r} has no MLflow runs to draw from")
+    out = svc.settings.home / "reports" / record.id
+    if not (out / "report.html").exists():
+        build_report(record.parent_run_id, record.spec["tracking_uri"], out)
+    path = out / name
+    if not path.exists():
+        raise StudyNotFound(f"study {record.name!r} has no report file {name!r}")
+    return path
 
 
 def _load_result(record: StudyRecord) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import FileResponse
 
 from service.api import studies
 from service.api.deps import Authenticated, ServicesDep
@@ -124,3 +125,22 @@ def cancel_study(study: StudyRef, services: ServicesDep, response: Response) -> 
     if not done:
         response.status_code = 202
     return to_public(services, record)
+
+
+@router.get("/{study}/report", response_class=FileResponse,
+            responses={200: {"content": {"text/html": {}}}, 404: {"model": ErrorPublic},
+                       409: {"model": ErrorPublic, "description": "the study has not ended"}})
+def get_report(study: StudyRef, services: ServicesDep) -> Any:
+    """The study's report: its figures (Fig. 1 for mnist-fc, Fig. 2 for the autoencoder,
+    accuracy for CIFAR-10) and a table beside the paper's numbers, as one self-contained
+    HTML page, redrawn from its MLflow runs alone; 409 until the study has ended."""
+    return FileResponse(studies.study_report(services, study), media_type="text/html")
+
+
+@router.get("/{study}/report/{figure}", response_class=FileResponse,
+            responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorPublic},
+                       409: {"model": ErrorPublic, "description": "the study has not ended"}})
+def get_report_figure(study: StudyRef, services: ServicesDep,
+                      figure: Annotated[str, Path(pattern=r"^[a-z0-9_]+\.png$")]) -> Any:
+    """One figure of the study's report, as PNG (e.g. `fig1.png`)."""
+    return FileResponse(studies.study_report(services, study, figure), media_type="image/png")

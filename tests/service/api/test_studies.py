@@ -126,6 +126,20 @@ def test_list_pages_and_filters_by_status(api, finished):
         assert by_name["id"] == created["id"]
 
 
+def test_report_of_a_finished_study_is_served(api, finished):
+    created, final = finished
+    assert final["status"] == "SUCCEEDED"
+    with api.client() as c:
+        r = c.get(f"/studies/{created['id']}/report")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert 'alt="fig1.png"' in r.text and r.text.count("data:image/png;base64,") == 1
+        png = c.get(f"/studies/{created['id']}/report/fig1.png")
+        assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.headers["content-type"] == "image/png"
+        assert c.get(f"/studies/{created['id']}/report/fig9.png").status_code == 404
+        assert c.get(f"/studies/{created['id']}/report/x.html").status_code == 422
+
+
 def test_api_restart_mid_study_keeps_tracking_it(api):
     body = {"name": "restarted", "space": "mnist-fc-backprop", "max_trials": 4,
             "parallel_trials": 2, "epochs": 2, "batches_per_epoch": 60, "dataset": "mnist-5k"}
@@ -258,6 +272,7 @@ def test_best_is_409_while_no_trial_has_finished(queue_api):
         assert r.json()["detail"][0]["loc"] == ["path", "study"]
         assert "no completed trial" in r.json()["detail"][0]["msg"]
         assert c.get(f"/studies/{created['id']}/trials").json() == {"data": [], "count": 0}
+        assert c.get(f"/studies/{created['id']}/report").status_code == 409
         c.post(f"/studies/{created['id']}/cancel")
 
 
