@@ -210,7 +210,8 @@ def connect_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
     runtime_env = {"env_vars": {"PYTHONPATH": _project_root()}}
     # The node IP this driver registers: CREDIT_RAY_NODE_IP, or loopback for a private
     # cluster (so a single-machine study never talks over the network).
-    node_ip = os.environ.get("CREDIT_RAY_NODE_IP") or (None if address else "127.0.0.1")
+    # (127.0.0.2: Ray rewrites "127.0.0.1" into the outward IP; the rest of 127/8 it keeps)
+    node_ip = os.environ.get("CREDIT_RAY_NODE_IP") or (None if address else "127.0.0.2")
     extra = {"_node_ip_address": node_ip} if node_ip else {}
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, **extra)

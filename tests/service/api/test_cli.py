@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -175,11 +176,22 @@ def test_serve_local_starts_and_stops_the_whole_stack(tmp_path):
             final = wait_status(c, "local", ("SUCCEEDED", "FAILED"))
         assert final["status"] == "SUCCEEDED"
         assert final["links"]["mlflow"].startswith(health["mlflow_ui_url"])
+        # a study still running when the stack stops is cancelled, not left RUNNING
+        r = httpx.post(url + "/studies", headers=headers, json={
+            "name": "running-at-stop", "space": "mnist-fc-backprop", "max_trials": 4,
+            "epochs": 3, "batches_per_epoch": 3000, "dataset": "mnist-5k"})
+        assert r.status_code == 201, r.text
+        with httpx.Client(base_url=url, headers=headers) as c:
+            wait_status(c, "running-at-stop", ("RUNNING",))
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "stopped: API, MLflow and the Ray head." in err
+    assert "cancelled 1 running studies" in err
+    with sqlite3.connect(tmp_path / "home" / "service.db") as con:
+        rows = dict(con.execute("select name, status from studies").fetchall())
+    assert rows == {"local": "SUCCEEDED", "running-at-stop": "CANCELLED"}
     for url in (health["mlflow_ui_url"], f"http://127.0.0.1:{port}",
                 re.search(r"Ray +(http://\S+)", err).group(1)):
         with pytest.raises(httpx.ConnectError):
