@@ -129,12 +129,8 @@ class RayJobs:
     def info(self, submission_id: str) -> JobInfo:
         try:
             d = self.client().get_job_info(submission_id)
-        except JobError:
-            raise
         except Exception as error:
-            if "404" in str(error) or "does not exist" in str(error):
-                raise JobNotFound(f"no Ray job {submission_id!r}") from None
-            raise JobError(f"Ray job {submission_id}: {_one_line(error)}") from None
+            raise _job_error(submission_id, error) from None
         return JobInfo(submission_id=submission_id, status=str(d.status.value),
                        message=d.message or "", job_id=d.job_id,
                        start_time=d.start_time, end_time=d.end_time,
@@ -144,12 +140,8 @@ class RayJobs:
         """Ask the job to stop (SIGTERM to the driver, SIGKILL after a grace period)."""
         try:
             return bool(self.client().stop_job(submission_id))
-        except JobError:
-            raise
         except Exception as error:
-            if "404" in str(error) or "does not exist" in str(error):
-                raise JobNotFound(f"no Ray job {submission_id!r}") from None
-            raise JobError(f"Ray job {submission_id}: {_one_line(error)}") from None
+            raise _job_error(submission_id, error) from None
 
     def wait(self, submission_id: str, timeout_s: float, poll_s: float = 0.5) -> JobInfo:
         """The job's info once it is terminal, or as it is when ``timeout_s`` ran out."""
@@ -232,3 +224,12 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _job_error(submission_id: str, error: Exception) -> Exception:
+    """A Ray Jobs client error as ours: unknown job → JobNotFound, else JobError."""
+    if isinstance(error, JobError):
+        return error
+    if "404" in str(error) or "does not exist" in str(error):
+        return JobNotFound(f"no Ray job {submission_id!r}")
+    return JobError(f"Ray job {submission_id}: {_one_line(error)}")
