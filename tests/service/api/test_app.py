@@ -116,6 +116,7 @@ def test_a_space_from_the_catalogue_is_accepted_inline(queue_api):
 ROUTES = {("get", "/healthz"), ("post", "/studies"), ("get", "/studies"),
           ("get", "/studies/{study}"), ("get", "/studies/{study}/trials"),
           ("get", "/studies/{study}/best"), ("post", "/studies/{study}/cancel"),
+          ("get", "/studies/{study}/report"), ("get", "/studies/{study}/report/{figure}"),
           ("get", "/search-spaces"), ("get", "/search-spaces/{name}"), ("get", "/experiments")}
 
 
