@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -213,12 +214,16 @@ def connect_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
     # (127.0.0.2: Ray rewrites "127.0.0.1" into the outward IP; the rest of 127/8 it keeps)
     node_ip = os.environ.get("CREDIT_RAY_NODE_IP") or (None if address else "127.0.0.2")
     extra = {"_node_ip_address": node_ip} if node_ip else {}
+    # ray.init replaces a driver's SIGTERM handler with sys.exit; keep the caller's own.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, **extra)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _temp_dir=str(ray_temp_dir()), log_to_driver=False, runtime_env=runtime_env,
                  **extra)
+    if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _quiet_ray() -> None:
@@ -446,8 +451,10 @@ def run_study(spec: StudySpec, *, resume: bool = False,
     except BaseException as error:
         T.close_stale_runs(tracking_uri, experiment_id, parent_id, set())
         c.set_tag(parent_id, T.FAILURE_TAG, (str(error) or type(error).__name__)[:5000])
-        c.set_terminated(parent_id, status="KILLED" if isinstance(error, KeyboardInterrupt)
-                         else "FAILED")
+        # KeyboardInterrupt: Ctrl-C or our SIGTERM handler; SystemExit: a signal handler
+        # of a library (Ray's exits on SIGTERM): either way the study was stopped.
+        stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
+        c.set_terminated(parent_id, status="KILLED" if stopped else "FAILED")
         raise
 
 
@@ -716,7 +723,12 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
-    result = run_study(spec, resume="--resume" in argv)
+    try:
+        result = run_study(spec, resume="--resume" in argv)
+    except (KeyboardInterrupt, SystemExit):
+        print(f"credit: study {spec.name!r} stopped; its runs are closed as KILLED",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     print(json.dumps(_jsonable(result.to_dict())))
     return 0 if result.status == "SUCCEEDED" else 1
 

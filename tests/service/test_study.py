@@ -209,6 +209,48 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path, credit_home):
     assert sum(r.info.status == "FINISHED" for r in runs) == 5
 
 
+def test_job_entrypoint_sigterm_ends_every_run_killed(ray_cluster, tmp_path, credit_home):
+    """`ray job stop` sends SIGTERM to the runner: its parent and trial runs end KILLED."""
+    stores = _stores(tmp_path, "stopped")
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=6, parallel_trials=2, epochs=40,
+                     batches_per_epoch=40, dataset="mnist-5k", **stores)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.model_dump_json())
+    driver = subprocess.Popen([sys.executable, "-m", "service.study", str(spec_file)],
+                              env=dict(os.environ), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(stores["tracking_uri"])
+
+    def trial_runs():
+        exp = client.get_experiment_by_name("credit-search")
+        if exp is None:
+            return []
+        runs = client.search_runs([exp.experiment_id])
+        return [r for r in runs if r.data.tags.get(T.ROLE_TAG) == "trial"]
+
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        try:
+            started = [r for r in trial_runs() if "test_error" in r.data.metrics]
+        except Exception:  # the store is being created
+            started = []
+        if started:
+            break
+        time.sleep(0.5)
+    assert driver.poll() is None, driver.stderr.read()[-2000:]
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode != 0
+    assert "Traceback" not in err, err[-3000:]
+    exp = client.get_experiment_by_name("credit-search")
+    parents = T.find_runs(stores["tracking_uri"], exp.experiment_id,
+                          f"tags.`{T.STUDY_TAG}` = 'stopped' and tags.`{T.ROLE_TAG}` = 'study'")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    runs = trial_runs()
+    assert runs and all(r.info.status in ("KILLED", "FINISHED") for r in runs)
+    assert any(r.info.status == "KILLED" for r in runs)
+
+
 @pytest.mark.parametrize("fields,where", [
     (dict(name="../etc"), "name"),
     (dict(name="Upper"), "name"),
