@@ -7,6 +7,7 @@ turns the exceptions below (and the ``trainables`` ones) into one-line errors.
 
 from __future__ import annotations
 
+import argparse
 from typing import TYPE_CHECKING, Any
 
 from trainables.errors import ConfigError
@@ -15,7 +16,7 @@ from trainables.validation import error_phrase
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-__all__ = ["UsageError", "flag", "validation_message"]
+__all__ = ["UsageError", "add_study_options", "flag", "study_fields", "validation_message"]
 
 
 class UsageError(ConfigError):
@@ -45,3 +46,55 @@ def validation_message(err: ValidationError, name=flag) -> str:
         parts.append(f"{name(loc[0])}{''.join(f'.{p}' for p in loc[1:])}: {problem}"
                      if loc else problem)
     return "; ".join(parts)
+
+
+# The study settings that ``credit search`` and ``credit studies submit`` both take.
+_STUDY_KEYS = ("name", "max_trials", "parallel_trials", "sampler", "seed", "epochs",
+               "batches_per_epoch", "dataset", "max_failed_trials", "final_seeds")
+
+
+def add_study_options(p: argparse.ArgumentParser) -> None:
+    """Add the flags of a study's settings (every one optional: the spec has defaults)."""
+    p.add_argument("--name", help="unique study name (default: <space>-<timestamp>)")
+    p.add_argument("--trials", type=int, dest="max_trials", help="number of trials (20)")
+    p.add_argument("--concurrency", type=int, dest="parallel_trials",
+                   help="trials run at once (1)")
+    p.add_argument("--sampler", help="random (as in the paper), tpe, qmc or cmaes (random)")
+    p.add_argument("--seed", type=int, help="sampler seed (0)")
+    p.add_argument("--metric", help="objective metric (default: the space's)")
+    p.add_argument("--mode", help="min or max")
+    p.add_argument("--epochs", type=int, help="epochs per trial (5)")
+    p.add_argument("--batches-per-epoch", type=int, help="batches per epoch (one pass)")
+    p.add_argument("--dataset", help="dataset (default: the experiment's)")
+    p.add_argument("--max-failed", type=int, dest="max_failed_trials",
+                   help="stop the study after more failed trials than this")
+    p.add_argument("--asha", action="store_true", help="early-stop weak trials (ASHA)")
+    p.add_argument("--final-seeds", type=int, help="rerun the best configuration with K seeds")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (1)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, may be fractional (0)")
+
+
+def study_fields(args: argparse.Namespace, base: dict[str, Any] | None = None,
+                 extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``base`` (a study's fields) updated with the flags given: the ``add_study_options``
+    ones plus the attributes named in ``extra``. ``objective`` and ``resources`` merge
+    key by key, so a flag overrides one key of a file's value and keeps the rest."""
+    fields = dict(base or {})
+    for key in _STUDY_KEYS + extra:
+        value = getattr(args, key)
+        if value is not None:
+            fields[key] = value
+    if args.asha:
+        fields["early_stopping"] = True
+    if args.metric or args.mode:
+        objective = dict(fields.get("objective") or {})
+        objective.update({k: v for k, v in (("metric", args.metric), ("mode", args.mode)) if v})
+        objective.setdefault("metric", "test_error")
+        fields["objective"] = objective
+    resources = dict(fields.get("resources") or {})
+    for key, value in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)):
+        if value is not None:
+            resources[key] = value
+    if resources:
+        fields["resources"] = resources
+    return fields

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.commands import UsageError, flag, validation_message
+from service.commands import UsageError, add_study_options, flag, study_fields, validation_message
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,24 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--space", required=True, metavar="NAME|FILE",
                    help="a preset (see 'credit spaces') or a search-space JSON file")
-    p.add_argument("--name", help="unique study name (default: <space>-<timestamp>)")
-    p.add_argument("--trials", type=int, dest="max_trials", help="number of trials (20)")
-    p.add_argument("--concurrency", type=int, dest="parallel_trials",
-                   help="trials run at once (1)")
-    p.add_argument("--sampler", help="random (as in the paper), tpe, qmc or cmaes (random)")
-    p.add_argument("--seed", type=int, help="sampler seed (0)")
-    p.add_argument("--metric", help="objective metric (default: the space's)")
-    p.add_argument("--mode", help="min or max")
-    p.add_argument("--epochs", type=int, help="epochs per trial (5)")
-    p.add_argument("--batches-per-epoch", type=int, help="batches per epoch (one pass)")
-    p.add_argument("--dataset", help="dataset (default: the experiment's)")
+    add_study_options(p)
     p.add_argument("--data-dir", help="data directory (default: $CREDIT_DATA_DIR)")
-    p.add_argument("--max-failed", type=int, dest="max_failed_trials",
-                   help="stop the study after more failed trials than this")
-    p.add_argument("--asha", action="store_true", help="early-stop weak trials (ASHA)")
-    p.add_argument("--final-seeds", type=int, help="rerun the best configuration with K seeds")
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (1)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, may be fractional (0)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in CREDIT_HOME)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite in CREDIT_HOME)")
     p.add_argument("--resume", action="store_true", help="resume the study --name")
@@ -51,25 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
-    fields: dict[str, Any] = {"space": args.space}
-    for key in ("name", "max_trials", "parallel_trials", "sampler", "seed", "epochs",
-                "batches_per_epoch", "dataset", "data_dir", "max_failed_trials",
-                "final_seeds", "tracking_uri", "storage"):
-        value = getattr(args, key)
-        if value is not None:
-            fields[key] = value
-    if args.asha:
-        fields["early_stopping"] = True
-    if args.metric or args.mode:
-        fields["objective"] = {"metric": args.metric or "test_error", "mode": args.mode or "min"}
-    resources = {}
-    if args.cpus_per_trial is not None:
-        resources["cpu"] = args.cpus_per_trial
-    if args.gpus_per_trial is not None:
-        resources["gpu"] = args.gpus_per_trial
-    if resources:
-        fields["resources"] = resources
-    return fields
+    return study_fields(args, {"space": args.space},
+                        extra=("data_dir", "tracking_uri", "storage"))
 
 
 _FLAGS = {"max_trials": "--trials", "parallel_trials": "--concurrency",

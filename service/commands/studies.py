@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.commands import UsageError
+from service.commands import UsageError, add_study_options, study_fields
 from trainables.errors import CreditError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -49,23 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("file", nargs="?", metavar="FILE",
                    help="the study as JSON (the POST /studies body); flags override it")
     s.add_argument("--space", metavar="NAME", help="a search-space preset ('credit spaces')")
-    s.add_argument("--name", help="unique study name (default: <space>-<timestamp>)")
-    s.add_argument("--trials", type=int, dest="max_trials", help="number of trials (20)")
-    s.add_argument("--concurrency", type=int, dest="parallel_trials",
-                   help="trials run at once (1)")
-    s.add_argument("--sampler", help="random, tpe, qmc or cmaes (random)")
-    s.add_argument("--seed", type=int, help="sampler seed (0)")
-    s.add_argument("--metric", help="objective metric (default: the space's)")
-    s.add_argument("--mode", help="min or max")
-    s.add_argument("--epochs", type=int, help="epochs per trial (5)")
-    s.add_argument("--batches-per-epoch", type=int, help="batches per epoch (one pass)")
-    s.add_argument("--dataset", help="dataset (default: the experiment's)")
-    s.add_argument("--max-failed", type=int, dest="max_failed_trials",
-                   help="stop the study after more failed trials than this")
-    s.add_argument("--asha", action="store_true", help="early-stop weak trials (ASHA)")
-    s.add_argument("--final-seeds", type=int, help="rerun the best configuration with K seeds")
-    s.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (1)")
-    s.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (0)")
+    add_study_options(s)
     s.add_argument("--wait", action="store_true", help="then wait for it, as 'wait' does")
 
     ls = command("list", "list studies, newest first", list_studies)
@@ -152,10 +136,6 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 # ---------------------------------------------------------------------- commands
-_FIELDS = ("name", "max_trials", "parallel_trials", "sampler", "seed", "epochs",
-           "batches_per_epoch", "dataset", "max_failed_trials", "final_seeds")
-
-
 def study_body(args: argparse.Namespace) -> dict[str, Any]:
     """The POST /studies body: the FILE's JSON, then the flags given."""
     body: dict[str, Any] = {}
@@ -170,24 +150,7 @@ def study_body(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"{args.file}: must hold a JSON object (the study)")
     if args.space:
         body["space"] = args.space
-    for key in _FIELDS:
-        value = getattr(args, key)
-        if value is not None:
-            body[key] = value
-    if args.asha:
-        body["early_stopping"] = True
-    if args.metric or args.mode:
-        objective = dict(body.get("objective") or {})
-        objective.update({k: v for k, v in (("metric", args.metric), ("mode", args.mode)) if v})
-        objective.setdefault("metric", "test_error")
-        body["objective"] = objective
-    resources = dict(body.get("resources") or {})
-    if args.cpus_per_trial is not None:
-        resources["cpu"] = args.cpus_per_trial
-    if args.gpus_per_trial is not None:
-        resources["gpu"] = args.gpus_per_trial
-    if resources:
-        body["resources"] = resources
+    body = study_fields(args, body)
     if "space" not in body:
         raise UsageError("give a study FILE or --space NAME (see 'credit spaces')")
     if "name" not in body:
