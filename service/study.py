@@ -226,6 +226,14 @@ def connect_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def _leave_ray() -> None:
+    """Disconnect (or, for a private cluster, stop) Ray: the driver's trial actors die."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _quiet_ray() -> None:
     """Our progress line replaces Tune's tables; its snapshot warnings are noise here."""
     import logging
@@ -449,12 +457,15 @@ def run_study(spec: StudySpec, *, resume: bool = False,
                          else "FAILED")
         return result
     except BaseException as error:
-        T.close_stale_runs(tracking_uri, experiment_id, parent_id, set())
         c.set_tag(parent_id, T.FAILURE_TAG, (str(error) or type(error).__name__)[:5000])
         # KeyboardInterrupt: Ctrl-C or our SIGTERM handler; SystemExit: a signal handler
         # of a library (Ray's exits on SIGTERM): either way the study was stopped.
         stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
+        # Parent first (a trial starting from now on closes itself), then end this
+        # driver's trials (Ray kills the actors of a driver that leaves), then the runs.
         c.set_terminated(parent_id, status="KILLED" if stopped else "FAILED")
+        _leave_ray()
+        T.close_stale_runs(tracking_uri, experiment_id, parent_id, set())
         raise
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from trainables.errors import CreditError
 from trainables.trainer import Callback, Trainer
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -153,6 +154,18 @@ class MlflowTrialLogger(Callback):
         self.run_id = run.info.run_id
         log_params(self.client, self.run_id, trainer.config.model_dump())
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _where().items()])
+        self._check_study_alive()
+
+    def _check_study_alive(self) -> None:
+        """A trial that starts after its study was stopped (the driver ends its parent
+        run first, then closes the children) closes its own run and does not train."""
+        status = self.client.get_run(self.parent_run_id).info.status
+        if status != "RUNNING":
+            self.client.set_tag(self.run_id, STATE_TAG, "STALE")
+            self.client.set_terminated(self.run_id, status="KILLED")
+            self.closed = True
+            raise CreditError(f"study {self.study!r} has ended (its MLflow run is {status}); "
+                              f"trial {self.trial_id} does not start")
 
     def _existing_run(self) -> str | None:
         runs = self.client.search_runs(

@@ -272,3 +272,33 @@ def test_bad_spec_names_the_field(fields, where):
     with pytest.raises((ValidationError, ValueError)) as info:
         StudySpec(**base)
     assert where.split(".")[0] in str(info.value)
+
+
+def test_trial_of_a_stopped_study_closes_its_run_and_does_not_train(tmp_path):
+    """The race the driver's stop leaves: a trial actor that starts after the parent run
+    was ended must not leave a RUNNING child behind, nor train."""
+    from trainables.config import TrainConfig
+    from trainables.errors import CreditError
+    from trainables.trainer import Trainer
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = T.ensure_experiment(uri, "credit-search", str(tmp_path / "artifacts"))
+    client = MlflowClient(uri)
+    parent = client.create_run(exp).info.run_id
+    logger = T.MlflowTrialLogger(uri, exp, parent, "late", trial_id="t1")
+    config = TrainConfig(experiment="mnist-fc", rule="backprop", dataset="mnist-5k", epochs=2,
+                         batches_per_epoch=3)
+
+    live = Trainer(config, callbacks=[logger])  # while the study runs, the trial trains
+    live.fit()
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+
+    client.set_terminated(parent, status="KILLED")
+    late = T.MlflowTrialLogger(uri, exp, parent, "late", trial_id="t2")
+    trainer = Trainer(config, callbacks=[late])
+    with pytest.raises(CreditError, match="has ended"):
+        trainer.fit()
+    assert trainer.epoch == 0
+    run = client.get_run(late.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[T.STATE_TAG] == "STALE"
