@@ -55,23 +55,25 @@ _STUDY_KEYS = ("name", "max_trials", "parallel_trials", "sampler", "seed", "epoc
 
 def add_study_options(p: argparse.ArgumentParser) -> None:
     """Add the flags of a study's settings (every one optional: the spec has defaults)."""
-    p.add_argument("--name", help="unique study name (default: <space>-<timestamp>)")
-    p.add_argument("--trials", type=int, dest="max_trials", help="number of trials (20)")
-    p.add_argument("--concurrency", type=int, dest="parallel_trials",
-                   help="trials run at once (1)")
-    p.add_argument("--sampler", help="random (as in the paper), tpe, qmc or cmaes (random)")
-    p.add_argument("--seed", type=int, help="sampler seed (0)")
-    p.add_argument("--metric", help="objective metric (default: the space's)")
-    p.add_argument("--mode", help="min or max")
-    p.add_argument("--epochs", type=int, help="epochs per trial (5)")
-    p.add_argument("--batches-per-epoch", type=int, help="batches per epoch (one pass)")
-    p.add_argument("--dataset", help="dataset (default: the experiment's)")
-    p.add_argument("--max-failed", type=int, dest="max_failed_trials",
-                   help="stop the study after more failed trials than this")
-    p.add_argument("--asha", action="store_true", help="early-stop weak trials (ASHA)")
-    p.add_argument("--final-seeds", type=int, help="rerun the best configuration with K seeds")
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (1)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, may be fractional (0)")
+    add = p.add_argument
+    add("--name", metavar="NAME", help="unique study name (default: <space>-<timestamp>)")
+    add("--trials", type=int, dest="max_trials", metavar="N", help="number of trials (20)")
+    add("--concurrency", type=int, dest="parallel_trials", metavar="N",
+        help="trials run at once (1)")
+    add("--sampler", metavar="NAME", help="random (as in the paper), tpe, qmc or cmaes (random)")
+    add("--seed", type=int, metavar="N", help="sampler seed (0)")
+    add("--metric", metavar="NAME", help="objective metric (default: the space's)")
+    add("--mode", metavar="min|max", help="min or max")
+    add("--epochs", type=int, metavar="N", help="epochs per trial (5)")
+    add("--batches-per-epoch", type=int, metavar="N", help="batches per epoch (one pass)")
+    add("--dataset", metavar="NAME", help="dataset (default: the experiment's)")
+    add("--max-failed", type=int, dest="max_failed_trials", metavar="N",
+        help="stop the study after more failed trials than this")
+    add("--asha", action="store_true", help="early-stop weak trials (ASHA)")
+    add("--final-seeds", type=int, metavar="K", help="rerun the best configuration with K seeds")
+    add("--cpus-per-trial", type=float, metavar="CPUS", help="CPUs per trial (1)")
+    add("--gpus-per-trial", type=float, metavar="GPUS",
+        help="GPUs per trial, may be fractional (0)")
 
 
 def study_fields(args: argparse.Namespace, base: dict[str, Any] | None = None,

@@ -22,9 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--space", required=True, metavar="NAME|FILE",
                    help="a preset (see 'credit spaces') or a search-space JSON file")
     add_study_options(p)
-    p.add_argument("--data-dir", help="data directory (default: $CREDIT_DATA_DIR)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in CREDIT_HOME)")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in CREDIT_HOME)")
+    p.add_argument("--data-dir", metavar="DIR", help="data directory (default: $CREDIT_DATA_DIR)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: sqlite in CREDIT_HOME)")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL (default: sqlite in CREDIT_HOME)")
     p.add_argument("--resume", action="store_true", help="resume the study --name")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
