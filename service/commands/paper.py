@@ -27,26 +27,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "is printed last. 'credit report ID' redraws the figures from it.",
         allow_abbrev=False,
     )
-    p.add_argument("experiment", choices=["mnist-fc", "mnist-autoencoder", "cifar10-cnn"])
-    p.add_argument("--trials", type=int, default=20, help="random-search trials per rule (20)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds of each best configuration (5)")
-    p.add_argument("--epochs", type=int, default=20, help="epochs per run (20)")
-    p.add_argument("--batches-per-epoch", type=int, help="batches per epoch (one pass)")
-    p.add_argument("--dataset", help="dataset (default: the experiment's)")
-    p.add_argument("--data-dir", help="data directory (default: $CREDIT_DATA_DIR)")
-    p.add_argument("--noise-levels", type=_positive_floats, metavar="C,C,...",
-                   help="mnist-fc: fixed noise levels c of the extra NP arms "
-                        "(default 1e-4,1e-3,1e-2,1e-1; '' for none)")
-    p.add_argument("--arms", type=lambda t: [k for k in t.replace(",", " ").split() if k],
-                   metavar="KEY,KEY,...", help="only these arms (np, fa, bp, adam, matched, "
-                   "dfa, np-c<level>; default: all of the experiment)")
-    p.add_argument("--concurrency", type=int, default=2, help="trials at once (2)")
-    p.add_argument("--sampler", default="random", help="random (the paper's), tpe, qmc, cmaes")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (0)")
-    p.add_argument("--name", help="campaign name (default: paper-<experiment>-<time>)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in CREDIT_HOME)")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in CREDIT_HOME)")
-    p.add_argument("--quiet", action="store_true", help="no live progress")
+    add = p.add_argument
+    add("experiment", choices=["mnist-fc", "mnist-autoencoder", "cifar10-cnn"])
+    add("--trials", type=int, default=20, metavar="N", help="random-search trials per rule (20)")
+    add("--seeds", type=int, default=5, metavar="K", help="seeds of each best configuration (5)")
+    add("--epochs", type=int, default=20, metavar="E", help="epochs per run (20)")
+    add("--batches-per-epoch", type=int, metavar="N", help="batches per epoch (one pass)")
+    add("--dataset", metavar="NAME", help="dataset (default: the experiment's)")
+    add("--data-dir", metavar="DIR", help="data directory (default: $CREDIT_DATA_DIR)")
+    add("--noise-levels", type=_positive_floats, metavar="C,C,...",
+        help="mnist-fc: fixed noise levels c of the extra NP arms "
+        "(default 1e-4,1e-3,1e-2,1e-1; '' for none)")
+    add("--arms", type=lambda t: [k for k in t.replace(",", " ").split() if k],
+        metavar="KEY,KEY,...", help="only these arms (np, fa, bp, adam, matched, "
+        "dfa, np-c<level>; default: all of the experiment)")
+    add("--concurrency", type=int, default=2, metavar="N", help="trials at once (2)")
+    add("--sampler", default="random", metavar="NAME", help="random (the paper's), tpe, qmc, cmaes")
+    add("--seed", type=int, default=0, metavar="N", help="sampler seed (0)")
+    add("--name", metavar="NAME", help="campaign name (default: paper-<experiment>-<time>)")
+    add("--tracking-uri", metavar="URI",
+        help="MLflow tracking URI (default: sqlite in CREDIT_HOME)")
+    add("--storage", metavar="URL",
+        help="Optuna storage URL (default: sqlite in CREDIT_HOME)")
+    add("--quiet", action="store_true", help="no live progress")
     p.set_defaults(func=run_paper)
 
     r = subparsers.add_parser(
@@ -54,8 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         allow_abbrev=False,
     )
     r.add_argument("run_id", metavar="ID", help="the campaign's or study's parent run id")
-    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in CREDIT_HOME)")
-    r.add_argument("--out", help="output directory (default: ./report-<ID>)")
+    r.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: sqlite in CREDIT_HOME)")
+    r.add_argument("--out", metavar="DIR", help="output directory (default: ./report-<ID>)")
     r.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     r.set_defaults(func=run_report)
 
