@@ -214,3 +214,76 @@ def _log_arm(c, run_id: str, arm: Arm, res) -> None:
     T.log_metrics(c, run_id, metrics, step=0)
     for k, v in (res.best_params or {}).items():
         T.log_params(c, run_id, {f"{arm.key}.best.{k}": v})
+
+
+# ----------------------------------------------------------------- authors' protocol
+@dataclass(frozen=True)
+class FixedArm:
+    """One arm run exactly as the authors ran it: a fixed configuration, no search.
+
+    ``reference`` is the authors' printed number in the units of ``metric``;
+    ``source`` names the file of their repository (benlansdell/synthfeedback) the
+    settings come from.
+    """
+
+    key: str
+    label: str
+    config: dict[str, Any]
+    metric: str
+    reference: float
+    source: str
+
+
+#: The authors' autoencoder code (AENPModel5 and its variants): tanh hidden layers, a
+#: linear 2-unit code, a ReLU output, truncated-normal weights and biases 0.1, loss
+#: summed over pixels and batch, plain SGD for W and B, batch 32, 1,001 "epochs" of
+#: 1,000 random batches, per step the loss of 32 random test images; the table is the
+#: minimum over epochs of the per-epoch mean (``best_step_test_loss``).
+AUTHORS_AUTOENCODER_COMMON: dict[str, Any] = {
+    "experiment": "mnist-autoencoder", "dataset": "mnist", "output_activation": "relu",
+    "init": "authors", "loss_reduction": "sum", "optimizer": "sgd", "momentum": 0.0,
+    "batch_size": 32, "batches_per_epoch": 1000, "epochs": 1001, "step_test_images": 32,
+}
+AUTHORS_AUTOENCODER_ARMS: tuple[FixedArm, ...] = tuple(
+    FixedArm(key, label, {**AUTHORS_AUTOENCODER_COMMON, **cfg}, "best_step_test_loss", ref, src)
+    for key, label, cfg, ref, src in (
+        ("np-50", "node perturbation, 784-50-2-50-784",
+         {"rule": "node_perturbation", "hidden_width": 50, "lr": 1e-4, "feedback_lr": 8e-6,
+          "noise_std": 0.018942}, 515.30,
+         "mains/3_autoencoder_np_test_sgd_goodparam.py, configs/np.json "
+         "(nodepert_ae5_sgd_convparams), models/npmodels.py AENPModel5 (nn = 50)"),
+        ("bp-200", "backprop (SGD), 784-200-2-200-784, untuned η",
+         {"rule": "backprop", "hidden_width": 200, "lr": 5e-5}, 609.84,
+         "mains/3_autoencoder_np_test_bpauto_goodparam.py, configs/np.json "
+         "(nodepert_ae5_bpauto: η 5e-5)"),
+        ("adam-200", "backprop + Adam, 784-200-2-200-784",
+         {"rule": "backprop", "optimizer": "adam", "hidden_width": 200,
+          "lr": 1.411275857690097e-4}, 538.25,
+         "mains/3_autoencoder_np_test_adam.py, configs/np_optimized.json (nodepert_ae5_adam)"),
+        ("matched-50", "matched, 784-50-2-50-784, 350 epochs",
+         {"rule": "matched", "hidden_width": 50, "lr": 1e-4, "epochs": 350}, 643.38,
+         "mains/3_autoencoder_np_test_matched_goodparam.py, configs/np.json "
+         "(nodepert_ae5_matched_convparams: 350 epochs)"),
+        ("fa-200", "feedback alignment, 784-200-2-200-784",
+         {"rule": "feedback_alignment", "hidden_width": 200, "lr": 5e-5}, 759.17,
+         "mains/3_autoencoder_np_test_faauto_goodparam.py, configs/np.json (nodepert_ae5_faauto)"),
+        ("sg-50", "synthetic gradient (B regressed on the true ∂L/∂h), 784-50-2-50-784",
+         {"rule": "synthetic_gradient", "hidden_width": 50, "lr": 1e-4, "feedback_lr": 8e-6},
+         512.7,
+         "mains/3_autoencoder_np_test_synthgrad_goodparam.py, configs/np.json "
+         "(nodepert_ae5_synthgrad_convparams)"),
+    )
+)
+
+#: Feedback alignment on mnist-fc as the authors ran it (FAModel4_Small, configs/sf.json
+#: feedbackalignment4_small): He-scaled weights and feedback, loss summed over the batch,
+#: plain SGD η = 4e-4, batch 32, 2,000 "epochs" of 1,000 batches (2,000,000 steps).
+AUTHORS_FC_FA = FixedArm(
+    "fa-fc", "feedback alignment, 784-50-20-10",
+    {"experiment": "mnist-fc", "dataset": "mnist", "rule": "feedback_alignment",
+     "init": "authors", "loss_reduction": "sum", "optimizer": "sgd", "momentum": 0.0,
+     "lr": 4e-4, "batch_size": 32, "batches_per_epoch": 1000, "epochs": 2000},
+    "test_error", 0.043,
+    "mains/2b_establish_convergence_feedforward_feedbackalignment.py, configs/sf.json "
+    "(feedbackalignment4_small), models/sfmodels.py FAModel4_Small",
+)

@@ -61,6 +61,28 @@ class TrainConfig(BaseModel):
     data_dir: str | None = Field(None, description="data directory; default: $CREDIT_DATA_DIR")
     metrics_batch_size: int = Field(512, ge=1, description="fixed test batch for alignment metrics")
     max_test_samples: int | None = Field(None, ge=1, description="evaluate on a test subset")
+    hidden_width: int | None = Field(
+        None, ge=1, le=4096,
+        description="width of the autoencoder's wide hidden layers (default 200; the "
+        "authors' node-perturbation network: 50)",
+    )
+    output_activation: Literal["identity", "relu"] | None = Field(
+        None, description="activation of the output layer; default: the experiment's "
+        "(identity); the authors' autoencoder: relu",
+    )
+    init: Literal["uniform", "authors"] = Field(
+        "uniform", description="weight initialisation: uniform ±1/√fan_in (PyTorch's), or "
+        "authors (normal truncated at ±2σ, σ = √(2/fan_in), biases 0.1)",
+    )
+    loss_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="loss over the batch that η and η_B apply to: mean, or sum "
+        "(the authors' code; rates then are batch_size× smaller for the same step)",
+    )
+    step_test_images: int = Field(
+        0, ge=0, le=10_000,
+        description="after every step, the loss on this many random test images, averaged "
+        "per epoch (the authors' protocol: 32); 0: off",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -87,6 +109,17 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"dataset {self.dataset!r} does not fit experiment {self.experiment!r}; "
                 f"valid: {', '.join(exp.datasets)}"
+            )
+        if self.hidden_width is not None and exp.hidden_width is None:
+            raise ValueError(
+                f"hidden_width applies only to experiments with an adjustable width "
+                f"({', '.join(n for n in EXPERIMENTS.names() if EXPERIMENTS.get(n).hidden_width)}"
+                f"), not {self.experiment!r}"
+            )
+        if self.output_activation is not None and exp.loss != "mse":
+            raise ValueError(
+                f"output_activation applies to MSE networks only; {self.experiment!r} "
+                "feeds its output to a softmax"
             )
         if self.rule == "kolen_pollack" and self.weight_decay <= 0:
             raise ValueError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from trainables.network import LayerSpec
 from trainables.registry import Registry
@@ -22,6 +22,27 @@ class Experiment:
     default_dataset: str
     default_lr: float = 0.01  # a stable forward learning rate for batch-mean losses
     code_layer: int | None = None  # hidden layer whose output is the 2-D code
+    hidden_width: int | None = None  # the width that ``hidden_width`` may change, if any
+
+    def build_layers(
+        self, hidden_width: int | None = None, output_activation: str | None = None
+    ) -> tuple[LayerSpec, ...]:
+        """The layers, with every hidden layer of the default width resized and the
+        output's activation replaced (None keeps the experiment's own)."""
+        layers = self.layers
+        if hidden_width is not None and hidden_width != self.hidden_width:
+            if self.hidden_width is None:
+                raise ValueError(f"experiment {self.name!r} has no adjustable hidden width")
+            old = self.hidden_width
+
+            def resize(n: int) -> int:
+                return hidden_width if n == old else n
+
+            layers = tuple(replace(s, in_size=resize(s.in_size), out_size=resize(s.out_size))
+                           for s in layers)
+        if output_activation is not None:
+            layers = (*layers[:-1], replace(layers[-1], activation=output_activation))
+        return layers
 
     @property
     def threads(self) -> int:
@@ -73,6 +94,7 @@ _add(Experiment(
     default_dataset="mnist-5k",
     default_lr=0.003,
     code_layer=1,
+    hidden_width=200,
 ))
 
 # Conv(3x3, 32), MaxPool(3x3, 2), Conv(5x5, 128), MaxPool, Conv(5x5, 256), MaxPool,

@@ -29,6 +29,23 @@ _pool_backward = torch.ops.aten.max_pool2d_with_indices_backward
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
 LOSSES = ("mse", "cross_entropy")
+#: Weight initialisations: ``uniform`` draws W and b from U(±1/√fan_in) (PyTorch's
+#: nn.Linear default); ``authors`` is the authors' TensorFlow code: W from a normal
+#: truncated at ±2σ with σ = √(2/fan_in), every bias 0.1.
+INITS = ("uniform", "authors")
+
+
+def init_weight(shape: tuple[int, ...], fan_in: int, init: str,
+                generator: torch.Generator) -> Tensor:
+    """A weight (or feedback) matrix drawn by ``init`` (see ``INITS``)."""
+    w = torch.empty(shape)
+    if init == "uniform":
+        bound = 1.0 / math.sqrt(fan_in)
+        return w.uniform_(-bound, bound, generator=generator)
+    if init == "authors":
+        std = math.sqrt(2.0 / fan_in)
+        return torch.nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=generator)
+    raise ConfigError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,7 @@ class FeedbackNetwork:
         input_shape: tuple[int, ...],
         generator: torch.Generator,
         device: torch.device | str = "cpu",
+        init: str = "uniform",
     ):
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; valid: {LOSSES}")
@@ -122,12 +140,15 @@ class FeedbackNetwork:
         self.loss = loss
         self.input_shape = tuple(input_shape)
         self.device = torch.device(device)
+        self.init = init
         self.weights: list[Tensor] = []
         self.biases: list[Tensor] = []
         for spec in self.layers:
-            bound = 1.0 / math.sqrt(spec.fan_in)  # nn.Linear / nn.Conv2d default range
-            w = torch.empty(spec.weight_shape).uniform_(-bound, bound, generator=generator)
-            b = torch.empty(spec.out_size).uniform_(-bound, bound, generator=generator)
+            w = init_weight(spec.weight_shape, spec.fan_in, init, generator)
+            if init == "authors":
+                b = torch.full((spec.out_size,), 0.1)
+            else:
+                b = init_weight((spec.out_size,), spec.fan_in, init, generator)
             self.weights.append(w.to(self.device))
             self.biases.append(b.to(self.device))
         self.hidden_shapes = self._infer_hidden_shapes()

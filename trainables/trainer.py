@@ -133,7 +133,8 @@ class Trainer:
         init_gen = torch.Generator().manual_seed(config.seed)
         exp = self.experiment
         self.net = FeedbackNetwork(
-            exp.layers, exp.loss, self.data.input_shape, init_gen, self.device
+            exp.build_layers(config.hidden_width, config.output_activation), exp.loss,
+            self.data.input_shape, init_gen, self.device, init=config.init,
         )
         settings = RuleSettings(
             noise_std=config.noise_std,
@@ -141,6 +142,7 @@ class Trainer:
             feedback_solver=config.feedback_solver,
             lr=config.lr,
             weight_decay=config.weight_decay,
+            loss_reduction=config.loss_reduction,
         )
         self.rule = make_rule(config.rule, self.net, settings, init_gen)
         self.optimizer = make_optimizer(
@@ -153,6 +155,11 @@ class Trainer:
             torch.Generator().manual_seed(config.seed + 1), self.device,
         )
         self.train_targets = self._targets(self.data.x_train, self.data.y_train)
+        # The authors' protocol: after every step, the summed loss of a few random test images.
+        self.step_test_gen = torch.Generator(device=self.device).manual_seed(config.seed + 3)
+        self.test_targets = (self._targets(self.data.x_test, self.data.y_test)
+                             if config.step_test_images else None)
+        self._grad_scale = 1.0 if config.loss_reduction == "sum" else 1.0 / config.batch_size
         n_test = len(self.data.x_test)
         if config.max_test_samples is not None:
             n_test = min(n_test, config.max_test_samples)
@@ -194,11 +201,18 @@ class Trainer:
         rule.update_feedback(Step(fp, e_out, errors, signals, loss, noisy_loss))
         if rule.tracks_weight_updates:
             old = [w.clone() for w in net.weights]
-            self.optimizer.step(self._params, grads, scale=1.0 / x.shape[0])
+            self.optimizer.step(self._params, grads, scale=self._grad_scale)
             rule.after_weight_update(torch._foreach_sub(net.weights, old), old)
         else:
-            self.optimizer.step(self._params, grads, scale=1.0 / x.shape[0])
+            self.optimizer.step(self._params, grads, scale=self._grad_scale)
         return loss
+
+    def step_test_loss(self) -> Tensor:
+        """Summed loss of ``step_test_images`` random test images (the authors' metric)."""
+        idx = torch.randint(len(self.data.x_test), (self.config.step_test_images,),
+                            generator=self.step_test_gen, device=self.device)
+        out = self.net.predict(self.data.x_test[idx])
+        return self.net.per_sample_loss(out, self.test_targets[idx]).sum()
 
     # ------------------------------------------------------------------ epoch
     def run_epoch(self) -> dict[str, float]:
@@ -208,10 +222,14 @@ class Trainer:
         n_batches = self.batches_per_epoch
         x_train, t_train = self.data.x_train, self.train_targets
         loss_sum = torch.zeros((), device=self.device)
+        step_test_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        step_test = self.config.step_test_images > 0
         with torch.no_grad():
             for b in range(n_batches):
                 idx = self.sampler.next()
                 loss_sum += self.train_step(x_train[idx], t_train[idx]).sum()
+                if step_test:
+                    step_test_sum += self.step_test_loss()
                 for cb in self._batch_callbacks:
                     cb.on_batch_end(self, b, n_batches)
             train_loss = loss_sum.item() / (n_batches * self.config.batch_size)
@@ -223,6 +241,8 @@ class Trainer:
                 raise DivergenceError(epoch, "a feedback weight")
             metrics: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
             metrics.update(self.evaluate())
+            if step_test:
+                metrics["step_test_loss"] = step_test_sum.item() / n_batches
             if not math.isfinite(metrics["test_loss"]):
                 raise DivergenceError(epoch, "the test loss")
             metrics.update(self.alignment())
@@ -256,6 +276,8 @@ class Trainer:
         losses = [h["test_loss"] for h in self.history]
         if losses:
             final["best_test_loss"] = min(losses)
+        if self.config.step_test_images and self.history:
+            final["best_step_test_loss"] = min(h["step_test_loss"] for h in self.history)
         if self.experiment.classification and self.history:
             final["best_test_error"] = min(h["test_error"] for h in self.history)
         return TrainResult(self.config.model_dump(), list(self.history), final)
@@ -333,6 +355,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "noise_gen": self.noise_gen.get_state(),
+            "step_test_gen": self.step_test_gen.get_state(),
             "callbacks": {
                 type(cb).__qualname__: s
                 for cb in self.callbacks
@@ -344,7 +367,8 @@ class Trainer:
         if state.get("version") != CHECKPOINT_VERSION:
             raise ConfigError(f"checkpoint version {state.get('version')} is not supported")
         ours = self.config.model_dump()
-        theirs = {k: state["config"].get(k) for k in ours}
+        defaults = {k: f.default for k, f in TrainConfig.model_fields.items()}
+        theirs = {k: state["config"].get(k, defaults[k]) for k in ours}
         differ = sorted(k for k in ours if k not in ("epochs", "device", "data_dir")
                         and ours[k] != theirs[k])
         if differ:
@@ -357,6 +381,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.noise_gen.set_state(state["noise_gen"])
+        if "step_test_gen" in state:
+            self.step_test_gen.set_state(state["step_test_gen"])
         saved = state.get("callbacks", {})
         for cb in self.callbacks:
             if type(cb).__qualname__ in saved:

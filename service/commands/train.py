@@ -41,6 +41,11 @@ CONFIG_OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "data_dir": (str, "DIR", "data directory"),
     "metrics_batch_size": (int, "N", "size of the fixed test batch for alignment metrics"),
     "max_test_samples": (int, "N", "evaluate on the first N test samples only"),
+    "hidden_width": (int, "N", "width of the autoencoder's wide hidden layers"),
+    "output_activation": (str, "{identity,relu}", "activation of the output layer"),
+    "init": (str, "{uniform,authors}", "weight initialisation"),
+    "loss_reduction": (str, "{mean,sum}", "batch reduction the learning rates apply to"),
+    "step_test_images": (int, "N", "per-step loss on N random test images (authors: 32)"),
 }
 
 #: Columns of the per-layer table: metric prefix → (header, format).

@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 
 from trainables.errors import ConfigError
-from trainables.network import FeedbackNetwork, ForwardPass
+from trainables.network import FeedbackNetwork, ForwardPass, init_weight
 
 Tensor = torch.Tensor
 
@@ -24,6 +24,7 @@ class RuleSettings:
     feedback_solver: str = "sgd"
     lr: float = 0.01
     weight_decay: float = 0.0
+    loss_reduction: str = "mean"  # "sum": feedback steps on batch sums, as the W steps
 
 
 @dataclass
@@ -60,16 +61,13 @@ class LearningRule(ABC):
 
     # ------------------------------------------------------------ feedback
     def init_feedback(self, generator: torch.Generator) -> list[Tensor | None]:
-        """Random feedback, drawn like the forward weights (layer-wise) or scaled by
-        1/√outputs (direct)."""
+        """Random feedback, drawn like the forward weights (the network's ``init``),
+        with fan-in the layer's (layer-wise) or the number of outputs (direct)."""
         feedback: list[Tensor | None] = [None]
         for j in range(1, len(self.net.layers)):
-            shape = self.feedback_shape(j)
             fan = self.net.output_size if self.direct else self.net.layers[j].fan_in
-            bound = 1.0 / math.sqrt(fan)
-            b = torch.empty(shape, dtype=self.net.weights[0].dtype)
-            b.uniform_(-bound, bound, generator=generator)
-            feedback.append(b.to(self.net.device))
+            b = init_weight(self.feedback_shape(j), fan, self.net.init, generator)
+            feedback.append(b.to(self.net.weights[0].dtype).to(self.net.device))
         return feedback
 
     def feedback_shape(self, j: int) -> tuple[int, ...]:
@@ -124,15 +122,18 @@ class SGDSolver(FeedbackSolver):
 
     name = "sgd"
 
-    def __init__(self, net: FeedbackNetwork, feedback_lr: float, direct: bool):
+    def __init__(self, net: FeedbackNetwork, feedback_lr: float, direct: bool,
+                 loss_reduction: str = "mean"):
         self.net = net
         self.feedback_lr = feedback_lr
         self.direct = direct
+        self.batch_mean = loss_reduction == "mean"
 
     def update(self, j: int, B: Tensor, e: Tensor, target: Tensor, prediction: Tensor) -> None:
         residual = prediction - target.reshape(prediction.shape)
         grad = self.net.feedback_gradient(j, e, residual, None, self.direct)
-        B.add_(grad, alpha=-self.feedback_lr / e.shape[0])
+        scale = e.shape[0] if self.batch_mean else 1
+        B.add_(grad, alpha=-self.feedback_lr / scale)
 
 
 class LeastSquaresSolver(FeedbackSolver):
@@ -175,7 +176,7 @@ FEEDBACK_SOLVERS = ("sgd", "lstsq")
 
 def make_solver(net: FeedbackNetwork, settings: RuleSettings, direct: bool) -> FeedbackSolver:
     if settings.feedback_solver == "sgd":
-        return SGDSolver(net, settings.feedback_lr, direct)
+        return SGDSolver(net, settings.feedback_lr, direct, settings.loss_reduction)
     if settings.feedback_solver == "lstsq":
         return LeastSquaresSolver(net, direct)
     valid = ", ".join(FEEDBACK_SOLVERS)
