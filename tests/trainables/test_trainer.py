@@ -212,6 +212,23 @@ def test_cuda_matches_cpu_closely():
     assert gpu.net.weights[0].device.type == "cuda"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("extra", [{}, {"experiment": "mnist-autoencoder", "hidden_width": 50,
+                                        "output_activation": "relu", "init": "authors",
+                                        "loss_reduction": "sum", "lr": 1e-4,
+                                        "step_test_images": 32}])
+def test_cuda_backprop_equals_cpu_backprop(extra):
+    # Without noise the step is deterministic: only float32 summation order differs.
+    cfg = TrainConfig(**{**FAST, "epochs": 2, "rule": "backprop", **extra})
+    cpu = Trainer(cfg)
+    cpu.fit()
+    gpu = Trainer(cfg.model_copy(update={"device": "cuda"}))
+    gpu.fit()
+    for a, b in zip(cpu.net.parameters(), gpu.net.parameters(), strict=True):
+        assert ((a - b.cpu()).norm() / a.norm()).item() < 1e-4
+    assert gpu.history[-1]["test_loss"] == pytest.approx(cpu.history[-1]["test_loss"], rel=1e-4)
+
+
 @pytest.mark.skipif(not (Path(os.environ.get("CREDIT_DATA_DIR", "/nonexistent")) /
                          "cifar10.npz").exists(), reason="CREDIT_DATA_DIR has no cifar10.npz")
 def test_cifar10_cnn_on_real_data_runs():
