@@ -13,20 +13,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces import SearchSpace, load_space, parse_space
+from search_spaces import STUDY_FIELDS, SearchSpace, load_space, parse_space
 from trainables.errors import ConfigError
 
 DEFAULT_NOISE_LEVELS = (1e-4, 1e-3, 1e-2, 1e-1)
+#: ``ours``: the paper's rules, each searched on our network; ``authors``: the authors'
+#: own fixed settings, networks and metric (no search); ``fair``: every rule searched on
+#: the same network, at each width (mnist-autoencoder).
+PROTOCOLS = ("ours", "authors", "fair")
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One curve of a figure: a rule (a preset), maybe with its noise level fixed."""
+    """One curve of a figure: a rule (a preset), maybe with its noise level or other
+    TrainConfig fields fixed."""
 
     key: str  # short id, part of study names: np, np-c0.001, fa, bp, ...
     label: str  # legend text
     preset: str
     noise_std: float | None = None  # fixed c (the space then does not tune it)
+    fixed: tuple[tuple[str, Any], ...] = ()  # more fields held constant, e.g. the width
 
 
 @dataclass(frozen=True)
@@ -108,16 +114,91 @@ def arms_of(experiment: str, noise_levels: Sequence[float] | None,
 
 
 def arm_space(arm: Arm) -> SearchSpace:
-    """The arm's search space: its preset, with ``noise_std`` fixed when the arm fixes c."""
+    """The arm's search space: its preset, with ``noise_std`` fixed when the arm fixes c,
+    and the arm's other fixed fields."""
     space = load_space(arm.preset)
-    if arm.noise_std is None:
+    if arm.noise_std is None and not arm.fixed:
         return space
     data = space.model_dump(mode="json")
-    data["params"].pop("noise_std", None)
-    data["fixed"] = {**data["fixed"], "noise_std": arm.noise_std}
-    data["name"] = f"{space.name}-c{arm.noise_std:g}".replace(".", "p").lower()
-    data["description"] = f"{space.description} Noise fixed at c = {arm.noise_std:g}."
+    fixed = dict(arm.fixed)
+    if arm.noise_std is not None:
+        fixed["noise_std"] = arm.noise_std
+    for key in fixed:
+        data["params"].pop(key, None)
+    data["fixed"] = {**data["fixed"], **fixed}
+    suffix = "-".join(f"{k.split('_')[0]}{v}" for k, v in arm.fixed)
+    if arm.noise_std is not None:
+        suffix = "-".join(filter(None, (f"c{arm.noise_std:g}", suffix)))
+    data["name"] = f"{space.name}-{suffix}".replace(".", "p").replace("_", "-").lower()[:64]
+    data["description"] = f"{space.description} Fixed: {fixed}."
     return parse_space(data, source=f"arm {arm.key}")
+
+
+#: The fair comparison: every rule on the authors' autoencoder (ReLU output, their
+#: initialisation) at both widths, each searched over its own parameters.
+FAIR_RULES = (("np", "node perturbation", "mnist-autoencoder-node-perturbation"),
+              ("sg", "synthetic gradient", "mnist-autoencoder-synthetic-gradient"),
+              ("bp", "backprop", "mnist-autoencoder-backprop"),
+              ("adam", "backprop + Adam", "mnist-autoencoder-backprop-adam"),
+              ("matched", "matched", "mnist-autoencoder-matched"),
+              ("fa", "feedback alignment", "mnist-autoencoder-feedback-alignment"))
+FAIR_WIDTHS = (50, 200)
+
+
+def fair_arms() -> list[Arm]:
+    return [Arm(f"{key}-{w}", f"{label}, 784-{w}-2-{w}-784", preset,
+                fixed=(("hidden_width", w), ("output_activation", "relu"), ("init", "authors")))
+            for w in FAIR_WIDTHS for key, label, preset in FAIR_RULES]
+
+
+def fixed_arm_space(arm: FixedArm) -> SearchSpace:
+    """A one-point space for an arm run at fixed settings: the forward rate is its only
+    'parameter', with one choice, so the ordinary study machinery runs it."""
+    cfg = {k: v for k, v in arm.config.items()
+           if k not in STUDY_FIELDS and k != "batches_per_epoch"}
+    lr = cfg.pop("lr")
+    data = {"name": f"authors-{arm.config['experiment']}-{arm.key}".lower(),
+            "description": f"The authors' settings ({arm.source}).",
+            "experiment": arm.config["experiment"], "rule": arm.config["rule"], "fixed": cfg,
+            "params": {"lr": {"type": "categorical", "choices": [lr]}}}
+    if arm.config.get("step_test_images"):
+        data["objective"] = {"metric": "step_test_loss", "mode": "min"}
+    return parse_space(data, source=f"arm {arm.key}")
+
+
+def authors_arms(experiment: str) -> list[FixedArm]:
+    if experiment == "mnist-autoencoder":
+        return list(AUTHORS_AUTOENCODER_ARMS)
+    if experiment == "mnist-fc":
+        return [AUTHORS_FC_FA]
+    raise ConfigError(f"--protocol authors: no recorded settings of the authors for "
+                      f"{experiment!r}; valid: mnist-autoencoder, mnist-fc")
+
+
+def protocol_arms(experiment: str, protocol: str, noise_levels: Sequence[float] | None,
+                  only: Sequence[str] | None) -> list[Arm | FixedArm]:
+    """The arms of a campaign under ``protocol`` (see ``PROTOCOLS``)."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if protocol == "ours":
+        return list(arms_of(experiment, noise_levels, only))
+    if noise_levels:
+        raise ConfigError("--noise-levels applies to --protocol ours only")
+    if protocol == "authors":
+        arms: list[Arm | FixedArm] = list(authors_arms(experiment))
+    elif experiment != "mnist-autoencoder":
+        raise ConfigError("--protocol fair: the widths compared are the autoencoder's; "
+                          "valid: mnist-autoencoder")
+    else:
+        arms = list(fair_arms())
+    if only:
+        keys = [a.key for a in arms]
+        unknown = [k for k in only if k not in keys]
+        if unknown:
+            raise ConfigError(f"unknown arm {unknown[0]!r} of {experiment} "
+                              f"(--protocol {protocol}); valid: {', '.join(keys)}")
+        arms = [a for a in arms if a.key in only]
+    return arms
 
 
 @dataclass
@@ -134,7 +215,7 @@ def run_campaign(
     *,
     trials: int = 20,
     seeds: int = 5,
-    epochs: int = 20,
+    epochs: int | None = None,
     dataset: str | None = None,
     data_dir: str | None = None,
     batches_per_epoch: int | None = None,
@@ -146,25 +227,43 @@ def run_campaign(
     tracking_uri: str | None = None,
     storage: str | None = None,
     name: str | None = None,
+    protocol: str = "ours",
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> CampaignResult:
-    """Run every arm of ``experiment`` as a study nested under one campaign run."""
+    """Run every arm of ``experiment`` as a study nested under one campaign run.
+
+    Under ``protocol="authors"`` each arm runs the authors' fixed settings (no search):
+    one trial and ``seeds - 1`` more seeds, with the arm's own epochs, batches per epoch
+    and dataset unless given here.
+    """
     from service import settings
     from service import tracking as T
     from service.study import StudySpec, run_study
 
-    arms = arms_of(experiment, noise_levels, only)
+    arms = protocol_arms(experiment, protocol, noise_levels, only)
     tracking_uri = tracking_uri or settings.default_tracking_uri()
     name = name or f"paper-{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-    common = dict(sampler=sampler, seed=seed, max_trials=trials, parallel_trials=parallel_trials,
-                  epochs=epochs, dataset=dataset, data_dir=data_dir,
-                  batches_per_epoch=batches_per_epoch, final_seeds=seeds,
-                  tracking_uri=tracking_uri, storage=storage)
+    common = dict(sampler=sampler, seed=seed, parallel_trials=parallel_trials,
+                  data_dir=data_dir, tracking_uri=tracking_uri, storage=storage)
+
+    def spec_of(arm: Arm | FixedArm) -> StudySpec:
+        labels = {"arm": arm.key, "arm_label": arm.label, "campaign": name,
+                  "protocol": protocol}
+        if isinstance(arm, FixedArm):
+            cfg = arm.config
+            return StudySpec(
+                name=f"{name}-{arm.key}", space=fixed_arm_space(arm), max_trials=1,
+                final_seeds=max(seeds - 1, 0), epochs=epochs or cfg["epochs"],
+                batches_per_epoch=batches_per_epoch or cfg.get("batches_per_epoch"),
+                dataset=dataset or cfg.get("dataset"),
+                labels={**labels, "fixed": "1", "reference": f"{arm.reference:g}",
+                        "source": arm.source[:250]}, **common)
+        return StudySpec(name=f"{name}-{arm.key}", space=arm_space(arm), max_trials=trials,
+                         final_seeds=seeds, epochs=epochs or 20, dataset=dataset,
+                         batches_per_epoch=batches_per_epoch, labels=labels, **common)
+
     # Validate every arm's spec before anything is created.
-    specs = {arm.key: StudySpec(name=f"{name}-{arm.key}", space=arm_space(arm),
-                                labels={"arm": arm.key, "arm_label": arm.label,
-                                        "campaign": name},
-                                **common) for arm in arms}
+    specs = {arm.key: spec_of(arm) for arm in arms}
     start = time.perf_counter()
     experiment_id = T.ensure_experiment(tracking_uri, "credit-search",
                                         settings.default_artifact_root()
@@ -172,12 +271,14 @@ def run_campaign(
     c = T.client(tracking_uri)
     run = c.create_run(experiment_id, run_name=name,
                        tags={T.ROLE_TAG: "campaign", "credit.campaign": name,
-                             "credit.experiment": experiment,
+                             "credit.experiment": experiment, "credit.protocol": protocol,
                              "credit.arms": ",".join(a.key for a in arms)})
     run_id = run.info.run_id
-    T.log_params(c, run_id, {"experiment": experiment, "trials": trials, "seeds": seeds,
-                             "epochs": epochs, "dataset": specs[arms[0].key].trial_config({})
-                             .dataset, "sampler": sampler, "arms": [a.key for a in arms]})
+    first = specs[arms[0].key]
+    T.log_params(c, run_id, {"experiment": experiment, "protocol": protocol,
+                             "trials": first.max_trials, "seeds": seeds,
+                             "epochs": first.epochs, "dataset": first.trial_config({}).dataset,
+                             "sampler": sampler, "arms": [a.key for a in arms]})
     result = CampaignResult(run_id, experiment, tracking_uri)
     try:
         for arm in arms:

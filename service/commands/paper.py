@@ -29,9 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add = p.add_argument
     add("experiment", choices=["mnist-fc", "mnist-autoencoder", "cifar10-cnn"])
+    add("--protocol", choices=["ours", "authors", "fair"], default="ours",
+        help="ours: each rule searched on the paper's network (default); authors: the "
+        "authors' own fixed settings, networks, budget and metric, no search; fair "
+        "(mnist-autoencoder): every rule searched on the same network, at widths 50 and 200")
     add("--trials", type=int, default=20, metavar="N", help="random-search trials per rule (20)")
-    add("--seeds", type=int, default=5, metavar="K", help="seeds of each best configuration (5)")
-    add("--epochs", type=int, default=20, metavar="E", help="epochs per run (20)")
+    add("--seeds", type=int, default=5, metavar="K", help="seeds of each best configuration "
+        "(5); with --protocol authors, runs per arm")
+    add("--epochs", type=int, metavar="E", help="epochs per run (20; --protocol authors: "
+        "each arm's own, e.g. 1,001 epochs of 1,000 batches)")
     add("--batches-per-epoch", type=int, metavar="N", help="batches per epoch (one pass)")
     add("--dataset", metavar="NAME", help="dataset (default: the experiment's)")
     add("--data-dir", metavar="DIR", help="data directory (default: $CREDIT_DATA_DIR)")
@@ -70,8 +76,9 @@ def run_paper(args: argparse.Namespace) -> int:
     from service.commands import validation_message
     from service.paper import run_campaign
 
-    for flag_name, value, low in (("--trials", args.trials, 1), ("--seeds", args.seeds, 0),
-                                  ("--epochs", args.epochs, 1),
+    for flag_name, value, low in (("--trials", args.trials, 1),
+                                  ("--seeds", args.seeds, 1 if args.protocol == "authors" else 0),
+                                  ("--epochs", 1 if args.epochs is None else args.epochs, 1),
                                   ("--concurrency", args.concurrency, 1)):
         if value < low:
             raise UsageError(f"{flag_name}: must be >= {low} (got {value})")
@@ -95,7 +102,7 @@ def run_paper(args: argparse.Namespace) -> int:
             batches_per_epoch=args.batches_per_epoch,
             noise_levels=args.noise_levels, only=args.arms, parallel_trials=args.concurrency,
             sampler=args.sampler, seed=args.seed, tracking_uri=args.tracking_uri,
-            storage=args.storage, name=args.name, progress=progress,
+            storage=args.storage, name=args.name, protocol=args.protocol, progress=progress,
         )
     except ValidationError as e:
         raise UsageError(validation_message(e)) from None

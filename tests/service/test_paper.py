@@ -193,3 +193,81 @@ def test_arms_and_cli_errors(tmp_path):
                            text=True, timeout=120)
         assert p.returncode == 2, (args, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+# ------------------------------------------------------------ authors' and fair protocols
+def test_protocol_arms_and_their_spaces():
+    from service.paper import (
+        AUTHORS_AUTOENCODER_ARMS,
+        fixed_arm_space,
+        protocol_arms,
+    )
+
+    authors = protocol_arms("mnist-autoencoder", "authors", None, None)
+    assert [a.key for a in authors] == ["np-50", "bp-200", "adam-200", "matched-50", "fa-200",
+                                        "sg-50"]
+    np50 = authors[0]
+    assert np50.reference == 515.30 and "AENPModel5" in np50.source
+    space = fixed_arm_space(np50)
+    cfg = space.trial_config({"lr": 1e-4}, epochs=3, batches_per_epoch=5)
+    assert (cfg.hidden_width, cfg.output_activation, cfg.init, cfg.loss_reduction,
+            cfg.momentum, cfg.noise_std, cfg.feedback_lr, cfg.step_test_images) == \
+        (50, "relu", "authors", "sum", 0.0, 0.018942, 8e-6, 32)
+    assert space.objective.metric == "step_test_loss"
+    assert {a.config["hidden_width"] for a in AUTHORS_AUTOENCODER_ARMS
+            if a.key.endswith("-200")} == {200}
+    assert next(a for a in authors if a.key == "matched-50").config["epochs"] == 350
+    fair = protocol_arms("mnist-autoencoder", "fair", None, None)
+    assert len(fair) == 12 and {a.key for a in fair} >= {"np-50", "sg-200", "adam-50", "fa-200"}
+    from service.paper import arm_space
+
+    s = arm_space(next(a for a in fair if a.key == "sg-50"))
+    assert s.rule == "synthetic_gradient" and s.fixed["hidden_width"] == 50
+    assert s.fixed["output_activation"] == "relu" and "hidden_width" not in s.params
+    assert [a.key for a in protocol_arms("mnist-fc", "authors", None, None)] == ["fa-fc"]
+    for bad, match in ((("cifar10-cnn", "authors", None, None), "no recorded settings"),
+                       (("mnist-fc", "fair", None, None), "mnist-autoencoder"),
+                       (("mnist-autoencoder", "authors", None, ["np"]), "'np'.*np-50"),
+                       (("mnist-autoencoder", "fair", [0.1], None), "noise-levels"),
+                       (("mnist-autoencoder", "theirs", None, None), "ours, authors, fair")):
+        with pytest.raises(ConfigError, match=match):
+            protocol_arms(*bad)
+
+
+def test_authors_protocol_campaign_reports_beside_their_numbers(ray_cluster, stores):
+    result = run_campaign("mnist-autoencoder", protocol="authors", only=["np-50", "sg-50"],
+                          seeds=2, epochs=2, batches_per_epoch=5, dataset="mnist-5k",
+                          parallel_trials=2, name="ae-authors",
+                          tracking_uri=stores["tracking_uri"], storage=stores["storage"])
+    assert all(not isinstance(r, Exception) for r in result.studies.values()), result.studies
+    report = R.build_report(result.run_id, stores["tracking_uri"], stores["dir"] / "authors")
+    rows = {r["arm"]: r for r in report.table}
+    assert set(rows) == {"np-50", "sg-50"}
+    c = MlflowClient(stores["tracking_uri"])
+    for key, paper in (("np-50", "515.3"), ("sg-50", "512.7")):
+        row = rows[key]
+        assert row["paper"] == paper and row["seeds"] == 2  # the one trial + 1 more seed
+        assert row["metric"].startswith("min per-step test loss per 32 images")
+        arm = next(a for a in report.arms if a.key == key)
+        seeds = sorted(int(r.data.params["seed"]) for r in arm.runs)
+        assert seeds == [0, 1]
+        values = []
+        for r in arm.runs:
+            assert r.data.params["hidden_width"] == "50" and r.data.params["init"] == "authors"
+            hist = c.get_metric_history(r.info.run_id, "step_test_loss")
+            assert len(hist) == 2
+            values.append(min(m.value for m in hist))
+        assert sorted(row["values"]) == pytest.approx(sorted(values))
+    assert "515.3" in report.html.read_text()
+
+
+def test_credit_paper_protocol_errors_exit_2():
+    for argv, text in ((["mnist-fc", "--protocol", "fair"], "mnist-autoencoder"),
+                       (["cifar10-cnn", "--protocol", "authors"], "no recorded settings"),
+                       (["mnist-autoencoder", "--protocol", "authors", "--seeds", "0"],
+                        "--seeds"),
+                       (["mnist-autoencoder", "--protocol", "mine"], "--protocol")):
+        proc = subprocess.run([sys.executable, "-m", "service.cli", "paper", *argv],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert text in proc.stderr and "Traceback" not in proc.stderr
