@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -91,6 +92,27 @@ class TrainConfig(BaseModel):
             raise ValueError(f"unknown dataset {v!r}; valid: {', '.join(DATASET_NAMES)}")
         return v
 
+    @field_validator("hidden_width")
+    @classmethod
+    def _width_adjustable(cls, v: int | None, info: ValidationInfo) -> int | None:
+        experiment = info.data.get("experiment")
+        if v is not None and experiment in EXPERIMENTS and \
+                EXPERIMENTS.get(experiment).hidden_width is None:
+            widths = [n for n in EXPERIMENTS.names() if EXPERIMENTS.get(n).hidden_width]
+            raise ValueError(f"applies only to experiments with an adjustable width "
+                             f"({', '.join(widths)}), not {experiment!r}")
+        return v
+
+    @field_validator("output_activation")
+    @classmethod
+    def _mse_output(cls, v: str | None, info: ValidationInfo) -> str | None:
+        experiment = info.data.get("experiment")
+        if v is not None and experiment in EXPERIMENTS and \
+                EXPERIMENTS.get(experiment).loss != "mse":
+            raise ValueError(f"applies to MSE networks only; {experiment!r} feeds its output "
+                             "to a softmax")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device_form(cls, v: str) -> str:
@@ -109,17 +131,6 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"dataset {self.dataset!r} does not fit experiment {self.experiment!r}; "
                 f"valid: {', '.join(exp.datasets)}"
-            )
-        if self.hidden_width is not None and exp.hidden_width is None:
-            raise ValueError(
-                f"hidden_width applies only to experiments with an adjustable width "
-                f"({', '.join(n for n in EXPERIMENTS.names() if EXPERIMENTS.get(n).hidden_width)}"
-                f"), not {self.experiment!r}"
-            )
-        if self.output_activation is not None and exp.loss != "mse":
-            raise ValueError(
-                f"output_activation applies to MSE networks only; {self.experiment!r} "
-                "feeds its output to a softmax"
             )
         if self.rule == "kolen_pollack" and self.weight_decay <= 0:
             raise ValueError(

@@ -142,7 +142,7 @@ BAD_TRAIN_INPUTS = {
     "unknown flag": (["--learning-rate", "0.1"], ["--learning-rate"]),
     "missing value": (["--seed"], ["--seed"]),
     "momentum of 1": (["--momentum", "1"], ["--momentum", "< 1"]),
-    "width of mnist-fc": (["--hidden-width", "30"], ["hidden_width", "mnist-autoencoder"]),
+    "width of mnist-fc": (["--hidden-width", "30"], ["--hidden-width", "mnist-autoencoder"]),
     "unknown output activation": (["--output-activation", "tanh"],
                                   ["--output-activation", "'identity'", "'relu'"]),
     "unknown init": (["--init", "xavier"], ["--init", "'authors'"]),
