@@ -151,7 +151,8 @@ def run_campaign(
     """Run every arm of ``experiment`` as a study nested under one campaign run."""
     from service import settings
     from service import tracking as T
-    from service.study import StudySpec, run_study
+    from service.spec import StudySpec
+    from service.study import run_study
 
     arms = arms_of(experiment, noise_levels, only)
     tracking_uri = tracking_uri or settings.default_tracking_uri()

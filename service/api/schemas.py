@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, field_validator
 
-from service.study import STUDY_NAME, StudySpec
+from service.spec import STUDY_NAME, StudySpec
 
 #: StudySpec fields only the server sets.
 SERVER_FIELDS = ("data_dir", "tracking_uri", "storage", "experiment_name", "group_run_id",

@@ -36,7 +36,8 @@ from service import db, tracking
 from service.api.config import ApiSettings
 from service.db import StudyRecord
 from service.jobs import TERMINAL, JobError, JobNotFound, NodeResources, RayJobs, exception_line
-from service.study import StudySpec, close_study_records
+from service.spec import StudySpec
+from service.study import close_study_records
 from trainables.errors import CreditError
 from trainables.experiments import EXPERIMENTS
 from trainables.validation import error_phrase

@@ -49,11 +49,11 @@ _FLAGS = {"max_trials": "--trials", "parallel_trials": "--concurrency",
 def make_spec(args: argparse.Namespace):
     from pydantic import ValidationError
 
-    from service.study import StudySpec
+    from service.spec import StudySpec
 
     fields = _spec_fields(args)
     if "resources" in fields:  # checked apart, to name the flags themselves
-        from service.study import Resources
+        from service.spec import Resources
 
         try:
             Resources(**fields["resources"])
@@ -100,7 +100,9 @@ class _Progress:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from service.study import StudyError, _jsonable, run_study
+    from service.results import _jsonable
+    from service.spec import StudyError
+    from service.study import run_study
 
     spec = make_spec(args)
     if args.json and not Path(args.json).resolve().parent.is_dir():

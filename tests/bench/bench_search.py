@@ -51,7 +51,7 @@ def space(lrs: list[float]) -> dict[str, Any]:
 
 
 def make_spec(name: str, lrs: list[float], args, stores: dict[str, str], concurrency: int):
-    from service.study import StudySpec
+    from service.spec import StudySpec
 
     return StudySpec(name=name, space=space(lrs), max_trials=len(lrs),
                      parallel_trials=concurrency, epochs=args.epochs,
@@ -372,7 +372,8 @@ def run(args, tmp: Path) -> bool:
 
     from service import settings
     from service import tracking as T
-    from service.study import connect_ray, run_study
+    from service.study import run_study
+    from service.tuner import connect_ray
 
     stores = {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
               "storage": f"sqlite:///{tmp / 'optuna.db'}"}

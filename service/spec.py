@@ -1,0 +1,126 @@
+"""A study's specification: what it searches, how, for how long, where it records.
+
+``StudySpec`` is the single declaration of a study's fields; the CLI flags, the HTTP
+request model and the runner all derive from it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from search_spaces import SearchSpace, load_space, parse_space
+from trainables.errors import CreditError
+
+STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+SAMPLERS = ("random", "tpe", "qmc", "cmaes")
+
+
+class StudyError(CreditError):
+    """A study cannot start or resume (the message says why)."""
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field(..., min_length=1, max_length=100)
+    mode: Literal["min", "max"] = "min"
+
+
+class Resources(BaseModel):
+    """What one trial holds on the cluster."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    cpu: float = Field(1.0, gt=0, le=256)
+    gpu: float = Field(0.0, ge=0, le=16)
+
+
+class EarlyStopping(BaseModel):
+    """ASHA (asynchronous successive halving) over epochs."""
+
+    model_config = ConfigDict(extra="forbid")
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2, le=10)
+
+
+class StudySpec(BaseModel):
+    """Everything that defines a study; the same schema serves CLI, runner and HTTP API."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(..., description="unique study name: lowercase letters, digits, . _ -")
+    space: str | SearchSpace = Field(..., description="a preset name, a JSON file, or a space")
+    sampler: Literal["random", "tpe", "qmc", "cmaes"] = "random"
+    seed: int = Field(0, ge=0, lt=2**31)
+    objective: Objective | None = Field(None, description="default: the space's objective")
+    max_trials: int = Field(20, ge=1, le=10_000)
+    parallel_trials: int = Field(1, ge=1, le=256)
+    max_failed_trials: int | None = Field(None, ge=0, description="stop after this many failures")
+    early_stopping: bool | EarlyStopping = False
+    epochs: int = Field(5, ge=1, le=100_000)
+    dataset: str | None = None
+    data_dir: str | None = None
+    batches_per_epoch: int | None = Field(None, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+    final_seeds: int = Field(0, ge=0, le=100)
+    tracking_uri: str | None = None
+    storage: str | None = Field(None, description="Optuna storage URL (SQLAlchemy)")
+    experiment_name: str = Field("credit-search", min_length=1, max_length=200)
+    group_run_id: str | None = Field(
+        None, description="MLflow run to nest this study's parent run under (a campaign)"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="extra tags of the parent run (credit.<key>)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not STUDY_NAME.match(v) or ".." in v:
+            raise ValueError(
+                "must be 1-64 characters of lowercase letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return parse_space(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySpec:
+        space = self.search_space()
+        if self.objective is None:
+            self.objective = Objective(**space.objective.model_dump())
+        # the study-level settings must make a valid trial config
+        self.trial_config({})
+        return self
+
+    def search_space(self) -> SearchSpace:
+        if isinstance(self.space, SearchSpace):
+            return self.space
+        space = load_space(self.space)
+        return space
+
+    def study_settings(self) -> dict[str, Any]:
+        """The trial-config fields a study fixes for all its trials."""
+        settings: dict[str, Any] = {"epochs": self.epochs}
+        for key in ("dataset", "data_dir", "batches_per_epoch"):
+            if getattr(self, key) is not None:
+                settings[key] = getattr(self, key)
+        if self.resources.gpu > 0:
+            settings["device"] = "cuda"
+        return settings
+
+    def trial_config(self, sampled: dict[str, Any], seed: int | None = None):
+        """The TrainConfig of one trial: the space's mid-point where ``sampled`` is silent."""
+        space = self.search_space()
+        values = {**space.midpoint(), **sampled}
+        settings = self.study_settings()
+        if seed is not None:
+            settings["seed"] = seed
+        return space.trial_config(values, **settings)
