@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from trainables.experiments import EXPERIMENTS
-from trainables.rules import RULES
+from trainables.rules import RULES, RuleSettings
 
 DATASET_NAMES = ("cifar10", "mnist", "mnist-5k")
 
@@ -88,8 +88,5 @@ class TrainConfig(BaseModel):
                 f"dataset {self.dataset!r} does not fit experiment {self.experiment!r}; "
                 f"valid: {', '.join(exp.datasets)}"
             )
-        if self.rule == "kolen_pollack" and self.weight_decay <= 0:
-            raise ValueError(
-                "rule 'kolen_pollack' needs weight_decay > 0 (without it, use 'matched')"
-            )
+        RULES.get(self.rule).check_settings(RuleSettings.from_config(self))
         return self

@@ -135,13 +135,7 @@ class Trainer:
         self.net = FeedbackNetwork(
             exp.layers, exp.loss, self.data.input_shape, init_gen, self.device
         )
-        settings = RuleSettings(
-            noise_std=config.noise_std,
-            feedback_lr=config.feedback_lr,
-            feedback_solver=config.feedback_solver,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-        )
+        settings = RuleSettings.from_config(config)
         self.rule = make_rule(config.rule, self.net, settings, init_gen)
         self.optimizer = make_optimizer(
             config.optimizer, config.lr, config.momentum, config.weight_decay

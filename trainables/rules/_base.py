@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 
@@ -17,13 +17,19 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class RuleSettings:
-    """The part of a trial's configuration that learning rules read."""
+    """The part of a trial's configuration that learning rules read: these fields of a
+    ``TrainConfig``, which declares them (types, defaults, ranges)."""
 
-    noise_std: float = 0.01
-    feedback_lr: float = 0.01
-    feedback_solver: str = "sgd"
-    lr: float = 0.01
-    weight_decay: float = 0.0
+    noise_std: float
+    feedback_lr: float
+    feedback_solver: str
+    lr: float
+    weight_decay: float
+
+    @classmethod
+    def from_config(cls, config: Any) -> RuleSettings:
+        """The rule's fields of a ``TrainConfig`` (any object with those attributes)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -54,9 +60,15 @@ class LearningRule(ABC):
     tracks_weight_updates: ClassVar[bool] = False  # wants ΔW after each optimizer step
 
     def __init__(self, net: FeedbackNetwork, settings: RuleSettings, generator: torch.Generator):
+        self.check_settings(settings)
         self.net = net
         self.settings = settings
         self.feedback: list[Tensor | None] = self.init_feedback(generator)
+
+    @classmethod
+    def check_settings(cls, settings: RuleSettings) -> None:
+        """Raise ``ConfigError`` (a ``ValueError``) if the rule cannot run with ``settings``;
+        ``TrainConfig`` calls it, so a bad combination fails before any work starts."""
 
     # ------------------------------------------------------------ feedback
     def init_feedback(self, generator: torch.Generator) -> list[Tensor | None]:
