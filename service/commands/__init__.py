@@ -8,15 +8,18 @@ turns the exceptions below (and the ``trainables`` ones) into one-line errors.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+import types
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from trainables.errors import ConfigError
 from trainables.validation import error_phrase
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+    from pydantic.fields import FieldInfo
 
-__all__ = ["UsageError", "add_study_options", "flag", "study_fields", "validation_message"]
+__all__ = ["UsageError", "add_study_options", "field_option", "flag", "study_fields",
+           "validation_message"]
 
 
 class UsageError(ConfigError):
@@ -26,6 +29,44 @@ class UsageError(ConfigError):
 def flag(field: str) -> str:
     """The command-line flag of a config field: ``noise_std`` → ``--noise-std``."""
     return "--" + field.replace("_", "-")
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _number(value: Any) -> str:
+    """A bound as people write it: ``2**63`` rather than its 19 digits."""
+    if isinstance(value, int) and value >= 2**20 and value & (value - 1) == 0:
+        return f"2**{value.bit_length() - 1}"
+    return str(value)
+
+
+def field_option(name: str, info: FieldInfo) -> dict[str, Any]:
+    """``add_argument`` keywords for a pydantic field: type and metavar from its annotation,
+    help from its description, range and default. The flag is optional and absent from
+    the namespace when not given (the model's own default then applies)."""
+    kind = info.annotation
+    if get_origin(kind) in (Union, types.UnionType):  # X | None
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    option: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+    if get_origin(kind) is Literal:
+        choices = get_args(kind)
+        option.update(type=type(choices[0]), metavar="{" + ",".join(map(str, choices)) + "}")
+    elif kind is bool:
+        option["action"] = argparse.BooleanOptionalAction
+    elif kind in (int, float):
+        option.update(type=kind, metavar="N" if kind is int else name.upper())
+    else:
+        option.update(type=str, metavar=name.upper())
+    text = info.description or name.replace("_", " ")
+    bounds = [f"{sign} {_number(getattr(m, key))}" for m in info.metadata
+              for key, sign in _BOUNDS if getattr(m, key, None) is not None]
+    if bounds:
+        text += f" ({', '.join(bounds)})"
+    if info.default is not None and kind is not bool and not info.is_required():
+        text += f" (default: {info.default})"
+    option["help"] = text.replace("%", "%%")
+    return option
 
 
 def _problem(error: dict[str, Any]) -> str:
