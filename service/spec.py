@@ -7,33 +7,33 @@ request model and the runner all derive from it.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from search_spaces import SearchSpace, load_space, parse_space
+from search_spaces import Objective, SearchSpace, load_space, parse_space
 from trainables.errors import CreditError
 
 STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-SAMPLERS = ("random", "tpe", "qmc", "cmaes")
+#: Optuna's samplers, by the name a study gives (``service.tuner`` builds them).
+Sampler = Literal["random", "tpe", "qmc", "cmaes"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+#: StudySpec fields only the server sets (where records go, data, campaign nesting, tags):
+#: a client of the HTTP API never names them.
+SERVER_FIELDS = ("data_dir", "tracking_uri", "storage", "experiment_name", "group_run_id",
+                 "labels")
 
 
 class StudyError(CreditError):
     """A study cannot start or resume (the message says why)."""
 
 
-class Objective(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    metric: str = Field(..., min_length=1, max_length=100)
-    mode: Literal["min", "max"] = "min"
-
-
 class Resources(BaseModel):
     """What one trial holds on the cluster."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    cpu: float = Field(1.0, gt=0, le=256)
-    gpu: float = Field(0.0, ge=0, le=16)
+    cpu: float = Field(1.0, gt=0, le=256, description="CPUs per trial")
+    gpu: float = Field(0.0, ge=0, le=16, description="GPUs per trial, may be fractional")
 
 
 class EarlyStopping(BaseModel):
@@ -51,21 +51,32 @@ class StudySpec(BaseModel):
 
     name: str = Field(..., description="unique study name: lowercase letters, digits, . _ -")
     space: str | SearchSpace = Field(..., description="a preset name, a JSON file, or a space")
-    sampler: Literal["random", "tpe", "qmc", "cmaes"] = "random"
-    seed: int = Field(0, ge=0, lt=2**31)
+    sampler: Sampler = Field("random", description="Optuna sampler (random: as in the paper)")
+    seed: int = Field(0, ge=0, lt=2**31, description="sampler seed")
     objective: Objective | None = Field(None, description="default: the space's objective")
-    max_trials: int = Field(20, ge=1, le=10_000)
-    parallel_trials: int = Field(1, ge=1, le=256)
-    max_failed_trials: int | None = Field(None, ge=0, description="stop after this many failures")
-    early_stopping: bool | EarlyStopping = False
-    epochs: int = Field(5, ge=1, le=100_000)
-    dataset: str | None = None
-    data_dir: str | None = None
-    batches_per_epoch: int | None = Field(None, ge=1)
+    max_trials: int = Field(20, ge=1, le=10_000, description="number of trials")
+    parallel_trials: int = Field(1, ge=1, le=256, description="trials run at once")
+    max_failed_trials: int | None = Field(
+        None, ge=0, description="stop the study after more failed trials than this"
+    )
+    early_stopping: bool | EarlyStopping = Field(
+        False, description="early-stop weak trials (ASHA)"
+    )
+    epochs: int = Field(5, ge=1, le=100_000, description="epochs per trial")
+    dataset: str | None = Field(None, description="dataset; default: the experiment's")
+    data_dir: str | None = Field(None, description="data directory; default: $CREDIT_DATA_DIR")
+    batches_per_epoch: int | None = Field(
+        None, ge=1, description="batches per epoch; default: one pass"
+    )
     resources: Resources = Field(default_factory=Resources)
-    final_seeds: int = Field(0, ge=0, le=100)
-    tracking_uri: str | None = None
-    storage: str | None = Field(None, description="Optuna storage URL (SQLAlchemy)")
+    final_seeds: int = Field(0, ge=0, le=100,
+                             description="rerun the best configuration with this many seeds")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: sqlite in CREDIT_HOME"
+    )
+    storage: str | None = Field(
+        None, description="Optuna storage URL (SQLAlchemy); default: sqlite in CREDIT_HOME"
+    )
     experiment_name: str = Field("credit-search", min_length=1, max_length=200)
     group_run_id: str | None = Field(
         None, description="MLflow run to nest this study's parent run under (a campaign)"
@@ -95,7 +106,7 @@ class StudySpec(BaseModel):
     def _check(self) -> StudySpec:
         space = self.search_space()
         if self.objective is None:
-            self.objective = Objective(**space.objective.model_dump())
+            self.objective = space.objective
         # the study-level settings must make a valid trial config
         self.trial_config({})
         return self

@@ -15,14 +15,13 @@ from service.api.errors import (
 )
 from service.api.services import Services
 from service.jobs import JobError
-from service.spec import StudySpec
+from service.spec import SERVER_FIELDS, StudySpec
 from trainables.experiments import EXPERIMENTS
 from trainables.validation import error_phrase
 
 # --------------------------------------------------------------------- validation
-_CREATE_FIELDS = ("name", "space", "sampler", "seed", "objective", "max_trials",
-                  "parallel_trials", "max_failed_trials", "early_stopping", "epochs",
-                  "dataset", "batches_per_epoch", "resources", "final_seeds")
+#: What a client may send: the StudySpec fields the server does not own.
+_CREATE_FIELDS = tuple(f for f in StudySpec.model_fields if f not in SERVER_FIELDS)
 _LAYER_METRICS = ("angle", "relative_error", "sign_congruence", "update_angle")
 
 
