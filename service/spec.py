@@ -53,6 +53,9 @@ class StudySpec(BaseModel):
     space: str | SearchSpace = Field(..., description="a preset name, a JSON file, or a space")
     sampler: Sampler = Field("random", description="Optuna sampler (random: as in the paper)")
     seed: int = Field(0, ge=0, lt=2**31, description="sampler seed")
+    training_seed: int | None = Field(
+        None, ge=0, lt=2**31, description="every trial's training seed; default: the sampler seed"
+    )
     objective: Objective | None = Field(None, description="default: the space's objective")
     max_trials: int = Field(20, ge=1, le=10_000, description="number of trials")
     parallel_trials: int = Field(1, ge=1, le=256, description="trials run at once")
@@ -98,40 +101,46 @@ class StudySpec(BaseModel):
     @field_validator("space", mode="before")
     @classmethod
     def _space(cls, v: Any) -> Any:
+        """Resolved once, here: a preset name or ``.json`` path is read, a dict validated."""
         if isinstance(v, dict):
             return parse_space(v)
+        if isinstance(v, str):
+            return load_space(v)
         return v
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
-        space = self.search_space()
         if self.objective is None:
-            self.objective = space.objective
+            self.objective = self.space.objective
         # the study-level settings must make a valid trial config
         self.trial_config({})
         return self
 
     def search_space(self) -> SearchSpace:
-        if isinstance(self.space, SearchSpace):
-            return self.space
-        space = load_space(self.space)
-        return space
+        """The study's search space (resolved when the spec was validated)."""
+        assert isinstance(self.space, SearchSpace)
+        return self.space
 
-    def study_settings(self) -> dict[str, Any]:
-        """The trial-config fields a study fixes for all its trials."""
+    def trial_settings(self, seed: int | None = None) -> dict[str, Any]:
+        """The trial-config fields the study sets for every trial (``seed``: the training
+        seed, default ``training_seed``, else the sampler's ``seed``)."""
         settings: dict[str, Any] = {"epochs": self.epochs}
         for key in ("dataset", "data_dir", "batches_per_epoch"):
             if getattr(self, key) is not None:
                 settings[key] = getattr(self, key)
         if self.resources.gpu > 0:
             settings["device"] = "cuda"
+        if seed is None:
+            seed = self.seed if self.training_seed is None else self.training_seed
+        settings["seed"] = seed
         return settings
+
+    def param_space(self) -> dict[str, Any]:
+        """Every trial's config less the sampled parameters (Ray Tune's ``param_space``):
+        exactly what ``trial_config`` adds to them."""
+        return {**self.search_space().base(), **self.trial_settings()}
 
     def trial_config(self, sampled: dict[str, Any], seed: int | None = None):
         """The TrainConfig of one trial: the space's mid-point where ``sampled`` is silent."""
         space = self.search_space()
-        values = {**space.midpoint(), **sampled}
-        settings = self.study_settings()
-        if seed is not None:
-            settings["seed"] = seed
-        return space.trial_config(values, **settings)
+        return space.trial_config({**space.midpoint(), **sampled}, **self.trial_settings(seed))

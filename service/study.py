@@ -29,7 +29,6 @@ from service.tuner import (
     _leave_ray,
     _new_tuner,
     _optuna_storage,
-    _param_space,
     _quiet_ray,
     _StudyMonitor,
     connect_ray,
@@ -79,7 +78,7 @@ def run_study(spec: StudySpec, *, resume: bool = False,
             tuner = tune.Tuner.restore(
                 str(experiment_dir), trainable=trainable, resume_unfinished=True,
                 resume_errored=False, restart_errored=False,
-                param_space=_param_space(spec, space),
+                param_space=spec.param_space(),
             )
         else:
             if resume:
@@ -156,7 +155,8 @@ def _parent_run(spec, space, tracking_uri, experiment_id, resume):
     payload["space"] = json.loads(space.model_dump_json())
     T.log_params(c, run.info.run_id, {
         "space": space.name, "experiment": space.experiment, "rule": space.rule,
-        "sampler": spec.sampler, "seed": spec.seed, "objective": spec.objective.metric,
+        "sampler": spec.sampler, "seed": spec.seed,
+        "training_seed": spec.trial_settings()["seed"], "objective": spec.objective.metric,
         "mode": spec.objective.mode, "max_trials": spec.max_trials,
         "parallel_trials": spec.parallel_trials, "epochs": spec.epochs,
         "early_stopping": bool(spec.early_stopping), "final_seeds": spec.final_seeds,

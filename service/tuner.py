@@ -27,18 +27,23 @@ def _optuna_storage(url: str):
                                       if url.startswith("sqlite") else {})
 
 
+#: How each of ``SAMPLERS`` is built from a seed.
+_SAMPLER_FACTORIES = {
+    "random": lambda optuna, seed: optuna.samplers.RandomSampler(seed=seed),
+    "tpe": lambda optuna, seed: optuna.samplers.TPESampler(seed=seed),
+    "qmc": lambda optuna, seed: optuna.samplers.QMCSampler(seed=seed, scramble=True),
+    "cmaes": lambda optuna, seed: optuna.samplers.CmaEsSampler(
+        seed=seed, warn_independent_sampling=False),
+}
+assert tuple(_SAMPLER_FACTORIES) == SAMPLERS
+
+
 def _sampler(name: str, seed: int):
     import optuna
 
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    raise ConfigError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+    if name not in _SAMPLER_FACTORIES:
+        raise ConfigError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+    return _SAMPLER_FACTORIES[name](optuna, seed)
 
 
 def connect_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -199,12 +204,6 @@ def _counts_from_tune(trials, epochs: int) -> dict[str, int]:
     return counts
 
 
-def _param_space(spec: StudySpec, space: SearchSpace) -> dict[str, Any]:
-    base = {"experiment": space.experiment, "rule": space.rule, **space.fixed,
-            **spec.study_settings(), "seed": spec.seed}
-    return base
-
-
 def _new_tuner(spec, space, storage, trainable, monitor, experiment_dir):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -222,7 +221,7 @@ def _new_tuner(spec, space, storage, trainable, monitor, experiment_dir):
         scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
-        param_space=_param_space(spec, space),
+        param_space=spec.param_space(),
         tune_config=tune.TuneConfig(
             metric=spec.objective.metric, mode=spec.objective.mode, search_alg=searcher,
             scheduler=scheduler, num_samples=spec.max_trials,
