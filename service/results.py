@@ -9,6 +9,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.settings import trial_counts, tune_results_dir
+from trainables.metrics import LAYER_METRICS, finite_or_none
+
 
 @dataclass
 class TrialSummary:
@@ -55,18 +58,26 @@ def _error_text(trial) -> str:
     return _exception_line(text)
 
 
-_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception))(?:\([\w.]+\))?: (.+)$")
+_EXCEPTION_LINE = re.compile(
+    r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt))(?:\([\w.]+\))?: (.+)$")
 
 
-def _exception_line(text: str) -> str:
-    """The message of the innermost exception in a (remote) traceback, one line."""
+def last_exception(text: str) -> tuple[str, str] | None:
+    """(type, message) of the last ``SomethingError: message`` line of a traceback or log:
+    the innermost exception, the reason a trial or a driver failed."""
     found = None
     for line in text.strip().splitlines():
         m = _EXCEPTION_LINE.match(line.strip())
         if m:
-            found = m.group(2).strip()
+            found = (m.group(1), m.group(2).strip())
+    return found
+
+
+def _exception_line(text: str) -> str:
+    """The message of the innermost exception in a (remote) traceback, one line."""
+    found = last_exception(text)
     if found:
-        return found[:500]
+        return found[1][:500]
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else "trial failed")[:500]
 
@@ -112,7 +123,7 @@ def _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summarie
     for s in summaries:
         if s.trial_id in runs:
             s.run_id = runs[s.trial_id].info.run_id
-    counts = {"complete": 0, "running": 0, "failed": 0, "pruned": 0, "pending": 0}
+    counts = trial_counts()
     for s in summaries:
         counts[s.state.lower()] = counts.get(s.state.lower(), 0) + 1
     study = optuna.load_study(study_name=spec.name, storage=storage)
@@ -153,7 +164,7 @@ def _final_evaluation(spec, result, tracking_uri, experiment_id, parent_id, prog
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{spec.name}-final", verbose=0,
-            storage_path=str(Path(_tune_dir())),
+            storage_path=str(tune_results_dir()),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0),
         ),
@@ -162,8 +173,7 @@ def _final_evaluation(spec, result, tracking_uri, experiment_id, parent_id, prog
     finals = [r.metrics for r in grid if r.error is None and r.metrics]
     keys = sorted({k for m in finals for k, v in m.items()
                    if isinstance(v, int | float) and not isinstance(v, bool)
-                   and (k.startswith(("test_", "train_", "angle/", "relative_error/",
-                                      "sign_congruence/", "update_angle/")))})
+                   and k.startswith(("test_", "train_", *(f"{m}/" for m in LAYER_METRICS)))})
     summary: dict[str, float] = {"final_seeds": float(len(finals))}
     for k in keys:
         values = [float(m[k]) for m in finals if k in m and math.isfinite(float(m[k]))]
@@ -175,12 +185,6 @@ def _final_evaluation(spec, result, tracking_uri, experiment_id, parent_id, prog
         summary[f"final/{k}_mean"] = mean
         summary[f"final/{k}_sem"] = sem
     return summary
-
-
-def _tune_dir() -> Path:
-    from service.settings import tune_results_dir
-
-    return tune_results_dir()
 
 
 def _record_best(c, parent_id: str, result: StudyResult) -> None:
@@ -197,15 +201,5 @@ def _record_best(c, parent_id: str, result: StudyResult) -> None:
         T.log_metrics(c, parent_id, result.final, step=0)
     counts = {f"trials_{k}": float(v) for k, v in result.counts.items()}
     T.log_metrics(c, parent_id, counts, step=0)
-    c.log_dict(parent_id, _jsonable(result.to_dict()), "result.json")
+    c.log_dict(parent_id, finite_or_none(result.to_dict()), "result.json")
     c.set_tag(parent_id, "credit.status", result.status)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj

@@ -19,20 +19,20 @@ from service.results import (
     StudyResult,
     _best,
     _final_evaluation,
-    _jsonable,
     _record_best,
     _trial_summaries,
 )
+from service.settings import open_optuna_storage
 from service.spec import StudyError, StudySpec
 from service.tuner import (
     ProgressFn,
     _leave_ray,
     _new_tuner,
-    _optuna_storage,
     _quiet_ray,
     _StudyMonitor,
     connect_ray,
 )
+from trainables.metrics import finite_or_none
 
 
 # ------------------------------------------------------------------------ the runner
@@ -54,11 +54,11 @@ def run_study(spec: StudySpec, *, resume: bool = False,
 
     # MLflow first, in the driver: a new sqlite store must be created by one process.
     experiment_id = T.ensure_experiment(tracking_uri, spec.experiment_name, artifact_root)
-    parent = _parent_run(spec, space, tracking_uri, experiment_id, resume)
+    parent = T.open_study_run(spec, tracking_uri, experiment_id, resume)
     parent_id = parent.info.run_id
     c = T.client(tracking_uri)
 
-    storage = _optuna_storage(storage_url)
+    storage = open_optuna_storage(storage_url)
     experiment_dir = settings.tune_results_dir() / spec.name
     status, message = "SUCCEEDED", ""
     try:
@@ -128,45 +128,6 @@ def _is_local(uri: str) -> bool:
 
 
 
-def _parent_run(spec, space, tracking_uri, experiment_id, resume):
-    from service import tracking as T
-
-    c = T.client(tracking_uri)
-    existing = T.find_runs(
-        tracking_uri, experiment_id,
-        f"tags.`{T.STUDY_TAG}` = '{spec.name}' and tags.`{T.ROLE_TAG}` = 'study'",
-    )
-    if existing and not resume:
-        raise StudyError(f"study name {spec.name!r} is taken (MLflow run "
-                         f"{existing[0].info.run_id}); choose another name or resume it")
-    if resume:
-        if not existing:
-            raise StudyError(f"no study named {spec.name!r} to resume")
-        run = existing[0]
-        c.update_run(run.info.run_id, status="RUNNING")
-        return run
-    tags = {T.STUDY_TAG: spec.name, T.ROLE_TAG: "study", "credit.experiment": space.experiment,
-            "credit.rule": space.rule, "credit.space": space.name,
-            **{f"credit.{k}": v for k, v in spec.labels.items()}}
-    if spec.group_run_id:
-        tags[T.PARENT_TAG] = spec.group_run_id
-    run = c.create_run(experiment_id, run_name=spec.name, tags=tags)
-    payload = json.loads(spec.model_dump_json())
-    payload["space"] = json.loads(space.model_dump_json())
-    T.log_params(c, run.info.run_id, {
-        "space": space.name, "experiment": space.experiment, "rule": space.rule,
-        "sampler": spec.sampler, "seed": spec.seed,
-        "training_seed": spec.trial_settings()["seed"], "objective": spec.objective.metric,
-        "mode": spec.objective.mode, "max_trials": spec.max_trials,
-        "parallel_trials": spec.parallel_trials, "epochs": spec.epochs,
-        "early_stopping": bool(spec.early_stopping), "final_seeds": spec.final_seeds,
-        "dataset": spec.trial_config({}).dataset,
-    })
-    c.log_dict(run.info.run_id, payload, "study_spec.json")
-    return run
-
-
-
 def close_study_records(spec: StudySpec, status: str = "KILLED", reason: str = "cancelled") -> int:
     """End a study's records from outside its driver (after its job was stopped/killed):
     every RUNNING MLflow run of the study (parent and children) → ``status``, and every
@@ -177,24 +138,9 @@ def close_study_records(spec: StudySpec, status: str = "KILLED", reason: str = "
     from service import tracking as T
 
     tracking_uri = spec.tracking_uri or settings.default_tracking_uri()
-    c = T.client(tracking_uri)
-    closed = 0
-    exp = c.get_experiment_by_name(spec.experiment_name)
-    if exp is not None:
-        parents = T.find_runs(tracking_uri, exp.experiment_id,
-                              f"tags.`{T.STUDY_TAG}` = '{spec.name}' and "
-                              f"tags.`{T.ROLE_TAG}` = 'study'")
-        for parent in parents:
-            closed += T.close_stale_runs(tracking_uri, exp.experiment_id, parent.info.run_id,
-                                         set())
-            if parent.info.status == "RUNNING":
-                c.set_tag(parent.info.run_id, T.FAILURE_TAG, reason)
-                c.set_tag(parent.info.run_id, "credit.status", "CANCELLED"
-                          if status == "KILLED" else "FAILED")
-                c.set_terminated(parent.info.run_id, status=status)
-                closed += 1
+    closed = T.close_study_run(tracking_uri, spec.experiment_name, spec.name, status, reason)
     try:
-        storage = _optuna_storage(spec.storage or settings.default_optuna_storage())
+        storage = open_optuna_storage(spec.storage or settings.default_optuna_storage())
         study = optuna.load_study(study_name=spec.name, storage=storage)
     except KeyError:  # the study never reached Optuna
         return closed
@@ -219,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"credit: study {spec.name!r} stopped; its runs are closed as KILLED",
               file=sys.stderr)
         return 128 + signal.SIGTERM
-    print(json.dumps(_jsonable(result.to_dict())))
+    print(json.dumps(finite_or_none(result.to_dict())))
     return 0 if result.status == "SUCCEEDED" else 1
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from search_spaces import SearchSpace
 from service.results import _error_text
+from service.settings import trial_counts
 from service.spec import SAMPLERS, EarlyStopping, StudySpec
 from trainables.errors import ConfigError
 
@@ -20,13 +21,6 @@ ProgressFn = Callable[[dict[str, Any]], None]
 
 
 # --------------------------------------------------------------------------- helpers
-def _optuna_storage(url: str):
-    import optuna
-
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
-                                      if url.startswith("sqlite") else {})
-
-
 #: How each of ``SAMPLERS`` is built from a seed.
 _SAMPLER_FACTORIES = {
     "random": lambda optuna, seed: optuna.samplers.RandomSampler(seed=seed),
@@ -190,7 +184,7 @@ class _StudyMonitor:
 
 
 def _counts_from_tune(trials, epochs: int) -> dict[str, int]:
-    counts = {"complete": 0, "running": 0, "failed": 0, "pruned": 0, "pending": 0}
+    counts = trial_counts()
     for t in trials:
         if t.status == "ERROR":
             counts["failed"] += 1

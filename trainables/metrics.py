@@ -6,15 +6,33 @@ All are computed per layer on a fixed batch (DESIGN.md §2, "Metrics"):
   the synthetic Bᵀẽ, per sample, averaged over the samples;
 - ``update_angle``: degrees between the whole weight update and backprop's;
 - ``sign_congruence``: % of entries where sign W = sign B (biases are not in B).
+
+``LAYER_METRICS`` names these families: a trial reports ``<family>/<layer>``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 Tensor = torch.Tensor
+
+
+#: The per-layer metric families, reported as ``<family>/<layer name>``.
+LAYER_METRICS = ("angle", "relative_error", "sign_congruence", "update_angle")
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) as ``None``, for strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def angle_degrees(u: Tensor, v: Tensor) -> float:

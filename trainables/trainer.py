@@ -63,17 +63,7 @@ class TrainResult:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Strict JSON: a metric that is NaN (e.g. an angle of zero vectors) is written null."""
-        Path(path).write_text(json.dumps(_finite_or_none(asdict(self)), indent=2) + "\n")
-
-
-def _finite_or_none(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
-    return obj
+        Path(path).write_text(json.dumps(M.finite_or_none(asdict(self)), indent=2) + "\n")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -35,7 +35,7 @@ from service.api.queries import _find_parent, aware, get_study, read_progress, s
 from service.api.services import Services
 from service.api.validation import build_spec
 from service.db import StudyRecord
-from service.jobs import TERMINAL, JobError, JobNotFound, exception_line
+from service.jobs import JOB_ENDED, JobError, JobNotFound, exception_line
 from service.study import close_study_records
 from trainables.errors import CreditError
 
@@ -54,10 +54,7 @@ def _name_used_outside(svc: Services, name: str) -> str | None:
         pass
     uri = svc.settings.mlflow_tracking_uri
     try:
-        exp = tracking.client(uri).get_experiment_by_name(svc.settings.experiment_name)
-        if exp is not None and tracking.find_runs(
-                uri, exp.experiment_id,
-                f"tags.`{tracking.STUDY_TAG}` = '{name}' and tags.`{tracking.ROLE_TAG}` = 'study'"):
+        if tracking.find_study_run(uri, svc.settings.experiment_name, name) is not None:
             return "MLflow"
     except Exception as error:  # MLflow down: the runner would fail; say so now
         raise BackendUnavailable(f"MLflow ({uri}) unreachable: {error}") from None
@@ -132,7 +129,7 @@ def cancel_study(svc: Services, ref: str, reason: str = "cancelled") -> tuple[St
         ended = get_study(svc, record.id)
         raise StudyStateConflict(f"study {record.name!r} ended ({ended.status}) before it "
                                  "could be cancelled")
-    if info is not None and info.status not in TERMINAL:
+    if info is not None and info.status not in JOB_ENDED:
         with svc.db.session() as session:
             db.update_active(session, record.id, message=(
                 f"{CANCEL_REQUESTED}: Ray has not stopped the job yet ({info.status}); "
@@ -239,7 +236,7 @@ def sync_study(svc: Services, record: StudyRecord) -> None:
     fields.update(_final_progress(svc, record))
     if info.status == "RUNNING":
         fields["status"] = db.RUNNING
-    if info.status in TERMINAL:
+    if info.status in JOB_ENDED:
         fields.update(_outcome(svc, record, info))
     with svc.db.session() as session:
         db.update_active(session, record.id, **fields)

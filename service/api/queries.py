@@ -17,6 +17,7 @@ from service.api.errors import (
 from service.api.services import Services
 from service.api.validation import _CREATE_FIELDS
 from service.db import StudyRecord
+from service.settings import optuna_state_names, trial_counts
 from service.spec import StudySpec
 
 log = logging.getLogger("credit.api")
@@ -57,9 +58,8 @@ def read_progress(svc: Services, spec: StudySpec) -> dict[str, Any] | None:
     except KeyError:
         return None
     states = optuna.trial.TrialState
-    names = {states.COMPLETE: "complete", states.RUNNING: "running", states.FAIL: "failed",
-             states.PRUNED: "pruned", states.WAITING: "pending"}
-    counts = dict.fromkeys(names.values(), 0)
+    names = optuna_state_names()
+    counts = trial_counts()
     best = None
     sign = 1.0 if spec.objective.mode == "min" else -1.0
     for t in storage.get_all_trials(study_id, deepcopy=False):
@@ -99,8 +99,7 @@ def study_trials(svc: Services, ref: str) -> list[dict[str, Any]]:
         return []
     runs = _trial_runs(svc, record)
     states = optuna.trial.TrialState
-    names = {states.COMPLETE: "COMPLETE", states.RUNNING: "RUNNING", states.FAIL: "FAILED",
-             states.PRUNED: "PRUNED", states.WAITING: "PENDING"}
+    names = {state: name.upper() for state, name in optuna_state_names().items()}
     out = []
     for t in storage.get_all_trials(study_id, deepcopy=False):
         trial_id = t.user_attrs.get("tune_trial_id")
@@ -157,14 +156,9 @@ def best_of(svc: Services, ref: str) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------- sync
 def _find_parent(record: StudyRecord) -> tuple[str | None, str | None]:
-    uri = record.spec["tracking_uri"]
-    exp = tracking.client(uri).get_experiment_by_name(record.spec["experiment_name"])
-    if exp is None:
-        return None, None
-    runs = tracking.find_runs(uri, exp.experiment_id,
-                              f"tags.`{tracking.STUDY_TAG}` = '{record.name}' and "
-                              f"tags.`{tracking.ROLE_TAG}` = 'study'")
-    return exp.experiment_id, (runs[0].info.run_id if runs else None)
+    run = tracking.find_study_run(record.spec["tracking_uri"], record.spec["experiment_name"],
+                                  record.name)
+    return (None, None) if run is None else (run.info.experiment_id, run.info.run_id)
 
 
 def with_parent(svc: Services, record: StudyRecord) -> StudyRecord:

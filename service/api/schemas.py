@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, field_validator
 
+from service.settings import TRIAL_STATES
 from service.spec import SERVER_FIELDS, STUDY_NAME, StudySpec
 
 StudyStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
@@ -67,12 +68,8 @@ class Links(BaseModel):
     mlflow: str | None = Field(None, description="MLflow UI page of the study's parent run")
 
 
-class TrialCounts(BaseModel):
-    complete: int = 0
-    running: int = 0
-    failed: int = 0
-    pruned: int = 0
-    pending: int = 0
+#: How many trials are in each state (``service.settings.TRIAL_STATES``).
+TrialCounts = create_model("TrialCounts", **{state: (int, 0) for state in TRIAL_STATES})
 
 
 class BestSoFar(BaseModel):

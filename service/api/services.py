@@ -11,6 +11,7 @@ from typing import Any
 from service import db, tracking
 from service.api.config import ApiSettings
 from service.jobs import NodeResources, RayJobs
+from service.settings import open_optuna_storage
 
 
 # ----------------------------------------------------------------------- services
@@ -49,11 +50,7 @@ class Services:
     def optuna_storage(self):
         with self._storage_lock:
             if self._storage is None:
-                import optuna
-
-                url = self.settings.optuna_storage
-                kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-                self._storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                self._storage = open_optuna_storage(self.settings.optuna_storage)
             return self._storage
 
     def cluster_nodes(self, max_age_s: float = 10.0) -> list[NodeResources]:

@@ -17,12 +17,12 @@ from service.api.services import Services
 from service.jobs import JobError
 from service.spec import SERVER_FIELDS, StudySpec
 from trainables.experiments import EXPERIMENTS
+from trainables.metrics import LAYER_METRICS
 from trainables.validation import error_phrase
 
 # --------------------------------------------------------------------- validation
 #: What a client may send: the StudySpec fields the server does not own.
 _CREATE_FIELDS = tuple(f for f in StudySpec.model_fields if f not in SERVER_FIELDS)
-_LAYER_METRICS = ("angle", "relative_error", "sign_congruence", "update_angle")
 
 
 def _space_loc(where: str) -> Loc:
@@ -53,7 +53,7 @@ def metrics_of(experiment: str) -> list[str]:
     if exp.classification:
         names.insert(0, "test_error")
     for layer in exp.layers:
-        names += [f"{kind}/{layer.name}" for kind in _LAYER_METRICS]
+        names += [f"{kind}/{layer.name}" for kind in LAYER_METRICS]
     return names
 
 

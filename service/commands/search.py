@@ -87,9 +87,9 @@ class _Progress:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from service.results import _jsonable
     from service.spec import StudyError
     from service.study import run_study
+    from trainables.metrics import finite_or_none
 
     spec = make_spec(args)
     if args.json and not Path(args.json).resolve().parent.is_dir():
@@ -104,7 +104,7 @@ def run_search(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if args.json:
-        Path(args.json).write_text(json.dumps(_jsonable(result.to_dict()), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(finite_or_none(result.to_dict()), indent=2) + "\n")
     print(format_result(result))
     return 0 if result.status == "SUCCEEDED" else 1
 

@@ -156,8 +156,8 @@ def driver_timers() -> Timers:
 
     timers = Timers()
     timers.wrap(T, "ensure_experiment", "MLflow experiment (exists)")
-    for attr, label in (("_parent_run", "parent MLflow run"),
-                        ("_optuna_storage", "Optuna storage (open)"),
+    timers.wrap(T, "open_study_run", "parent MLflow run")
+    for attr, label in (("open_optuna_storage", "Optuna storage (open)"),
                         ("connect_ray", "connect_ray"),
                         ("_new_tuner", "Tuner construction")):
         timers.wrap(S, attr, label)

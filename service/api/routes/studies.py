@@ -25,6 +25,7 @@ from service.api.schemas import (
 )
 from service.api.services import Services
 from service.db import StudyRecord
+from service.settings import TRIAL_STATES
 
 router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authenticated],
                    responses={401: {"model": ErrorPublic}, 403: {"model": ErrorPublic}})
@@ -38,8 +39,7 @@ def to_public(services: Services, record: StudyRecord) -> StudyPublic:
     result = record.result or {}
     counts = dict(progress.get("counts") or {})
     if result.get("counts"):  # the runner's own final counts
-        counts = {k: result["counts"].get(k, 0) for k in
-                  ("complete", "running", "failed", "pruned", "pending")}
+        counts = {k: result["counts"].get(k, 0) for k in TRIAL_STATES}
     best = progress.get("best")
     if result.get("best_params") is not None:
         best = {"value": result["best_value"], "params": result["best_params"],
