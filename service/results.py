@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.settings import trial_counts, tune_results_dir
+from service.settings import TUNE_TRIAL_ID, trial_counts, tune_results_dir
 from trainables.metrics import LAYER_METRICS, finite_or_none
 
 
@@ -84,9 +84,10 @@ def _exception_line(text: str) -> str:
 
 def _trial_summaries(spec, grid, monitor) -> list[TrialSummary]:
     out = []
-    # ResultGrid keeps its results in the order of its trials (ray 2.60); the trial
-    # objects carry the id also for trials that failed before their first report.
-    trials = list(getattr(getattr(grid, "_experiment_analysis", None), "trials", []) or [])
+    # ResultGrid keeps its results in the order of Tune's trials (ray 2.60), which the
+    # monitor saw at the experiment's end: they carry the id also of trials that failed
+    # before their first report.
+    trials = monitor.trials
     for i, r in enumerate(grid):
         metrics = r.metrics or {}
         trial_id = metrics.get("trial_id") or (trials[i].trial_id if i < len(trials) else "?")
@@ -133,7 +134,7 @@ def _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summarie
         best = study.best_trial
         best_params = dict(best.params)
         best_value = best.value
-        best_trial = best.user_attrs.get("tune_trial_id")
+        best_trial = best.user_attrs.get(TUNE_TRIAL_ID)
         best_config = spec.trial_config(best_params).model_dump()
         best_run = runs[best_trial].info.run_id if best_trial in runs else None
     return StudyResult(

@@ -15,6 +15,9 @@ from typing import Any
 
 DEFAULT_HOME = "~/.credit"
 
+#: The Optuna user attribute that holds a trial's Tune trial id.
+TUNE_TRIAL_ID = "tune_trial_id"
+
 #: A trial's states as a study counts them (Optuna's names; WAITING is "pending").
 TRIAL_STATES = ("complete", "running", "failed", "pruned", "pending")
 

@@ -67,7 +67,7 @@ def run_study(spec: StudySpec, *, resume: bool = False,
         from trainables.tune import train_trial
 
         monitor = _StudyMonitor(spec, progress)
-        monitor._seen([], None)  # the study passed its checks: show it before Ray starts
+        monitor.seen([], None)  # the study passed its checks: show it before Ray starts
         connect_ray()
         factory = T.TrialLoggerFactory(tracking_uri, experiment_id, parent_id, spec.name)
         trainable = tune.with_resources(
@@ -139,14 +139,15 @@ def close_study_records(spec: StudySpec, status: str = "KILLED", reason: str = "
 
     tracking_uri = spec.tracking_uri or settings.default_tracking_uri()
     closed = T.close_study_run(tracking_uri, spec.experiment_name, spec.name, status, reason)
+    storage = open_optuna_storage(spec.storage or settings.default_optuna_storage())
     try:
-        storage = open_optuna_storage(spec.storage or settings.default_optuna_storage())
-        study = optuna.load_study(study_name=spec.name, storage=storage)
+        study_id = storage.get_study_id_from_name(spec.name)
     except KeyError:  # the study never reached Optuna
         return closed
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,
-                                                      optuna.trial.TrialState.WAITING)):
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    unfinished = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=unfinished):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
     return closed
 
 

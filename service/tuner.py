@@ -32,7 +32,8 @@ _SAMPLER_FACTORIES = {
 assert tuple(_SAMPLER_FACTORIES) == SAMPLERS
 
 
-def _sampler(name: str, seed: int):
+def make_sampler(name: str, seed: int):
+    """The Optuna sampler of that name (one of ``SAMPLERS``)."""
     import optuna
 
     if name not in _SAMPLER_FACTORIES:
@@ -96,41 +97,12 @@ def _project_root() -> str:
 
 
 def _make_searcher(spec: StudySpec, space: SearchSpace, storage):
-    """OptunaSearch that keeps early-stopped trials out of the completed set."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+    """Optuna's ask-and-tell behind Tune's ``Searcher`` (early-stopped trials PRUNED)."""
+    from service.searcher import OptunaAskTell
 
-    epochs = spec.epochs
-
-    class CreditOptunaSearch(OptunaSearch):
-        def suggest(self, trial_id: str):
-            params = super().suggest(trial_id)
-            if params is not None:
-                self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
-            return params
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            ot_trial = self._ot_trials[trial_id]
-            stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
-            if stored.state.is_finished():  # told before a driver restart
-                self._completed_trials.add(trial_id)
-                return
-            value = None if result is None else result.get(self.metric)
-            if error or value is None or not math.isfinite(float(value)):
-                state, value = optuna.trial.TrialState.FAIL, None
-            elif int(result.get("epoch", epochs)) < epochs:
-                state, value = optuna.trial.TrialState.PRUNED, None  # stopped by ASHA
-            else:
-                state = optuna.trial.TrialState.COMPLETE
-            self._ot_study.tell(ot_trial, value, state=state)
-            self._completed_trials.add(trial_id)
-
-    return CreditOptunaSearch(
-        space=space.to_optuna(), metric=spec.objective.metric, mode=spec.objective.mode,
-        sampler=_sampler(spec.sampler, spec.seed), study_name=spec.name, storage=storage,
-    )
+    return OptunaAskTell(space=space.to_optuna(), metric=spec.objective.metric,
+                         mode=spec.objective.mode, study_name=spec.name, storage=storage,
+                         sampler=spec.sampler, seed=spec.seed, epochs=spec.epochs)
 
 
 class _StudyMonitor:
@@ -144,18 +116,22 @@ class _StudyMonitor:
         self.progress = progress
         self.failed: dict[str, str] = {}
         self.best: float | None = None
+        self.trials: list = []  # Tune's trials, in the order of its ResultGrid
         monitor = self
 
         class _Callback(Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                monitor._seen(trials, result)
+                monitor.seen(trials, result)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
-                monitor._seen(trials, trial.last_result)
+                monitor.seen(trials, trial.last_result)
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 monitor.failed[trial.trial_id] = _error_text(trial)
-                monitor._seen(trials, None)
+                monitor.seen(trials, None)
+
+            def on_experiment_end(self, trials, **info):
+                monitor.trials = list(trials)
 
         class _Stopper(Stopper):
             def __call__(self, trial_id, result):
@@ -168,7 +144,7 @@ class _StudyMonitor:
         self.callback = _Callback()
         self.stopper = _Stopper()
 
-    def _seen(self, trials, result) -> None:
+    def seen(self, trials, result) -> None:
         obj = self.spec.objective
         if result and int(result.get("epoch", 0)) >= self.spec.epochs:
             value = result.get(obj.metric)

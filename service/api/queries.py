@@ -17,7 +17,7 @@ from service.api.errors import (
 from service.api.services import Services
 from service.api.validation import _CREATE_FIELDS
 from service.db import StudyRecord
-from service.settings import optuna_state_names, trial_counts
+from service.settings import TUNE_TRIAL_ID, optuna_state_names, trial_counts
 from service.spec import StudySpec
 
 log = logging.getLogger("credit.api")
@@ -70,7 +70,7 @@ def read_progress(svc: Services, spec: StudySpec) -> dict[str, Any] | None:
     return {"counts": counts,
             "best": None if best is None else {
                 "value": best.value, "params": dict(best.params),
-                "trial_id": best.user_attrs.get("tune_trial_id"), "number": best.number}}
+                "trial_id": best.user_attrs.get(TUNE_TRIAL_ID), "number": best.number}}
 
 
 def _trial_runs(svc: Services, record: StudyRecord) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def study_trials(svc: Services, ref: str) -> list[dict[str, Any]]:
     names = {state: name.upper() for state, name in optuna_state_names().items()}
     out = []
     for t in storage.get_all_trials(study_id, deepcopy=False):
-        trial_id = t.user_attrs.get("tune_trial_id")
+        trial_id = t.user_attrs.get(TUNE_TRIAL_ID)
         run = runs.get(trial_id)
         run_id = run.info.run_id if run is not None else None
         out.append({"number": t.number, "trial_id": trial_id, "state": names[t.state],
