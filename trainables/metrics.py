@@ -1,6 +1,6 @@
 """Alignment metrics between the true (backprop) and the synthetic error pathway.
 
-All are computed per layer on a fixed batch (DESIGN.md §2, "Metrics"):
+All are computed per layer on a fixed batch (trainables/README.md §4):
 - ``relative_error``: ‖W − B‖_F / ‖W‖_F;
 - ``angle``: degrees in [0, 180] (never folded) between the true signal Wᵀe and
   the synthetic Bᵀẽ, per sample, averaged over the samples;

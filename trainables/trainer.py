@@ -1,6 +1,6 @@
 """The trainer: pure PyTorch, knows the network and the rule only by their interfaces.
 
-One step (DESIGN.md §2): a clean forward pass (stacked with the noisy one when the
+One step (trainables/README.md §1–2): a clean forward pass (stacked with the noisy one when the
 rule needs it), the output error, errors sent down the rule's pathway, the forward
 weights' update by the optimizer, and the rule's feedback learning. Per epoch: the
 train loss, the test metrics and the alignment metrics on a fixed batch.

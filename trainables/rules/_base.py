@@ -50,7 +50,7 @@ class LearningRule(ABC):
     A rule owns the feedback matrices ``feedback[j]`` (j ≥ 1; ``feedback[0]`` is
     None) that carry errors from layer j down to h[j-1], or, for ``direct`` rules,
     from the output error straight to h[j-1]. Forward weights always learn from
-    the errors these produce (DESIGN.md §2); subclasses decide how feedback learns.
+    the errors these produce (trainables/README.md §1); subclasses decide how feedback learns.
     """
 
     name: ClassVar[str]
@@ -117,7 +117,7 @@ class LearningRule(ABC):
 
 
 class FeedbackSolver(ABC):
-    """Regresses a target signal λ on an error e: min_B ‖Bᵀe − λ‖² (DESIGN.md §2, step 4)."""
+    """Regresses a target signal λ on an error e: min_B ‖Bᵀe − λ‖² (trainables/README.md §2)."""
 
     name: ClassVar[str]
 
