@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from service.settings import TUNE_TRIAL_ID, trial_counts, tune_results_dir
-from trainables.metrics import LAYER_METRICS, finite_or_none
+from trainables.metrics import LAYER_METRICS, finite_or_none, mean_sem
 
 
 @dataclass
@@ -177,12 +177,9 @@ def _final_evaluation(spec, result, tracking_uri, experiment_id, parent_id, prog
                    and k.startswith(("test_", "train_", *(f"{m}/" for m in LAYER_METRICS)))})
     summary: dict[str, float] = {"final_seeds": float(len(finals))}
     for k in keys:
-        values = [float(m[k]) for m in finals if k in m and math.isfinite(float(m[k]))]
-        if not values:
+        mean, sem = mean_sem(float(m[k]) for m in finals if k in m)
+        if math.isnan(mean):
             continue
-        mean = sum(values) / len(values)
-        sem = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-               / math.sqrt(len(values))) if len(values) > 1 else 0.0
         summary[f"final/{k}_mean"] = mean
         summary[f"final/{k}_sem"] = sem
     return summary

@@ -13,7 +13,9 @@ import json
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from service.results import (
     StudyResult,
@@ -39,88 +41,129 @@ from trainables.metrics import finite_or_none
 def run_study(spec: StudySpec, *, resume: bool = False,
               progress: ProgressFn | None = None) -> StudyResult:
     """Run (or resume) a study to the end and return its best configuration."""
+    start = time.perf_counter()
+    _quiet_ray()
+    records = _open_records(spec, resume)
+    try:
+        monitor = _StudyMonitor(spec, progress)
+        monitor.seen([], None)  # the study passed its checks: show it before Ray starts
+        connect_ray()
+        grid = _tuner(spec, records, monitor, resume).fit()
+        result = _outcome(spec, records, grid, monitor, progress)
+        if result.best_params is not None and spec.final_seeds > 0:
+            result.final = _final_evaluation(spec, result, records.tracking_uri,
+                                             records.experiment_id, records.parent_id,
+                                             progress)
+        _finish(records, result, start)
+        return result
+    except BaseException as error:
+        _abort(records, error)
+        raise
+
+
+@dataclass
+class _Records:
+    """Where a study records itself: its MLflow experiment and parent run, Optuna."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_id: str
+    storage: Any
+
+
+def _open_records(spec: StudySpec, resume: bool) -> _Records:
+    """MLflow first, in the driver (a new sqlite store must be created by one process):
+    the experiment and the study's parent run; then the Optuna storage."""
     from service import settings
     from service import tracking as T
 
-    start = time.perf_counter()
-    _quiet_ray()
-    space = spec.search_space()
     tracking_uri = spec.tracking_uri or settings.default_tracking_uri()
     if resume and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).exists():
         raise StudyError(f"no study named {spec.name!r} to resume (no MLflow store at "
                          f"{tracking_uri[10:]})")
-    storage_url = spec.storage or settings.default_optuna_storage()
     artifact_root = settings.default_artifact_root() if _is_local(tracking_uri) else None
-
-    # MLflow first, in the driver: a new sqlite store must be created by one process.
     experiment_id = T.ensure_experiment(tracking_uri, spec.experiment_name, artifact_root)
     parent = T.open_study_run(spec, tracking_uri, experiment_id, resume)
-    parent_id = parent.info.run_id
-    c = T.client(tracking_uri)
+    storage = open_optuna_storage(spec.storage or settings.default_optuna_storage())
+    return _Records(tracking_uri, experiment_id, parent.info.run_id, storage)
 
-    storage = open_optuna_storage(storage_url)
+
+def _tuner(spec: StudySpec, records: _Records, monitor: _StudyMonitor, resume: bool):
+    """A new Tuner, or (``resume``) the one saved under Tune's results directory."""
+    from ray import tune  # heavy: only once the study passed its checks
+
+    from service import settings
+    from service import tracking as T
+    from trainables.tune import train_trial
+
+    factory = T.TrialLoggerFactory(records.tracking_uri, records.experiment_id,
+                                   records.parent_id, spec.name)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, callback_factory=factory),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
     experiment_dir = settings.tune_results_dir() / spec.name
-    status, message = "SUCCEEDED", ""
-    try:
-        from ray import tune  # heavy: only once the study passed its checks
-
-        from trainables.tune import train_trial
-
-        monitor = _StudyMonitor(spec, progress)
-        monitor.seen([], None)  # the study passed its checks: show it before Ray starts
-        connect_ray()
-        factory = T.TrialLoggerFactory(tracking_uri, experiment_id, parent_id, spec.name)
-        trainable = tune.with_resources(
-            tune.with_parameters(train_trial, callback_factory=factory),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    if resume and tune.Tuner.can_restore(str(experiment_dir)):
+        return tune.Tuner.restore(
+            str(experiment_dir), trainable=trainable, resume_unfinished=True,
+            resume_errored=False, restart_errored=False, param_space=spec.param_space(),
         )
-        if resume and tune.Tuner.can_restore(str(experiment_dir)):
-            tuner = tune.Tuner.restore(
-                str(experiment_dir), trainable=trainable, resume_unfinished=True,
-                resume_errored=False, restart_errored=False,
-                param_space=spec.param_space(),
-            )
-        else:
-            if resume:
-                raise StudyError(f"study {spec.name!r} has no saved state to resume from")
-            tuner = _new_tuner(spec, space, storage, trainable, monitor, experiment_dir)
-        grid = tuner.fit()
-        if monitor.stopper.stop_all():
-            status = "FAILED"
-            message = (f"stopped: {len(monitor.failed)} failed trials exceed "
-                       f"max_failed_trials={spec.max_failed_trials}")
-        summaries = _trial_summaries(spec, grid, monitor)
-        pruned = {t.trial_id for t in summaries if t.state == "PRUNED"}
-        T.close_stale_runs(tracking_uri, experiment_id, parent_id, pruned)
-        result = _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summaries)
-        result.status = status if result.best_params is not None or status == "FAILED" \
-            else "FAILED"
-        if progress is not None:
-            progress({"counts": dict(result.counts), "best": result.best_value,
-                      "metric": spec.objective.metric, "max_trials": spec.max_trials})
-        if result.best_params is None and not message:
-            message = "no trial completed"
-        if result.best_params is not None and spec.final_seeds > 0:
-            result.final = _final_evaluation(spec, result, tracking_uri, experiment_id,
-                                             parent_id, progress)
-        result.message = message
-        _record_best(c, parent_id, result)
-        result.wall_time_s = time.perf_counter() - start
-        c.log_metric(parent_id, "wall_time_s", result.wall_time_s)
-        c.set_terminated(parent_id, status="FINISHED" if result.status == "SUCCEEDED"
-                         else "FAILED")
-        return result
-    except BaseException as error:
-        c.set_tag(parent_id, T.FAILURE_TAG, (str(error) or type(error).__name__)[:5000])
-        # KeyboardInterrupt: Ctrl-C or our SIGTERM handler; SystemExit: a signal handler
-        # of a library (Ray's exits on SIGTERM): either way the study was stopped.
-        stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
-        # Parent first (a trial starting from now on closes itself), then end this
-        # driver's trials (Ray kills the actors of a driver that leaves), then the runs.
-        c.set_terminated(parent_id, status="KILLED" if stopped else "FAILED")
-        _leave_ray()
-        T.close_stale_runs(tracking_uri, experiment_id, parent_id, set())
-        raise
+    if resume:
+        raise StudyError(f"study {spec.name!r} has no saved state to resume from")
+    return _new_tuner(spec, spec.search_space(), records.storage, trainable, monitor,
+                      experiment_dir)
+
+
+def _outcome(spec: StudySpec, records: _Records, grid, monitor: _StudyMonitor,
+             progress: ProgressFn | None) -> StudyResult:
+    """The trials' summaries and the best one; stale runs closed; status and message."""
+    from service import tracking as T
+
+    status, message = "SUCCEEDED", ""
+    if monitor.stopper.stop_all():
+        status = "FAILED"
+        message = (f"stopped: {len(monitor.failed)} failed trials exceed "
+                   f"max_failed_trials={spec.max_failed_trials}")
+    summaries = _trial_summaries(spec, grid, monitor)
+    pruned = {t.trial_id for t in summaries if t.state == "PRUNED"}
+    T.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, pruned)
+    result = _best(spec, spec.search_space(), records.storage, records.tracking_uri,
+                   records.experiment_id, records.parent_id, summaries)
+    if result.best_params is None:
+        status, message = "FAILED", message or "no trial completed"
+    result.status, result.message = status, message
+    if progress is not None:
+        progress({"counts": dict(result.counts), "best": result.best_value,
+                  "metric": spec.objective.metric, "max_trials": spec.max_trials})
+    return result
+
+
+def _finish(records: _Records, result: StudyResult, start: float) -> None:
+    """The result on the parent run, which ends FINISHED (SUCCEEDED) or FAILED."""
+    from service import tracking as T
+
+    c = T.client(records.tracking_uri)
+    _record_best(c, records.parent_id, result)
+    result.wall_time_s = time.perf_counter() - start
+    c.log_metric(records.parent_id, "wall_time_s", result.wall_time_s)
+    c.set_terminated(records.parent_id,
+                     status="FINISHED" if result.status == "SUCCEEDED" else "FAILED")
+
+
+def _abort(records: _Records, error: BaseException) -> None:
+    """The study stopped (KILLED) or failed: the parent run first (a trial starting from
+    now on closes itself), then this driver's trials end (Ray kills the actors of a
+    driver that leaves), then the runs they left open."""
+    from service import tracking as T
+
+    c = T.client(records.tracking_uri)
+    c.set_tag(records.parent_id, T.FAILURE_TAG, (str(error) or type(error).__name__)[:5000])
+    # KeyboardInterrupt: Ctrl-C or our SIGTERM handler; SystemExit: a signal handler
+    # of a library (Ray's exits on SIGTERM): either way the study was stopped.
+    stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
+    c.set_terminated(records.parent_id, status="KILLED" if stopped else "FAILED")
+    _leave_ray()
+    T.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, set())
 
 
 def _is_local(uri: str) -> bool:

@@ -24,6 +24,19 @@ Tensor = torch.Tensor
 LAYER_METRICS = ("angle", "relative_error", "sign_congruence", "update_angle")
 
 
+def mean_sem(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std / √n) of the finite values, None
+    and NaN skipped; (nan, nan) if none is left, a standard error of 0 for one value."""
+    kept = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not kept:
+        return math.nan, math.nan
+    mean = sum(kept) / len(kept)
+    if len(kept) == 1:
+        return mean, 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1))
+    return mean, std / math.sqrt(len(kept))
+
+
 def finite_or_none(obj: Any) -> Any:
     """``obj`` with every non-finite float (NaN, ±inf) as ``None``, for strict JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
