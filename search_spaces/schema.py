@@ -432,12 +432,13 @@ class SearchSpace(BaseModel):
         if problems:
             raise _SpaceProblems(problems)
 
-    def _base(self) -> dict[str, Any]:
+    def base(self) -> dict[str, Any]:
+        """What every trial's config takes from the space alone: experiment, rule, fixed."""
         return {"experiment": self.experiment, "rule": self.rule, **self.fixed}
 
     def _check_against_config(self) -> None:
         """Bounds inside TrainConfig's ranges, and a valid config at the mid-point."""
-        base = self._base()
+        base = self.base()
         problems: list[tuple[str, str]] = []
         # 1. fixed values, field by field (cross-field rules may need a tuned value)
         fields, _ = _try_config(base)
@@ -511,7 +512,7 @@ class SearchSpace(BaseModel):
         if problems:
             raise SearchSpaceError(self.name, problems)
         try:
-            return TrainConfig(**self._base(), **sampled, **study_settings)
+            return TrainConfig(**self.base(), **sampled, **study_settings)
         except ValidationError as err:
             raise SearchSpaceError(self.name, validation_problems(err)) from None
 

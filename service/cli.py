@@ -29,7 +29,31 @@ class ArgumentParser(argparse.ArgumentParser):
 
     ``main`` turns the ``UsageError`` into ``credit: error: ...`` and exit status 2, so
     a subcommand's errors look the same as the top level's.
+
+    ``deferred``: functions that add arguments whose declaration needs a heavy import
+    (``credit train``'s flags come from ``TrainConfig``); they run the first time this
+    parser parses or formats its help, so other commands never pay for them.
     """
+
+    def __init__(self, *args, deferred=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deferred = list(deferred)
+
+    def _add_deferred(self) -> None:
+        while self.deferred:
+            self.deferred.pop(0)(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._add_deferred()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_deferred()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._add_deferred()
+        return super().format_usage()
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)

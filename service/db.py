@@ -39,7 +39,6 @@ from trainables.errors import CreditError
 #: Study statuses; the first two are "active" (a Ray job may still be working).
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 ACTIVE = (PENDING, RUNNING)
 
 

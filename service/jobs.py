@@ -27,7 +27,8 @@ from typing import Any
 from trainables.errors import CreditError
 
 #: Ray job statuses that will not change any more.
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+#: Ray job statuses after which a job never runs again.
+JOB_ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 #: The environment variable that carries a study's spec (JSON) to its driver.
 SPEC_VAR = "CREDIT_STUDY_SPEC"
 
@@ -148,7 +149,7 @@ class RayJobs:
         deadline = time.monotonic() + timeout_s
         while True:
             info = self.info(submission_id)
-            if info.status in TERMINAL or time.monotonic() >= deadline:
+            if info.status in JOB_ENDED or time.monotonic() >= deadline:
                 return info
             time.sleep(poll_s)
 
@@ -190,15 +191,10 @@ def _one_line(error: BaseException) -> str:
 
 def exception_line(text: str) -> str:
     """The last ``SomethingError: message`` line of a driver's log (its reason to fail)."""
-    import re
+    from service.results import last_exception
 
-    pattern = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)): (.+)$")
-    found = ""
-    for line in text.splitlines():
-        m = pattern.match(line.strip())
-        if m:
-            found = f"{m.group(1)}: {m.group(2).strip()}"
-    return found[:500]
+    found = last_exception(text)
+    return f"{found[0]}: {found[1]}"[:500] if found else ""
 
 
 def main() -> int:
@@ -222,10 +218,6 @@ def main() -> int:
         os.unlink(path)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _job_error(submission_id: str, error: Exception) -> Exception:
     """A Ray Jobs client error as ours: unknown job → JobNotFound, else JobError."""
     if isinstance(error, JobError):
@@ -233,3 +225,7 @@ def _job_error(submission_id: str, error: Exception) -> Exception:
     if "404" in str(error) or "does not exist" in str(error):
         return JobNotFound(f"no Ray job {submission_id!r}")
     return JobError(f"Ray job {submission_id}: {_one_line(error)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -238,7 +238,8 @@ def run_campaign(
     """
     from service import settings
     from service import tracking as T
-    from service.study import StudySpec, run_study
+    from service.spec import StudySpec
+    from service.study import run_study
 
     arms = protocol_arms(experiment, protocol, noise_levels, only)
     tracking_uri = tracking_uri or settings.default_tracking_uri()

@@ -34,6 +34,7 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter
 from service import tracking as T
 from service.paper import PAPER
 from trainables.errors import CreditError
+from trainables.metrics import mean_sem
 
 DPI = 110
 LAYER_STYLES = ("-", "--", ":", "-.")
@@ -153,14 +154,6 @@ def _autoencoder_arrays(c, run_id: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------- statistics
-def mean_sem(values) -> tuple[float, float]:
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return math.nan, math.nan
-    sem = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
-    return float(v.mean()), sem
-
-
 def _curve(history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     epochs = np.arange(1, history.shape[1] + 1)
     with np.errstate(all="ignore"):

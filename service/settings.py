@@ -1,23 +1,63 @@
-"""Where local state lives: the study database, MLflow store, Optuna storage, Ray temp dir.
+"""Shared names and defaults: where local state lives, how a trial's state is named.
 
 Everything sits under ``CREDIT_HOME`` (default ``~/.credit``) unless a URL says
-otherwise, so one directory holds a user's whole local installation.
+otherwise, so one directory holds a user's whole local installation: the study
+database, MLflow store and artifacts, Optuna storage, Ray's results. ``credit search``,
+the study runner and the API (``service.api.config.ApiSettings``) all take their
+defaults from here.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+DEFAULT_HOME = "~/.credit"
+
+#: The Optuna user attribute that holds a trial's Tune trial id.
+TUNE_TRIAL_ID = "tune_trial_id"
+
+#: A trial's states as a study counts them (Optuna's names; WAITING is "pending").
+TRIAL_STATES = ("complete", "running", "failed", "pruned", "pending")
+
+
+def trial_counts() -> dict[str, int]:
+    """Every state of ``TRIAL_STATES`` at zero."""
+    return dict.fromkeys(TRIAL_STATES, 0)
+
+
+def optuna_state_names() -> dict[Any, str]:
+    """Optuna's ``TrialState`` → its ``TRIAL_STATES`` name."""
+    from optuna.trial import TrialState
+
+    return {TrialState.COMPLETE: "complete", TrialState.RUNNING: "running",
+            TrialState.FAIL: "failed", TrialState.PRUNED: "pruned",
+            TrialState.WAITING: "pending"}
 
 
 def credit_home() -> Path:
-    home = Path(os.environ.get("CREDIT_HOME") or "~/.credit").expanduser().resolve()
+    home = Path(os.environ.get("CREDIT_HOME") or DEFAULT_HOME).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return home
 
 
+def tracking_uri_under(home: Path) -> str:
+    """MLflow: ``MLFLOW_TRACKING_URI``, else a sqlite store in ``home``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+def optuna_storage_under(home: Path) -> str:
+    return f"sqlite:///{home / 'optuna.db'}"
+
+
+def database_url_under(home: Path) -> str:
+    """The API's study records."""
+    return f"sqlite:///{home / 'service.db'}"
+
+
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{credit_home() / 'mlflow.db'}"
+    return tracking_uri_under(credit_home())
 
 
 def default_artifact_root() -> str:
@@ -25,7 +65,15 @@ def default_artifact_root() -> str:
 
 
 def default_optuna_storage() -> str:
-    return f"sqlite:///{credit_home() / 'optuna.db'}"
+    return optuna_storage_under(credit_home())
+
+
+def open_optuna_storage(url: str):
+    """Optuna's storage at ``url`` (sqlite: waits up to 60 s for a busy database)."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 def tune_results_dir() -> Path:

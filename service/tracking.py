@@ -261,3 +261,75 @@ def close_stale_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
         c.set_terminated(run.info.run_id, status="KILLED")
         closed += 1
     return closed
+
+
+# ------------------------------------------------------------------ a study's parent run
+def study_filter(study: str) -> str:
+    """MLflow filter of study ``study``'s parent run."""
+    return f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'study'"
+
+
+def find_study_run(tracking_uri: str, experiment_name: str, study: str):
+    """The parent run of study ``study`` in experiment ``experiment_name``, or None
+    (``run.info.experiment_id`` names its experiment)."""
+    exp = client(tracking_uri).get_experiment_by_name(experiment_name)
+    if exp is None:
+        return None
+    runs = find_runs(tracking_uri, exp.experiment_id, study_filter(study))
+    return runs[0] if runs else None
+
+
+def open_study_run(spec, tracking_uri: str, experiment_id: str, resume: bool):
+    """The study's parent run: created (tags, params, ``study_spec.json``), or, with
+    ``resume``, found and set RUNNING again. ``StudyError`` if the name is taken (or,
+    resuming, unknown)."""
+    from service.spec import StudyError
+
+    space = spec.search_space()
+    c = client(tracking_uri)
+    existing = find_runs(tracking_uri, experiment_id, study_filter(spec.name))
+    if existing and not resume:
+        raise StudyError(f"study name {spec.name!r} is taken (MLflow run "
+                         f"{existing[0].info.run_id}); choose another name or resume it")
+    if resume:
+        if not existing:
+            raise StudyError(f"no study named {spec.name!r} to resume")
+        run = existing[0]
+        c.update_run(run.info.run_id, status="RUNNING")
+        return run
+    tags = {STUDY_TAG: spec.name, ROLE_TAG: "study", "credit.experiment": space.experiment,
+            "credit.rule": space.rule, "credit.space": space.name,
+            **{f"credit.{k}": v for k, v in spec.labels.items()}}
+    if spec.group_run_id:
+        tags[PARENT_TAG] = spec.group_run_id
+    run = c.create_run(experiment_id, run_name=spec.name, tags=tags)
+    log_params(c, run.info.run_id, {
+        "space": space.name, "experiment": space.experiment, "rule": space.rule,
+        "sampler": spec.sampler, "seed": spec.seed,
+        "training_seed": spec.trial_settings()["seed"], "objective": spec.objective.metric,
+        "mode": spec.objective.mode, "max_trials": spec.max_trials,
+        "parallel_trials": spec.parallel_trials, "epochs": spec.epochs,
+        "early_stopping": bool(spec.early_stopping), "final_seeds": spec.final_seeds,
+        "dataset": spec.trial_config({}).dataset,
+    })
+    c.log_dict(run.info.run_id, json.loads(spec.model_dump_json()), "study_spec.json")
+    return run
+
+
+def close_study_run(tracking_uri: str, experiment_name: str, study: str, status: str,
+                    reason: str) -> int:
+    """End a study's runs from outside its driver: its RUNNING trial runs and, if still
+    RUNNING, the parent run → ``status`` (KILLED: the study was cancelled), with the
+    reason. Idempotent; returns how many runs it closed."""
+    parent = find_study_run(tracking_uri, experiment_name, study)
+    if parent is None:
+        return 0
+    run_id = parent.info.run_id
+    closed = close_stale_runs(tracking_uri, parent.info.experiment_id, run_id, set())
+    if parent.info.status == "RUNNING":
+        c = client(tracking_uri)
+        c.set_tag(run_id, FAILURE_TAG, reason)
+        c.set_tag(run_id, "credit.status", "CANCELLED" if status == "KILLED" else "FAILED")
+        c.set_terminated(run_id, status=status)
+        closed += 1
+    return closed

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from trainables.experiments import EXPERIMENTS
-from trainables.rules import RULES
+from trainables.rules import RULES, RuleSettings
 
 DATASET_NAMES = ("cifar10", "mnist", "mnist-5k")
 
@@ -43,22 +43,26 @@ class TrainConfig(BaseModel):
         "node_perturbation", description="learning rule: " + ", ".join(RULES.names())
     )
     dataset: str | None = Field(None, description="dataset; default: the experiment's default")
-    epochs: int = Field(10, ge=1, le=100_000)
+    epochs: int = Field(10, ge=1, le=100_000, description="number of epochs")
     lr: float | None = Field(
         None, ge=0, description="forward learning rate η (0 freezes W); default: the experiment's"
     )
     noise_std: float = Field(0.01, gt=0, description="std c of the hidden-unit noise")
     feedback_lr: float = Field(0.01, ge=0, description="feedback learning rate η_B (sgd solver)")
-    feedback_solver: Literal["sgd", "lstsq"] = "sgd"
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(32, ge=1, le=65_536)
+    feedback_solver: Literal["sgd", "lstsq"] = Field(
+        "sgd", description="how the feedback weights are learned"
+    )
+    optimizer: Literal["sgd", "adam"] = Field(
+        "sgd", description="optimizer of the forward weights"
+    )
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
+    batch_size: int = Field(32, ge=1, le=65_536, description="mini-batch size")
     batches_per_epoch: int | None = Field(
         None, ge=1, description="batches per epoch; default: one pass over the training set"
     )
-    seed: int = Field(0, ge=0, lt=2**63)
-    device: str = "cpu"
+    seed: int = Field(0, ge=0, lt=2**63, description="random seed (weights, data order, noise)")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
     data_dir: str | None = Field(None, description="data directory; default: $CREDIT_DATA_DIR")
     metrics_batch_size: int = Field(512, ge=1, description="fixed test batch for alignment metrics")
     max_test_samples: int | None = Field(None, ge=1, description="evaluate on a test subset")
@@ -132,8 +136,5 @@ class TrainConfig(BaseModel):
                 f"dataset {self.dataset!r} does not fit experiment {self.experiment!r}; "
                 f"valid: {', '.join(exp.datasets)}"
             )
-        if self.rule == "kolen_pollack" and self.weight_decay <= 0:
-            raise ValueError(
-                "rule 'kolen_pollack' needs weight_decay > 0 (without it, use 'matched')"
-            )
+        RULES.get(self.rule).check_settings(RuleSettings.from_config(self))
         return self

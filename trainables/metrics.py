@@ -1,20 +1,51 @@
 """Alignment metrics between the true (backprop) and the synthetic error pathway.
 
-All are computed per layer on a fixed batch (DESIGN.md §2, "Metrics"):
+All are computed per layer on a fixed batch (trainables/README.md §4):
 - ``relative_error``: ‖W − B‖_F / ‖W‖_F;
 - ``angle``: degrees in [0, 180] (never folded) between the true signal Wᵀe and
   the synthetic Bᵀẽ, per sample, averaged over the samples;
 - ``update_angle``: degrees between the whole weight update and backprop's;
 - ``sign_congruence``: % of entries where sign W = sign B (biases are not in B).
+
+``LAYER_METRICS`` names these families: a trial reports ``<family>/<layer>``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 Tensor = torch.Tensor
+
+
+#: The per-layer metric families, reported as ``<family>/<layer name>``.
+LAYER_METRICS = ("angle", "relative_error", "sign_congruence", "update_angle")
+
+
+def mean_sem(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std / √n) of the finite values, None
+    and NaN skipped; (nan, nan) if none is left, a standard error of 0 for one value."""
+    kept = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not kept:
+        return math.nan, math.nan
+    mean = sum(kept) / len(kept)
+    if len(kept) == 1:
+        return mean, 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1))
+    return mean, std / math.sqrt(len(kept))
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) as ``None``, for strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def angle_degrees(u: Tensor, v: Tensor) -> float:

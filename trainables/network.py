@@ -1,6 +1,6 @@
 """The feed-forward network with its error pathways written out as tensor maths.
 
-Notation follows DESIGN.md §2 with 0-based layer indices: layer ``i`` maps
+Notation follows trainables/README.md §1, with 0-based layer indices: layer ``i`` maps
 ``h[i-1]`` to ``a[i] = W[i] h[i-1] + b[i]`` and ``h[i] = post(a[i])``, where ``post``
 is the activation, then (for convolutions) an optional max-pool and a flatten.
 ``h[-1]`` is the input ``x`` and ``h[L-1]`` is the output ``ŷ``.
@@ -9,7 +9,8 @@ Errors are computed without autograd: for every layer the local Jacobians are
 applied explicitly, and the matrix that carries an error *down* through layer
 ``j`` is chosen by the learning rule (``W[j]`` for backprop, ``B[j]`` otherwise).
 That keeps one step of a small MLP to a few dozen tensor operations, which is what
-makes a node-perturbation step cheaper than a plain autograd step (DESIGN.md §5).
+makes a node-perturbation step cheaper than a plain autograd step (measured by
+``tests/bench/bench_trainer.py``).
 """
 
 from __future__ import annotations
@@ -322,7 +323,7 @@ class FeedbackNetwork:
         return errors, signals
 
     def weight_gradients(self, fp: ForwardPass, errors: list[Tensor]) -> list[Tensor]:
-        """Batch-summed ∂/∂W, ∂/∂b from the errors: ΔW[i] ∝ ẽ[i] h[i-1]ᵀ (DESIGN.md §2).
+        """Batch-summed ∂/∂W, ∂/∂b from the errors: ΔW[i] ∝ ẽ[i] h[i-1]ᵀ (trainables/README.md §1).
 
         Returned in ``parameters()`` order; divide by the batch size for the mean.
         """

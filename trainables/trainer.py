@@ -1,6 +1,6 @@
 """The trainer: pure PyTorch, knows the network and the rule only by their interfaces.
 
-One step (DESIGN.md §2): a clean forward pass (stacked with the noisy one when the
+One step (trainables/README.md §1–2): a clean forward pass (stacked with the noisy one when the
 rule needs it), the output error, errors sent down the rule's pathway, the forward
 weights' update by the optimizer, and the rule's feedback learning. Per epoch: the
 train loss, the test metrics and the alignment metrics on a fixed batch.
@@ -63,17 +63,7 @@ class TrainResult:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Strict JSON: a metric that is NaN (e.g. an angle of zero vectors) is written null."""
-        Path(path).write_text(json.dumps(_finite_or_none(asdict(self)), indent=2) + "\n")
-
-
-def _finite_or_none(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
-    return obj
+        Path(path).write_text(json.dumps(M.finite_or_none(asdict(self)), indent=2) + "\n")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,14 +126,7 @@ class Trainer:
             exp.build_layers(config.hidden_width, config.output_activation), exp.loss,
             self.data.input_shape, init_gen, self.device, init=config.init,
         )
-        settings = RuleSettings(
-            noise_std=config.noise_std,
-            feedback_lr=config.feedback_lr,
-            feedback_solver=config.feedback_solver,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            loss_reduction=config.loss_reduction,
-        )
+        settings = RuleSettings.from_config(config)
         self.rule = make_rule(config.rule, self.net, settings, init_gen)
         self.optimizer = make_optimizer(
             config.optimizer, config.lr, config.momentum, config.weight_decay

@@ -2,7 +2,7 @@
 
 Request path, outermost first: bearer-token check (``TokenAuth``), body-size limit
 (``BodySizeLimit``), then FastAPI's routing and validation. Routes are thin: they
-call ``service.api.studies`` in a worker thread (every call there blocks on Ray,
+call ``service.api.lifecycle`` and ``queries`` in a worker thread (every call there blocks on Ray,
 MLflow, Optuna or the database) and map its errors to status codes here, each 4xx
 with a body that names the field and the reason:
 
@@ -32,10 +32,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import catalog as catalog_domain
-from service.api import studies
+from service.api import errors, lifecycle
 from service.api.config import OPEN_PATHS, ApiSettings
 from service.api.routes import catalog, health
 from service.api.routes import studies as study_routes
+from service.api.services import Services
 from trainables.validation import error_phrase
 
 log = logging.getLogger("credit.api")
@@ -50,7 +51,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The study service: routes, auth, limits, error bodies and the status sync."""
     settings = settings or ApiSettings()
     settings.check_startable()  # tokens, or an explicit insecure
-    services = studies.Services.from_settings(settings)
+    services = Services.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,10 +78,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     return app
 
 
-async def _sync_forever(services: studies.Services, interval_s: float) -> None:
+async def _sync_forever(services: Services, interval_s: float) -> None:
     while True:
         try:
-            await run_in_threadpool(studies.sync_active, services)
+            await run_in_threadpool(lifecycle.sync_active, services)
         except Exception:  # keep syncing whatever one round met
             log.exception("study sync failed")
         await asyncio.sleep(interval_s)
@@ -104,8 +105,8 @@ def _add_error_handlers(app: FastAPI) -> None:
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.exception_handler(studies.StudyRejected)
-    async def _rejected(request: Request, exc: studies.StudyRejected) -> JSONResponse:
+    @app.exception_handler(errors.StudyRejected)
+    async def _rejected(request: Request, exc: errors.StudyRejected) -> JSONResponse:
         detail = [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}
                   for loc, msg in exc.problems]
         return JSONResponse({"detail": detail}, status_code=422)
@@ -119,16 +120,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    app.add_exception_handler(studies.StudyNotFound,
+    app.add_exception_handler(errors.StudyNotFound,
                               problem(404, ["path", "study"], "not_found"))
     app.add_exception_handler(catalog_domain.UnknownSearchSpace,
                               problem(404, ["path", "name"], "not_found"))
-    app.add_exception_handler(studies.NameTaken, problem(409, ["body", "name"], "name_taken"))
-    app.add_exception_handler(studies.StudyStateConflict,
+    app.add_exception_handler(errors.NameTaken, problem(409, ["body", "name"], "name_taken"))
+    app.add_exception_handler(errors.StudyStateConflict,
                               problem(409, ["path", "study"], "conflict"))
-    app.add_exception_handler(studies.TooManyStudies,
+    app.add_exception_handler(errors.TooManyStudies,
                               problem(429, ["body"], "too_many_studies", {"Retry-After": "30"}))
-    app.add_exception_handler(studies.BackendUnavailable,
+    app.add_exception_handler(errors.BackendUnavailable,
                               problem(503, [], "backend_unavailable", {"Retry-After": "10"}))
 
 

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service import settings as defaults
+
 #: Paths anyone may call without a token.
 OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
@@ -26,7 +28,7 @@ class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CREDIT_", extra="ignore",
                                       validate_default=True, populate_by_name=True)
 
-    home: Path = Field(Path("~/.credit"), description="local state (CREDIT_HOME)")
+    home: Path = Field(Path(defaults.DEFAULT_HOME), description="local state (CREDIT_HOME)")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the study records (sqlite in CREDIT_HOME)")
     api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
@@ -81,12 +83,11 @@ class ApiSettings(BaseSettings):
     @model_validator(mode="after")
     def _defaults(self) -> ApiSettings:
         if self.database_url is None:
-            self.database_url = f"sqlite:///{self.home / 'service.db'}"
+            self.database_url = defaults.database_url_under(self.home)
         if self.optuna_storage is None:
-            self.optuna_storage = f"sqlite:///{self.home / 'optuna.db'}"
+            self.optuna_storage = defaults.optuna_storage_under(self.home)
         if self.mlflow_tracking_uri is None:
-            self.mlflow_tracking_uri = (os.environ.get("MLFLOW_TRACKING_URI")
-                                        or f"sqlite:///{self.home / 'mlflow.db'}")
+            self.mlflow_tracking_uri = defaults.tracking_uri_under(self.home)
         if self.mlflow_ui_url is None and self.mlflow_tracking_uri.startswith("http"):
             self.mlflow_ui_url = self.mlflow_tracking_uri
         if self.mlflow_ui_url:

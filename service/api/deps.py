@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 
-from service.api.studies import Services
+from service.api.services import Services
 
 #: Documents the bearer token in the OpenAPI page. Enforcement is ``TokenAuth`` (a
 #: middleware, so that it runs before the body is read); this scheme never rejects.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api.studies import Services
+from service.api.services import Services
 
 
 def _check(fn) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Request and response bodies: Create / Public pairs, and ``{data, count}`` lists.
 
-``StudyCreate`` is ``service.study.StudySpec`` less the fields the server owns
+``StudyCreate`` is ``service.spec.StudySpec`` less the fields the server owns
 (where MLflow and Optuna keep their records, the data directory, the experiment,
 campaign nesting and extra tags): clients choose what to search, never server paths.
 Its fields, bounds and defaults come from ``StudySpec`` itself, so the CLI, the
@@ -14,11 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, field_validator
 
-from service.study import STUDY_NAME, StudySpec
-
-#: StudySpec fields only the server sets.
-SERVER_FIELDS = ("data_dir", "tracking_uri", "storage", "experiment_name", "group_run_id",
-                 "labels")
+from service.settings import TRIAL_STATES
+from service.spec import SERVER_FIELDS, STUDY_NAME, StudySpec
 
 StudyStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
 
@@ -71,12 +68,8 @@ class Links(BaseModel):
     mlflow: str | None = Field(None, description="MLflow UI page of the study's parent run")
 
 
-class TrialCounts(BaseModel):
-    complete: int = 0
-    running: int = 0
-    failed: int = 0
-    pruned: int = 0
-    pending: int = 0
+#: How many trials are in each state (``service.settings.TRIAL_STATES``).
+TrialCounts = create_model("TrialCounts", **{state: (int, 0) for state in TRIAL_STATES})
 
 
 class BestSoFar(BaseModel):

@@ -8,15 +8,18 @@ turns the exceptions below (and the ``trainables`` ones) into one-line errors.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+import types
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from trainables.errors import ConfigError
 from trainables.validation import error_phrase
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+    from pydantic.fields import FieldInfo
 
-__all__ = ["UsageError", "add_study_options", "flag", "study_fields", "validation_message"]
+__all__ = ["STUDY_FLAGS", "UsageError", "add_study_options", "field_option", "flag",
+           "study_fields", "study_flag", "study_options", "validation_message"]
 
 
 class UsageError(ConfigError):
@@ -26,6 +29,45 @@ class UsageError(ConfigError):
 def flag(field: str) -> str:
     """The command-line flag of a config field: ``noise_std`` → ``--noise-std``."""
     return "--" + field.replace("_", "-")
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _number(value: Any) -> str:
+    """A bound as people write it: ``2**63`` rather than its 19 digits."""
+    if isinstance(value, int) and value >= 2**20 and value & (value - 1) == 0:
+        return f"2**{value.bit_length() - 1}"
+    return str(value)
+
+
+def field_option(name: str, info: FieldInfo) -> dict[str, Any]:
+    """``add_argument`` keywords for a pydantic field: type and metavar from its annotation,
+    help from its description, range and default. The flag is optional and absent from
+    the namespace when not given (the model's own default then applies)."""
+    kind = info.annotation
+    if get_origin(kind) in (Union, types.UnionType):  # X | None, or bool | Settings: X, bool
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    option: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+    label = name.rsplit(".", 1)[-1]  # objective.metric → METRIC
+    if get_origin(kind) is Literal:
+        choices = get_args(kind)
+        option.update(type=type(choices[0]), metavar="{" + ",".join(map(str, choices)) + "}")
+    elif kind is bool:
+        option["action"] = argparse.BooleanOptionalAction
+    elif kind in (int, float):
+        option.update(type=kind, metavar="N" if kind is int else label.upper())
+    else:
+        option.update(type=str, metavar=label.upper())
+    text = info.description or name.replace("_", " ").replace(".", " ")
+    bounds = [f"{sign} {_number(getattr(m, key))}" for m in info.metadata
+              for key, sign in _BOUNDS if getattr(m, key, None) is not None]
+    if bounds:
+        text += f" ({', '.join(bounds)})"
+    if info.default is not None and kind is not bool and not info.is_required():
+        text += f" (default: {info.default})"
+    option["help"] = text.replace("%", "%%")
+    return option
 
 
 def _problem(error: dict[str, Any]) -> str:
@@ -41,62 +83,74 @@ def validation_message(err: ValidationError, name=flag) -> str:
     """
     parts = []
     for error in err.errors():
-        loc = [str(p) for p in error.get("loc", ())]
+        loc = ".".join(str(p) for p in error.get("loc", ()))
         problem = _problem(error)
-        parts.append(f"{name(loc[0])}{''.join(f'.{p}' for p in loc[1:])}: {problem}"
-                     if loc else problem)
+        parts.append(f"{name(loc)}: {problem}" if loc else problem)
     return "; ".join(parts)
 
 
-# The study settings that ``credit search`` and ``credit studies submit`` both take.
-_STUDY_KEYS = ("name", "max_trials", "parallel_trials", "sampler", "seed", "epochs",
-               "batches_per_epoch", "dataset", "max_failed_trials", "final_seeds")
+#: Flags whose name is not ``--field-name`` (nested fields as ``parent.field``).
+STUDY_FLAGS = {"max_trials": "--trials", "parallel_trials": "--concurrency",
+               "max_failed_trials": "--max-failed", "early_stopping": "--asha",
+               "objective.metric": "--metric", "objective.mode": "--mode",
+               "resources.cpu": "--cpus-per-trial", "resources.gpu": "--gpus-per-trial"}
 
 
-def add_study_options(p: argparse.ArgumentParser) -> None:
-    """Add the flags of a study's settings (every one optional: the spec has defaults)."""
-    add = p.add_argument
-    add("--name", metavar="NAME", help="unique study name (default: <space>-<timestamp>)")
-    add("--trials", type=int, dest="max_trials", metavar="N", help="number of trials (20)")
-    add("--concurrency", type=int, dest="parallel_trials", metavar="N",
-        help="trials run at once (1)")
-    add("--sampler", metavar="NAME", help="random (as in the paper), tpe, qmc or cmaes (random)")
-    add("--seed", type=int, metavar="N", help="sampler seed (0)")
-    add("--metric", metavar="NAME", help="objective metric (default: the space's)")
-    add("--mode", metavar="min|max", help="min or max")
-    add("--epochs", type=int, metavar="N", help="epochs per trial (5)")
-    add("--batches-per-epoch", type=int, metavar="N", help="batches per epoch (one pass)")
-    add("--dataset", metavar="NAME", help="dataset (default: the experiment's)")
-    add("--max-failed", type=int, dest="max_failed_trials", metavar="N",
-        help="stop the study after more failed trials than this")
-    add("--asha", action="store_true", help="early-stop weak trials (ASHA)")
-    add("--final-seeds", type=int, metavar="K", help="rerun the best configuration with K seeds")
-    add("--cpus-per-trial", type=float, metavar="CPUS", help="CPUs per trial (1)")
-    add("--gpus-per-trial", type=float, metavar="GPUS",
-        help="GPUs per trial, may be fractional (0)")
+def study_flag(field: str) -> str:
+    """The command-line flag of a StudySpec field (``max_trials`` → ``--trials``)."""
+    return STUDY_FLAGS.get(field, flag(field))
+
+
+def study_options(extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The StudySpec fields a command sets by flag, with their pydantic ``FieldInfo``:
+    every field a client may send (not the server's), nested models field by field
+    (``objective.metric``), and the server fields named in ``extra``."""
+    from search_spaces import Objective
+    from service.spec import SERVER_FIELDS, Resources, StudySpec
+
+    nested = {"objective": Objective, "resources": Resources}
+    options: dict[str, Any] = {}
+    for name, info in StudySpec.model_fields.items():
+        if name == "space" or (name in SERVER_FIELDS and name not in extra):
+            continue
+        if name in nested:
+            for sub, sub_info in nested[name].model_fields.items():
+                options[f"{name}.{sub}"] = sub_info
+        else:
+            options[name] = info
+    return options
+
+
+def add_study_options(p: argparse.ArgumentParser, extra: tuple[str, ...] = ()) -> None:
+    """Add one flag per StudySpec field (see ``study_options``); each optional: the spec
+    has the defaults. Deferred: StudySpec imports the trainables (torch)."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("study")
+        for name, info in study_options(extra).items():
+            option = field_option(name, info)
+            if name == "objective.metric":
+                option["help"] = "objective metric (default: the space's)"
+            group.add_argument(study_flag(name), **option)
+
+    p.deferred.append(add)
 
 
 def study_fields(args: argparse.Namespace, base: dict[str, Any] | None = None,
                  extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``base`` (a study's fields) updated with the flags given: the ``add_study_options``
-    ones plus the attributes named in ``extra``. ``objective`` and ``resources`` merge
-    key by key, so a flag overrides one key of a file's value and keeps the rest."""
+    """``base`` (a study's fields) updated with the flags given (``add_study_options``'
+    plus those of ``extra``). Nested fields (``objective``, ``resources``) merge key by
+    key, so a flag overrides one key of a file's value and keeps the rest."""
     fields = dict(base or {})
-    for key in _STUDY_KEYS + extra:
-        value = getattr(args, key)
-        if value is not None:
-            fields[key] = value
-    if args.asha:
-        fields["early_stopping"] = True
-    if args.metric or args.mode:
-        objective = dict(fields.get("objective") or {})
-        objective.update({k: v for k, v in (("metric", args.metric), ("mode", args.mode)) if v})
-        objective.setdefault("metric", "test_error")
-        fields["objective"] = objective
-    resources = dict(fields.get("resources") or {})
-    for key, value in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)):
-        if value is not None:
-            resources[key] = value
-    if resources:
-        fields["resources"] = resources
+    for name in study_options(extra):
+        if not hasattr(args, name):
+            continue
+        value = getattr(args, name)
+        head, _, sub = name.partition(".")
+        if sub:
+            fields[head] = {**(fields.get(head) or {}), sub: value}
+            if head == "objective":
+                fields[head].setdefault("metric", "test_error")
+        else:
+            fields[name] = value
     return fields

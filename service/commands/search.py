@@ -9,7 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.commands import UsageError, add_study_options, flag, study_fields, validation_message
+from service.commands import (
+    UsageError,
+    add_study_options,
+    study_fields,
+    study_flag,
+    validation_message,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,12 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--space", required=True, metavar="NAME|FILE",
                    help="a preset (see 'credit spaces') or a search-space JSON file")
-    add_study_options(p)
-    p.add_argument("--data-dir", metavar="DIR", help="data directory (default: $CREDIT_DATA_DIR)")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking URI (default: sqlite in CREDIT_HOME)")
-    p.add_argument("--storage", metavar="URL",
-                   help="Optuna storage URL (default: sqlite in CREDIT_HOME)")
+    add_study_options(p, extra=_SERVER_SIDE)
     p.add_argument("--resume", action="store_true", help="resume the study --name")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
@@ -36,30 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=list_spaces)
 
 
-def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
-    return study_fields(args, {"space": args.space},
-                        extra=("data_dir", "tracking_uri", "storage"))
-
-
-_FLAGS = {"max_trials": "--trials", "parallel_trials": "--concurrency",
-          "max_failed_trials": "--max-failed", "early_stopping": "--asha",
-          "resources": "--cpus/gpus-per-trial", "objective": "--metric/--mode"}
+#: StudySpec fields the API's server owns, which ``credit search`` (its own server) sets.
+_SERVER_SIDE = ("data_dir", "tracking_uri", "storage")
 
 
 def make_spec(args: argparse.Namespace):
     from pydantic import ValidationError
 
-    from service.study import StudySpec
+    from service.spec import StudySpec
 
-    fields = _spec_fields(args)
-    if "resources" in fields:  # checked apart, to name the flags themselves
-        from service.study import Resources
-
-        try:
-            Resources(**fields["resources"])
-        except ValidationError as e:
-            raise UsageError(validation_message(
-                e, lambda f: {"cpu": "--cpus-per-trial", "gpu": "--gpus-per-trial"}[f])) from None
+    fields = study_fields(args, {"space": args.space}, extra=_SERVER_SIDE)
     if "name" not in fields:
         if args.resume:
             raise UsageError("--resume needs --name of the study to resume")
@@ -68,7 +55,7 @@ def make_spec(args: argparse.Namespace):
     try:
         return StudySpec(**fields)
     except ValidationError as e:
-        raise UsageError(validation_message(e, lambda f: _FLAGS.get(f, flag(f)))) from None
+        raise UsageError(validation_message(e, study_flag)) from None
 
 
 class _Progress:
@@ -100,7 +87,9 @@ class _Progress:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from service.study import StudyError, _jsonable, run_study
+    from service.spec import StudyError
+    from service.study import run_study
+    from trainables.metrics import finite_or_none
 
     spec = make_spec(args)
     if args.json and not Path(args.json).resolve().parent.is_dir():
@@ -115,7 +104,7 @@ def run_search(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if args.json:
-        Path(args.json).write_text(json.dumps(_jsonable(result.to_dict()), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(finite_or_none(result.to_dict()), indent=2) + "\n")
     print(format_result(result))
     return 0 if result.status == "SUCCEEDED" else 1
 

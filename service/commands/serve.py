@@ -191,10 +191,10 @@ def _serve_local(args: argparse.Namespace) -> int:
 
 
 def _cancel_running(services) -> None:
-    from service.api import studies
+    from service.api import lifecycle
 
     try:
-        n = studies.cancel_active(services, "cancelled: the local stack was stopped")
+        n = lifecycle.cancel_active(services, "cancelled: the local stack was stopped")
     except Exception as error:  # the stack is going down whatever happens here
         print(f"could not cancel the running studies: {error}", file=sys.stderr)
         return

@@ -21,7 +21,8 @@ from service.commands import UsageError, add_study_options, study_fields
 from trainables.errors import CreditError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+#: A study's statuses once it has ended.
+STUDY_ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 class ServiceError(CreditError):
@@ -283,7 +284,7 @@ def _wait(client: Client, ref: str, interval: float, timeout: float | None) -> i
                      else f"{c['running']} running")
             bar.set_postfix_str(f"{study['status']} · {doing} · "
                                 f"best {study['objective']['metric']} {best_text}")
-            if study["status"] in TERMINAL:
+            if study["status"] in STUDY_ENDED:
                 break
             if timeout is not None and time.monotonic() - start > timeout:
                 raise ServiceError(f"study {study['name']} still {study['status']} after "

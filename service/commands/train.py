@@ -12,41 +12,13 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.commands import UsageError, flag, validation_message
+from service.commands import UsageError, field_option, flag, validation_message
 
-__all__ = ["CONFIG_OPTIONS", "format_summary", "make_config", "register"]
-
-#: The ``TrainConfig`` fields settable from the command line: field → (type, metavar, help).
-#: Defaults are never repeated here: ``credit train --help`` reads them from TrainConfig.
-CONFIG_OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
-    "experiment": (str, "NAME", "network (see 'credit experiments')"),
-    "rule": (str, "NAME", "learning rule (see 'credit rules')"),
-    "dataset": (str, "NAME", "dataset (see 'credit datasets')"),
-    "epochs": (int, "N", "number of epochs"),
-    "lr": (float, "LR", "forward learning rate η (0 freezes W)"),
-    "noise_std": (float, "C", "std c of the hidden-unit noise (> 0)"),
-    "feedback_lr": (float, "LR", "feedback learning rate η_B (sgd solver)"),
-    "feedback_solver": (str, "{sgd,lstsq}", "how the feedback weights are learned"),
-    "optimizer": (str, "{sgd,adam}", "optimizer of the forward weights"),
-    "momentum": (float, "M", "SGD momentum, in [0, 1)"),
-    "weight_decay": (float, "D", "L2 weight decay"),
-    "batch_size": (int, "N", "mini-batch size"),
-    "batches_per_epoch": (int, "N", "batches per epoch"),
-    "seed": (int, "N", "random seed"),
-    "device": (str, "DEVICE", "cpu, cuda or cuda:N"),
-    "data_dir": (str, "DIR", "data directory"),
-    "metrics_batch_size": (int, "N", "size of the fixed test batch for alignment metrics"),
-    "max_test_samples": (int, "N", "evaluate on the first N test samples only"),
-    "hidden_width": (int, "N", "width of the autoencoder's wide hidden layers"),
-    "output_activation": (str, "{identity,relu}", "activation of the output layer"),
-    "init": (str, "{uniform,authors}", "weight initialisation"),
-    "loss_reduction": (str, "{mean,sum}", "batch reduction the learning rates apply to"),
-    "step_test_images": (int, "N", "per-step loss on N random test images (authors: 32)"),
-}
+__all__ = ["config_fields", "format_summary", "make_config", "register"]
 
 #: Columns of the per-layer table: metric prefix → (header, format).
 _LAYER_METRICS = {
@@ -60,24 +32,6 @@ _LAYER_METRICS = {
 # --------------------------------------------------------------------------- parsers
 
 
-class _ConfigHelpFormatter(argparse.HelpFormatter):
-    """Help text and defaults of config flags come from ``TrainConfig`` itself.
-
-    Imported only when ``credit train --help`` is formatted, so parsing stays fast.
-    """
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.dest not in CONFIG_OPTIONS:
-            return action.help
-        from trainables.config import TrainConfig
-
-        field = TrainConfig.model_fields[action.dest]
-        text = field.description or action.help or ""
-        if field.default is not None:
-            text += f" (default: {field.default})"
-        return text.replace("%", "%%")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``rules``, ``experiments`` and ``datasets``."""
     train = subparsers.add_parser(
@@ -85,15 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train one configuration and report its metrics",
         description="Train one configuration. Every option is the TrainConfig field of the "
         "same name; options not given take TrainConfig's defaults.",
-        formatter_class=_ConfigHelpFormatter,
         allow_abbrev=False,
+        deferred=[_add_config_options],
     )
-    config = train.add_argument_group("configuration")
-    for field, (kind, metavar, text) in CONFIG_OPTIONS.items():
-        config.add_argument(
-            flag(field), dest=field, type=kind, metavar=metavar, help=text,
-            default=argparse.SUPPRESS,
-        )
     output = train.add_argument_group("output")
     output.add_argument("--json", metavar="FILE", help="write the result (config, history, "
                         "final metrics) as JSON to FILE")
@@ -110,6 +58,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ):
         sub = subparsers.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         sub.set_defaults(func=func)
+
+
+def config_fields() -> dict[str, Any]:
+    """``TrainConfig``'s fields: each is a ``credit train`` flag (see ``field_option``)."""
+    from trainables.config import TrainConfig
+
+    return TrainConfig.model_fields
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainConfig`` field (added when ``credit train`` is parsed or its help
+    shown: TrainConfig imports torch, which ``credit --help`` should not wait for)."""
+    config = parser.add_argument_group("configuration")
+    for name, info in config_fields().items():
+        config.add_argument(flag(name), **field_option(name, info))
 
 
 # --------------------------------------------------------------------------- train
@@ -169,7 +132,7 @@ def _progress_bar(every: int = 10):
 def run_train(args: argparse.Namespace) -> int:
     """Train the configuration the flags describe; print the table, write the JSON."""
     start = time.perf_counter()
-    config = make_config({f: getattr(args, f) for f in CONFIG_OPTIONS if hasattr(args, f)})
+    config = make_config({f: getattr(args, f) for f in config_fields() if hasattr(args, f)})
     json_path = Path(args.json) if args.json else None
     if json_path is not None and not json_path.resolve().parent.is_dir():
         raise UsageError(f"--json: directory {json_path.resolve().parent} does not exist")

@@ -51,7 +51,7 @@ def space(lrs: list[float]) -> dict[str, Any]:
 
 
 def make_spec(name: str, lrs: list[float], args, stores: dict[str, str], concurrency: int):
-    from service.study import StudySpec
+    from service.spec import StudySpec
 
     return StudySpec(name=name, space=space(lrs), max_trials=len(lrs),
                      parallel_trials=concurrency, epochs=args.epochs,
@@ -156,8 +156,8 @@ def driver_timers() -> Timers:
 
     timers = Timers()
     timers.wrap(T, "ensure_experiment", "MLflow experiment (exists)")
-    for attr, label in (("_parent_run", "parent MLflow run"),
-                        ("_optuna_storage", "Optuna storage (open)"),
+    timers.wrap(T, "open_study_run", "parent MLflow run")
+    for attr, label in (("open_optuna_storage", "Optuna storage (open)"),
                         ("connect_ray", "connect_ray"),
                         ("_new_tuner", "Tuner construction")):
         timers.wrap(S, attr, label)
@@ -372,7 +372,8 @@ def run(args, tmp: Path) -> bool:
 
     from service import settings
     from service import tracking as T
-    from service.study import connect_ray, run_study
+    from service.study import run_study
+    from service.tuner import connect_ray
 
     stores = {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
               "storage": f"sqlite:///{tmp / 'optuna.db'}"}

@@ -32,25 +32,32 @@ def _ray(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def credit_home(tmp_path_factory) -> Path:
+def credit_home(tmp_path_factory):
+    """A temporary CREDIT_HOME for the session (the environment is restored after)."""
     home = tmp_path_factory.mktemp("credit-home")
-    os.environ["CREDIT_HOME"] = str(home)
-    return home
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CREDIT_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="session")
 def ray_cluster(credit_home):
     """A head node (2 CPUs, with the dashboard and its Jobs API) and a worker node
-    (1 CPU) joined over loopback."""
+    (1 CPU) joined over loopback. The variables it sets are unset again after."""
+    with pytest.MonkeyPatch.context() as patch:
+        yield from _ray_cluster(patch)
+
+
+def _ray_cluster(patch: pytest.MonkeyPatch):
     temp = Path(f"/tmp/credit-test-ray-{os.getpid()}")
     # Token authentication, as Ray >= 2.59 enables it: every node and driver of this
     # cluster (subprocesses included) shares one token through the environment.
-    os.environ["RAY_AUTH_MODE"] = "token"
+    patch.setenv("RAY_AUTH_MODE", "token")
     # Keep every node, driver and worker on loopback: nodes register 127.0.0.2, and
     # drivers join at 127.0.0.2 too, because Ray rewrites "127.0.0.1" (and "localhost")
     # into the machine's outward IP, in --node-ip-address as in an address.
-    os.environ["CREDIT_RAY_NODE_IP"] = NODE_IP
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    patch.setenv("CREDIT_RAY_NODE_IP", NODE_IP)
+    patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     port, dashboard_port = _free_port(), _free_port()
     # Every port a node opens is chosen here: a second cluster on this machine (another
@@ -70,8 +77,8 @@ def ray_cluster(credit_home):
     if worker.returncode != 0:
         stop_cluster(temp)
         pytest.fail(f"ray start (worker) failed: {worker.stderr[-2000:]}")
-    os.environ["RAY_ADDRESS"] = address
-    os.environ["CREDIT_TEST_RAY_DASHBOARD_URL"] = f"http://127.0.0.1:{dashboard_port}"
+    patch.setenv("RAY_ADDRESS", address)
+    patch.setenv("CREDIT_TEST_RAY_DASHBOARD_URL", f"http://127.0.0.1:{dashboard_port}")
     deadline = time.time() + 60
     import ray
 
@@ -80,7 +87,6 @@ def ray_cluster(credit_home):
         time.sleep(0.5)
     yield address
     ray.shutdown()
-    os.environ.pop("RAY_ADDRESS", None)
     stop_cluster(temp)
     shutil.rmtree(temp, ignore_errors=True)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.commands.train import CONFIG_OPTIONS, format_summary
+from service.commands.train import format_summary
 
 REPO = Path(__file__).resolve().parents[2]
 RULE_NAMES = [
@@ -207,10 +207,18 @@ def test_version_and_help(capsys: pytest.CaptureFixture) -> None:
         assert command in out
 
 
-def test_every_config_field_has_a_flag() -> None:
+def test_every_config_field_has_a_flag_with_its_default(capsys: pytest.CaptureFixture) -> None:
+    from service.commands import flag
     from trainables.config import TrainConfig
 
-    assert set(CONFIG_OPTIONS) == set(TrainConfig.model_fields)
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name, info in TrainConfig.model_fields.items():
+        assert flag(name) in text, name
+        if info.default is not None and info.annotation is not bool:
+            assert f"(default: {info.default})" in text, name
+    assert "--momentum MOMENTUM SGD momentum (>= 0, < 1) (default: 0.0)" in text
+    assert "--optimizer {sgd,adam}" in text
 
 
 def test_summary_groups_metrics_by_layer() -> None:

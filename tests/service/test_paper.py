@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from service import report as R
 from service import tracking as T
 from service.paper import arms_of, run_campaign
-from service.study import StudySpec, run_study
+from service.spec import StudySpec
+from service.study import run_study
 from trainables.errors import ConfigError
 
 TINY = dict(trials=2, seeds=2, epochs=2, batches_per_epoch=10, dataset="mnist-5k",

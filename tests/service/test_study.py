@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from service import tracking as T
-from service.study import StudySpec, run_study
+from service.spec import StudySpec
+from service.study import run_study
 
 TINY = dict(epochs=2, batches_per_epoch=15, dataset="mnist-5k")
 
@@ -136,7 +137,7 @@ def test_same_seed_same_configurations(ray_cluster, tmp_path):
 
 
 def test_taken_name_is_refused_and_nothing_is_created(ray_cluster, tmp_path):
-    from service.study import StudyError
+    from service.spec import StudyError
 
     spec = StudySpec(space="mnist-fc-backprop", max_trials=1, epochs=1, batches_per_epoch=2,
                      dataset="mnist-5k", **_stores(tmp_path, "taken"))

@@ -9,12 +9,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tests.trainables.conftest import autograd_grads, rel_diff
+from tests.trainables.helpers import autograd_grads, rel_diff, rule_settings
 from trainables.config import TrainConfig
 from trainables.data import Dataset
 from trainables.experiments import EXPERIMENTS
 from trainables.network import FeedbackNetwork
-from trainables.rules import RULES, RuleSettings, make_rule
+from trainables.rules import RULES, make_rule
 from trainables.trainer import Trainer
 
 AE = EXPERIMENTS.get("mnist-autoencoder")
@@ -61,7 +61,7 @@ def test_authors_init_is_truncated_he_normal_with_bias_point_one():
     # a normal truncated at ±2σ has std 0.8796σ
     assert abs(w.std().item() / sigma - 0.8796) < 0.01
     assert all(torch.all(b == 0.1) for b in net.biases)
-    rule = make_rule("feedback_alignment", net, RuleSettings(), g)
+    rule = make_rule("feedback_alignment", net, rule_settings(), g)
     B = rule.feedback[3]  # 784 × 200, fan-in 200
     assert abs(B.std().item() / math.sqrt(2 / 200) - 0.8796) < 0.02
     uniform = FeedbackNetwork(AE.layers, "mse", (784,), torch.Generator().manual_seed(0))
@@ -77,7 +77,7 @@ def test_relu_output_50_wide_rule_with_b_equal_w_is_the_gradient(name):
     finally:
         torch.set_default_dtype(torch.float32)
     x = torch.rand(9, 784, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    rule = make_rule(name, net, RuleSettings(weight_decay=0.1), torch.Generator().manual_seed(3))
+    rule = make_rule(name, net, rule_settings(weight_decay=0.1), torch.Generator().manual_seed(3))
     for j in range(1, len(net.layers)):
         if rule.feedback[j] is not None:
             rule.feedback[j].copy_(net.weights[j])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.trainables.conftest import make_net, mlp_layers
-from trainables.rules import RuleSettings, Step, make_rule
+from tests.trainables.helpers import make_net, mlp_layers, rule_settings
+from trainables.rules import Step, make_rule
 
 DRAWS = 40_000
 
@@ -15,7 +15,7 @@ def _mean_estimate(net, x, t, c):
     """Average λ̂ over DRAWS noise draws per sample, through the trainer's own code path."""
     n = x.shape[0]
     g = torch.Generator().manual_seed(7)  # common random numbers across noise levels
-    rule = make_rule("node_perturbation", net, RuleSettings(noise_std=c), g)
+    rule = make_rule("node_perturbation", net, rule_settings(noise_std=c), g)
     xs, ts = x.repeat(DRAWS, 1), t.repeat(DRAWS, 1)
     fp = net.forward_noisy(xs, c, g)
     step = Step(fp, None, [], [], net.per_sample_loss(fp.output, ts),

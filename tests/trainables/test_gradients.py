@@ -5,19 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.trainables.conftest import (
+from tests.trainables.helpers import (
     autograd_grads,
     make_net,
     mlp_layers,
     rel_diff,
+    rule_settings,
     small_cnn_layers,
 )
 from trainables.experiments import EXPERIMENTS
-from trainables.rules import RULES, RuleSettings, make_rule
+from trainables.rules import RULES, make_rule
 
 LAYERWISE = [n for n in RULES.names() if not RULES.get(n).direct]
 DIRECT = [n for n in RULES.names() if RULES.get(n).direct]
-SETTINGS = RuleSettings(weight_decay=0.1)  # kolen_pollack needs a decay
+SETTINGS = rule_settings(weight_decay=0.1)  # kolen_pollack needs a decay
 
 
 def _case(kind):

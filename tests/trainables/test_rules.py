@@ -7,7 +7,7 @@ import torch
 
 from trainables.config import TrainConfig
 from trainables.errors import ConfigError
-from trainables.rules import RULES, RuleSettings, make_rule
+from trainables.rules import RULES, make_rule
 from trainables.trainer import Trainer
 
 ALL_RULES = [
@@ -96,11 +96,11 @@ def test_synthetic_gradient_beats_node_perturbation_on_top_layer_alignment():
 
 
 def test_lstsq_refuses_layerwise_conv_feedback():
-    from tests.trainables.conftest import make_net, small_cnn_layers
+    from tests.trainables.helpers import make_net, rule_settings, small_cnn_layers
 
     net = make_net(small_cnn_layers(), "cross_entropy", (3, 16, 16))
     with pytest.raises(ConfigError, match="lstsq"):
-        make_rule("node_perturbation", net, RuleSettings(feedback_solver="lstsq"),
+        make_rule("node_perturbation", net, rule_settings(feedback_solver="lstsq"),
                   torch.Generator())
-    make_rule("node_perturbation_direct", net, RuleSettings(feedback_solver="lstsq"),
+    make_rule("node_perturbation_direct", net, rule_settings(feedback_solver="lstsq"),
               torch.Generator())

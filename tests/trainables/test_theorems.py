@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.trainables.conftest import make_net, mlp_layers
-from trainables.rules import RuleSettings, Step, make_rule
+from tests.trainables.helpers import make_net, mlp_layers, rule_settings
+from trainables.rules import Step, make_rule
 
 
 def _linear_net(seed=0):
@@ -64,7 +64,8 @@ def _sgd_schedule(step):
 @pytest.mark.parametrize("solver", ["lstsq", "sgd"])
 def test_layerwise_feedback_converges_to_w_in_deep_linear_network(solver):
     net = _linear_net()
-    rule = make_rule("node_perturbation", net, RuleSettings(noise_std=1e-3, feedback_solver=solver),
+    rule = make_rule("node_perturbation", net,
+                     rule_settings(noise_std=1e-3, feedback_solver=solver),
                      torch.Generator().manual_seed(5))
     before = _relative_errors(net, rule)
     assert min(before) > 0.5  # random start, far from W
@@ -79,7 +80,7 @@ def test_layerwise_feedback_converges_to_w_in_deep_linear_network(solver):
 def test_direct_feedback_converges_to_weight_product(solver):
     net = _linear_net()
     rule = make_rule("node_perturbation_direct", net,
-                     RuleSettings(noise_std=1e-3, feedback_solver=solver),
+                     rule_settings(noise_std=1e-3, feedback_solver=solver),
                      torch.Generator().manual_seed(5))
     schedule = _sgd_schedule if solver == "sgd" else None
     _learn_feedback(net, rule, steps=3000 if solver == "lstsq" else 6000, noise_std=1e-3,
@@ -96,7 +97,7 @@ def test_top_layer_feedback_converges_in_nonlinear_network():
                    dtype=torch.float32)
     net.weights[2].mul_(3.0)  # a top layer well away from zero
     rule = make_rule("node_perturbation", net,
-                     RuleSettings(noise_std=1e-3, feedback_solver="lstsq"),
+                     rule_settings(noise_std=1e-3, feedback_solver="lstsq"),
                      torch.Generator().manual_seed(5))
     _learn_feedback(net, rule, steps=3000, noise_std=1e-3)
     assert _relative_errors(net, rule)[-1] < 0.05
@@ -110,7 +111,7 @@ def test_bias_grows_with_noise_in_nonlinear_network():
                        dtype=torch.float32)
         net.weights[1].mul_(4.0)
         rule = make_rule("node_perturbation", net,
-                         RuleSettings(noise_std=c, feedback_solver="lstsq"),
+                         rule_settings(noise_std=c, feedback_solver="lstsq"),
                          torch.Generator().manual_seed(5))
         _learn_feedback(net, rule, steps=3000, noise_std=c)
         results[c] = _relative_errors(net, rule)[0]

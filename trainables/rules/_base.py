@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 
@@ -17,14 +17,20 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class RuleSettings:
-    """The part of a trial's configuration that learning rules read."""
+    """The part of a trial's configuration that learning rules read: these fields of a
+    ``TrainConfig``, which declares them (types, defaults, ranges)."""
 
-    noise_std: float = 0.01
-    feedback_lr: float = 0.01
-    feedback_solver: str = "sgd"
-    lr: float = 0.01
-    weight_decay: float = 0.0
-    loss_reduction: str = "mean"  # "sum": feedback steps on batch sums, as the W steps
+    noise_std: float
+    feedback_lr: float
+    feedback_solver: str
+    lr: float
+    weight_decay: float
+    loss_reduction: str  # "sum": feedback steps on batch sums, as the W steps
+
+    @classmethod
+    def from_config(cls, config: Any) -> RuleSettings:
+        """The rule's fields of a ``TrainConfig`` (any object with those attributes)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -45,7 +51,7 @@ class LearningRule(ABC):
     A rule owns the feedback matrices ``feedback[j]`` (j ≥ 1; ``feedback[0]`` is
     None) that carry errors from layer j down to h[j-1], or, for ``direct`` rules,
     from the output error straight to h[j-1]. Forward weights always learn from
-    the errors these produce (DESIGN.md §2); subclasses decide how feedback learns.
+    the errors these produce (trainables/README.md §1); subclasses decide how feedback learns.
     """
 
     name: ClassVar[str]
@@ -55,9 +61,15 @@ class LearningRule(ABC):
     tracks_weight_updates: ClassVar[bool] = False  # wants ΔW after each optimizer step
 
     def __init__(self, net: FeedbackNetwork, settings: RuleSettings, generator: torch.Generator):
+        self.check_settings(settings)
         self.net = net
         self.settings = settings
         self.feedback: list[Tensor | None] = self.init_feedback(generator)
+
+    @classmethod
+    def check_settings(cls, settings: RuleSettings) -> None:
+        """Raise ``ConfigError`` (a ``ValueError``) if the rule cannot run with ``settings``;
+        ``TrainConfig`` calls it, so a bad combination fails before any work starts."""
 
     # ------------------------------------------------------------ feedback
     def init_feedback(self, generator: torch.Generator) -> list[Tensor | None]:
@@ -103,7 +115,7 @@ class LearningRule(ABC):
 
 
 class FeedbackSolver(ABC):
-    """Regresses a target signal λ on an error e: min_B ‖Bᵀe − λ‖² (DESIGN.md §2, step 4)."""
+    """Regresses a target signal λ on an error e: min_B ‖Bᵀe − λ‖² (trainables/README.md §2)."""
 
     name: ClassVar[str]
 

@@ -16,13 +16,13 @@ class KolenPollack(LearningRule):
     description = "matched updates plus weight decay on both W and B, so B → W"
     tracks_weight_updates = True
 
-    def __init__(self, net, settings: RuleSettings, generator):
+    @classmethod
+    def check_settings(cls, settings: RuleSettings) -> None:
         if settings.weight_decay <= 0:
             raise ConfigError(
-                f"kolen_pollack needs weight_decay > 0 (got {settings.weight_decay}); "
-                "with no decay it is the 'matched' rule"
+                f"rule 'kolen_pollack' needs weight_decay > 0 (got {settings.weight_decay}); "
+                "without it, use 'matched'"
             )
-        super().__init__(net, settings, generator)
 
     def after_weight_update(self, deltas, old_weights):
         # B ← B + ΔW + d·(W_old − B): ΔW already holds W's own decay −d·W_old.

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
-from service.api import studies
+from service.api import lifecycle, queries
 from service.api.deps import Authenticated, ServicesDep
 from service.api.schemas import (
     BestPublic,
@@ -23,7 +23,9 @@ from service.api.schemas import (
     StudyStatus,
     TrialsPublic,
 )
+from service.api.services import Services
 from service.db import StudyRecord
+from service.settings import TRIAL_STATES
 
 router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authenticated],
                    responses={401: {"model": ErrorPublic}, 403: {"model": ErrorPublic}})
@@ -32,13 +34,12 @@ StudyRef = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
                                description="the study's id, or its name")]
 
 
-def to_public(services: studies.Services, record: StudyRecord) -> StudyPublic:
+def to_public(services: Services, record: StudyRecord) -> StudyPublic:
     progress = record.progress or {}
     result = record.result or {}
     counts = dict(progress.get("counts") or {})
     if result.get("counts"):  # the runner's own final counts
-        counts = {k: result["counts"].get(k, 0) for k in
-                  ("complete", "running", "failed", "pruned", "pending")}
+        counts = {k: result["counts"].get(k, 0) for k in TRIAL_STATES}
     best = progress.get("best")
     if result.get("best_params") is not None:
         best = {"value": result["best_value"], "params": result["best_params"],
@@ -50,9 +51,9 @@ def to_public(services: studies.Services, record: StudyRecord) -> StudyPublic:
         sampler=spec["sampler"], objective=spec["objective"], max_trials=spec["max_trials"],
         parallel_trials=spec["parallel_trials"], counts=counts, best=best,
         job_id=record.job_id, mlflow_experiment_id=record.experiment_id,
-        mlflow_parent_run_id=record.parent_run_id, spec=studies.public_spec(record),
-        created_at=studies.aware(record.created_at),
-        updated_at=studies.aware(record.updated_at),
+        mlflow_parent_run_id=record.parent_run_id, spec=queries.public_spec(record),
+        created_at=queries.aware(record.created_at),
+        updated_at=queries.aware(record.updated_at),
         links={"self": f"/studies/{record.id}",
                "mlflow": services.mlflow_link(record.experiment_id, record.parent_run_id)},
     )
@@ -71,7 +72,7 @@ def submit_study(body: StudyCreate, services: ServicesDep) -> Any:
     `GET /search-spaces`) or an inline search space. A rejected request creates
     nothing: no record, no job.
     """
-    record = studies.submit_study(services, body)
+    record = lifecycle.submit_study(services, body)
     return to_public(services, record)
 
 
@@ -82,7 +83,7 @@ def list_studies(services: ServicesDep,
                  offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
                  limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Any:
     """Studies, newest first, a page at a time; `count` is the total matching."""
-    records, count = studies.list_studies(services, status, offset, limit)
+    records, count = queries.list_studies(services, status, offset, limit)
     return StudiesPublic(data=[to_public(services, r) for r in records], count=count)
 
 
@@ -92,14 +93,14 @@ def get_study(study: StudyRef, services: ServicesDep) -> Any:
     """A study: status, trial counts (complete/running/failed/pruned), best so far, links.
 
     Read from the study's record alone (the sync keeps it current), so it is cheap."""
-    return to_public(services, studies.get_study(services, study))
+    return to_public(services, queries.get_study(services, study))
 
 
 @router.get("/{study}/trials", response_model=TrialsPublic,
             responses={404: {"model": ErrorPublic}})
 def get_trials(study: StudyRef, services: ServicesDep) -> Any:
     """Every trial: state, parameters, value, and its MLflow run."""
-    trials = studies.study_trials(services, study)
+    trials = queries.study_trials(services, study)
     return TrialsPublic(data=trials, count=len(trials))
 
 
@@ -109,7 +110,7 @@ def get_trials(study: StudyRef, services: ServicesDep) -> Any:
 def get_best(study: StudyRef, services: ServicesDep) -> Any:
     """The best configuration, its metrics and its MLflow run; 409 while no trial has
     completed. `final` says whether the study has ended."""
-    return BestPublic(**studies.best_of(services, study))
+    return BestPublic(**queries.best_of(services, study))
 
 
 @router.post("/{study}/cancel", response_model=StudyPublic,
@@ -121,7 +122,7 @@ def cancel_study(study: StudyRef, services: ServicesDep, response: Response) -> 
     """Cancel a study: its Ray job is stopped, its MLflow runs end KILLED, its
     unfinished trials FAIL; the study is CANCELLED (200). 202 if Ray has not stopped
     the job in time: the study becomes CANCELLED as soon as it has."""
-    record, done = studies.cancel_study(services, study)
+    record, done = lifecycle.cancel_study(services, study)
     if not done:
         response.status_code = 202
     return to_public(services, record)
@@ -134,7 +135,7 @@ def get_report(study: StudyRef, services: ServicesDep) -> Any:
     """The study's report: its figures (Fig. 1 for mnist-fc, Fig. 2 for the autoencoder,
     accuracy for CIFAR-10) and a table beside the paper's numbers, as one self-contained
     HTML page, redrawn from its MLflow runs alone; 409 until the study has ended."""
-    return FileResponse(studies.study_report(services, study), media_type="text/html")
+    return FileResponse(queries.study_report(services, study), media_type="text/html")
 
 
 @router.get("/{study}/report/{figure}", response_class=FileResponse,
@@ -143,4 +144,4 @@ def get_report(study: StudyRef, services: ServicesDep) -> Any:
 def get_report_figure(study: StudyRef, services: ServicesDep,
                       figure: Annotated[str, Path(pattern=r"^[a-z0-9_]+\.png$")]) -> Any:
     """One figure of the study's report, as PNG (e.g. `fig1.png`)."""
-    return FileResponse(studies.study_report(services, study, figure), media_type="image/png")
+    return FileResponse(queries.study_report(services, study, figure), media_type="image/png")

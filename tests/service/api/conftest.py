@@ -11,78 +11,12 @@ Two API servers share the cluster and the MLflow server:
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from service.api.local_stack import NODE_IP, MlflowServer, stop_session, wait_http
-
-TOKEN = "test-token-0123456789"
-OTHER_TOKEN = "second-token-abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ApiServer:
-    """``credit serve`` as a subprocess; ``kill()`` it and ``start()`` it again at will."""
-
-    def __init__(self, home: Path, env: dict[str, str], log: Path):
-        self.home = home
-        self.port = free_port()
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def db_path(self) -> Path:
-        return self.home / "service.db"
-
-    def start(self) -> ApiServer:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning"],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_http(f"{self.url}/healthz", 90,
-                  alive=lambda: self.proc is not None and self.proc.poll() is None)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, as a crash."""
-        if self.proc is not None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_session(self.proc.pid)
-            self.proc.wait()
-            self.proc = None
-
-    def client(self, token: str | None = TOKEN) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
-
-    def rows(self) -> list[tuple]:
-        """The study table as stored (id, name, status, job_id)."""
-        with sqlite3.connect(self.db_path, timeout=30) as con:
-            return con.execute("select id, name, status, job_id from studies").fetchall()
+from service.api.local_stack import NODE_IP, MlflowServer
+from tests.service.api.helpers import OTHER_TOKEN, TOKEN, ApiServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -139,21 +73,3 @@ def ray_jobs(ray_dashboard):
     from service.jobs import RayJobs
 
     return RayJobs(ray_dashboard, token=os.environ["RAY_AUTH_TOKEN"])
-
-
-TINY = {"epochs": 1, "batches_per_epoch": 5, "dataset": "mnist-5k"}
-
-
-def wait_status(client: httpx.Client, study: str, statuses: tuple[str, ...],
-                timeout_s: float = 240.0, predicate=None) -> dict:
-    """Poll GET /studies/{study} until its status is one of ``statuses`` (and ``predicate``)."""
-    deadline = time.monotonic() + timeout_s
-    body: dict = {}
-    while time.monotonic() < deadline:
-        r = client.get(f"/studies/{study}")
-        if r.status_code == 200:
-            body = r.json()
-            if body["status"] in statuses and (predicate is None or predicate(body)):
-                return body
-        time.sleep(0.5)
-    raise AssertionError(f"study {study} not {statuses} after {timeout_s} s: {body}")

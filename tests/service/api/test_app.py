@@ -9,7 +9,7 @@ import pytest
 
 from search_spaces import load_space, preset_names
 from service.api import ApiSettings, create_app
-from tests.service.api.conftest import OTHER_TOKEN, TOKEN
+from tests.service.api.helpers import OTHER_TOKEN, TOKEN
 
 PROTECTED = [("GET", "/studies"), ("POST", "/studies"), ("GET", "/studies/x"),
              ("GET", "/studies/x/trials"), ("GET", "/studies/x/best"),

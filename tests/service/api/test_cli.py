@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from service.api.config import ApiSettings
-from tests.service.api.conftest import TINY, TOKEN, free_port, wait_status
+from tests.service.api.helpers import TINY, TOKEN, free_port, wait_status
 
 
 def credit(*args: str, env: dict | None = None, timeout: float = 120,

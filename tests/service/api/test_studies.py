@@ -11,7 +11,7 @@ import httpx
 import optuna
 import pytest
 
-from tests.service.api.conftest import TINY, wait_status
+from tests.service.api.helpers import TINY, wait_status
 
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
 

@@ -9,9 +9,10 @@ import datetime as dt
 import pytest
 
 from service import db
-from service.api import studies
+from service.api import errors, lifecycle, queries, validation
 from service.api.config import ApiSettings
 from service.api.schemas import StudyCreate
+from service.api.services import Services
 from service.jobs import JobError, JobNotFound, NodeResources, RayJobs
 
 
@@ -40,7 +41,7 @@ class BrokenRay(RayJobs):
 def services(tmp_path):
     settings = ApiSettings(home=tmp_path, api_tokens="t", lost_job_grace_s=1,
                            mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    svc = studies.Services.from_settings(settings)
+    svc = Services.from_settings(settings)
     svc.jobs = BrokenRay()
     svc.prepare()
     yield svc
@@ -54,42 +55,42 @@ def _rows(svc):
 
 def test_a_submission_ray_refuses_leaves_no_row(services):
     body = StudyCreate(name="refused", space="mnist-fc-backprop", epochs=1)
-    with pytest.raises(studies.BackendUnavailable, match="the cluster is full"):
-        studies.submit_study(services, body)
+    with pytest.raises(errors.BackendUnavailable, match="the cluster is full"):
+        lifecycle.submit_study(services, body)
     assert _rows(services) == []
     assert services.jobs.stopped and services.jobs.stopped[0].startswith("credit-refused-")
     # the name is free again
-    with pytest.raises(studies.BackendUnavailable):
-        studies.submit_study(services, body)
+    with pytest.raises(errors.BackendUnavailable):
+        lifecycle.submit_study(services, body)
 
 
 def test_a_study_whose_job_vanished_ends_failed(services):
     old = db.utcnow() - dt.timedelta(seconds=5)
-    spec = studies.build_spec(services, StudyCreate(name="lost", space="mnist-fc-backprop"))
+    spec = validation.build_spec(services, StudyCreate(name="lost", space="mnist-fc-backprop"))
     with services.db.session() as session:
         db.create_study(session, db.StudyRecord(
             id="lost-id", name="lost", status=db.RUNNING, job_id="credit-lost-x",
             spec=spec.model_dump(mode="json"), message="", created_at=old))
-    studies.sync_active(services)
-    record = studies.get_study(services, "lost")
+    lifecycle.sync_active(services)
+    record = queries.get_study(services, "lost")
     assert record.status == db.FAILED
     assert "Ray job is gone" in record.message
 
 
 def test_the_concurrency_limit_counts_pending_and_running(services):
     services.settings.max_concurrent_studies = 1
-    spec = studies.build_spec(services, StudyCreate(name="busy", space="mnist-fc-backprop"))
+    spec = validation.build_spec(services, StudyCreate(name="busy", space="mnist-fc-backprop"))
     with services.db.session() as session:
         db.create_study(session, db.StudyRecord(
             id="busy-id", name="busy", status=db.PENDING, job_id="j",
             spec=spec.model_dump(mode="json"), message=""))
-    with pytest.raises(studies.TooManyStudies, match="at most 1"):
-        studies.submit_study(services, StudyCreate(name="next", space="mnist-fc-backprop"))
+    with pytest.raises(errors.TooManyStudies, match="at most 1"):
+        lifecycle.submit_study(services, StudyCreate(name="next", space="mnist-fc-backprop"))
     assert [r.name for r in _rows(services)] == ["busy"]
 
 
 def test_status_written_by_one_writer_is_not_overwritten(services):
-    spec = studies.build_spec(services, StudyCreate(name="raced", space="mnist-fc-backprop"))
+    spec = validation.build_spec(services, StudyCreate(name="raced", space="mnist-fc-backprop"))
     with services.db.session() as session:
         db.create_study(session, db.StudyRecord(
             id="raced-id", name="raced", status=db.RUNNING, job_id="j",
@@ -97,7 +98,7 @@ def test_status_written_by_one_writer_is_not_overwritten(services):
         assert db.update_active(session, "raced-id", status=db.CANCELLED)
         # a sync round that read the row before the cancel must not bring it back
         assert not db.update_active(session, "raced-id", status=db.RUNNING)
-    assert studies.get_study(services, "raced-id").status == db.CANCELLED
+    assert queries.get_study(services, "raced-id").status == db.CANCELLED
 
 
 class SlowToStop(BrokenRay):
@@ -122,18 +123,18 @@ class SlowToStop(BrokenRay):
 
 def test_a_cancel_ray_has_not_carried_out_yet_ends_when_the_job_stops(services):
     services.jobs = jobs = SlowToStop()
-    spec = studies.build_spec(services, StudyCreate(name="slow", space="mnist-fc-backprop"))
+    spec = validation.build_spec(services, StudyCreate(name="slow", space="mnist-fc-backprop"))
     with services.db.session() as session:
         db.create_study(session, db.StudyRecord(
             id="slow-id", name="slow", status=db.PENDING, job_id="credit-slow-x",
             spec=spec.model_dump(mode="json"), message=""))
-    record, done = studies.cancel_study(services, "slow")
+    record, done = lifecycle.cancel_study(services, "slow")
     assert not done and record.status == db.PENDING
     assert record.message.startswith("cancel requested")
     assert jobs.stopped == ["credit-slow-x"]
-    studies.sync_active(services)  # still pending: nothing changes
-    assert studies.get_study(services, "slow").status == db.PENDING
+    lifecycle.sync_active(services)  # still pending: nothing changes
+    assert queries.get_study(services, "slow").status == db.PENDING
     jobs.status = "STOPPED"
-    studies.sync_active(services)
-    record = studies.get_study(services, "slow")
+    lifecycle.sync_active(services)
+    record = queries.get_study(services, "slow")
     assert record.status == db.CANCELLED and record.message == "cancelled"

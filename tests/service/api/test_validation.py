@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.service.api.conftest import TOKEN
+from tests.service.api.helpers import TOKEN
 
 OK = {"name": "bad-input", "space": "mnist-fc-backprop", "epochs": 1, "dataset": "mnist-5k"}
 

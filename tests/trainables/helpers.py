@@ -1,10 +1,13 @@
-"""Shared builders for the trainables tests: small networks with known structure."""
+"""Shared builders for the trainables tests: small networks with known structure, rule
+settings from a config."""
 
 from __future__ import annotations
 
 import torch
 
+from trainables.config import TrainConfig
 from trainables.network import FeedbackNetwork, LayerSpec
+from trainables.rules import RuleSettings
 
 
 def mlp_layers(sizes, activation="sigmoid", out_activation="identity"):
@@ -64,3 +67,8 @@ def autograd_grads(net, x, target):
 
 def rel_diff(a, b) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def rule_settings(**fields) -> RuleSettings:
+    """A rule's settings as a trial gets them: from a ``TrainConfig`` of these fields."""
+    return RuleSettings.from_config(TrainConfig(**fields))

@@ -1,0 +1,266 @@
+"""A study's life on the service: submit, cancel, and the sync that follows each job to
+its end.
+
+Plain functions over ``Services`` (settings, the study records, the Ray Jobs client,
+the Optuna and MLflow stores) with no HTTP in them: routes call them in a worker
+thread, and they raise the errors of ``service.api.errors``, which the app turns into status codes.
+
+Where each fact comes from:
+- the study's row (``service.db``): spec, status, Ray job id, final result;
+- the Ray job (``service.jobs``): PENDING / RUNNING / finished / stopped;
+- Optuna storage: trials by state and the best COMPLETE value, live;
+- MLflow: the parent run (link, ``result.json``) and each trial's run.
+
+``sync_active`` (called every few seconds by the app) writes job state, counts and
+the final result into the rows; since it starts from the rows, a restarted API picks
+up every study still PENDING or RUNNING."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from service import db, tracking
+from service.api.errors import (
+    BackendUnavailable,
+    NameTaken,
+    StudyStateConflict,
+    TooManyStudies,
+)
+from service.api.queries import _find_parent, aware, get_study, read_progress, spec_of, with_parent
+from service.api.services import Services
+from service.api.validation import build_spec
+from service.db import StudyRecord
+from service.jobs import JOB_ENDED, JobError, JobNotFound, exception_line
+from service.study import close_study_records
+from trainables.errors import CreditError
+
+log = logging.getLogger("credit.api")
+
+CANCEL_REQUESTED = "cancel requested"  # how a study's message marks a pending stop
+
+
+# ------------------------------------------------------------------------ submit
+def _name_used_outside(svc: Services, name: str) -> str | None:
+    """Where ``name`` is already used by a study the service did not start, if anywhere."""
+    try:
+        svc.optuna_storage().get_study_id_from_name(name)
+        return "Optuna storage"
+    except KeyError:
+        pass
+    uri = svc.settings.mlflow_tracking_uri
+    try:
+        if tracking.find_study_run(uri, svc.settings.experiment_name, name) is not None:
+            return "MLflow"
+    except Exception as error:  # MLflow down: the runner would fail; say so now
+        raise BackendUnavailable(f"MLflow ({uri}) unreachable: {error}") from None
+    return None
+
+
+def submit_study(svc: Services, body: Any) -> StudyRecord:
+    """Validate, store and start a study as a Ray job; a rejected one leaves nothing.
+
+    The row is written first (its UNIQUE name settles races between parallel
+    submissions), then the job is submitted; if Ray refuses, the row is deleted
+    again, so a failed submission leaves neither a row nor a job.
+    """
+    spec = build_spec(svc, body)
+    where = _name_used_outside(svc, spec.name)
+    if where is not None:
+        raise NameTaken(f"study name {spec.name!r} is taken (by a study in {where})")
+    study_id = str(uuid.uuid4())
+    record = StudyRecord(id=study_id, name=spec.name, status=db.PENDING,
+                         spec=json.loads(spec.model_dump_json()),
+                         job_id=f"credit-{spec.name}-{study_id[:8]}", message="")
+    limit = svc.settings.max_concurrent_studies
+    with svc.submit_lock, svc.db.session() as session:
+        active = db.count_active(session)
+        if active >= limit:
+            raise TooManyStudies(f"{active} studies are pending or running; this server runs "
+                                 f"at most {limit} at once: retry when one has ended")
+        try:
+            db.create_study(session, record)
+        except db.NameTaken:
+            raise NameTaken(f"study name {spec.name!r} is taken") from None
+    try:
+        svc.jobs.submit(record.job_id, record.spec, svc.settings.job_env(),
+                        metadata={"credit.study": spec.name, "credit.study_id": study_id},
+                        entrypoint_resources=svc.settings.job_entrypoint_resources)
+    except JobError as error:
+        try:  # Ray may have taken the job before the answer was lost: stop it
+            svc.jobs.stop(record.job_id)
+        except JobError:
+            pass
+        with svc.db.session() as session:
+            db.delete_study(session, study_id)
+        raise BackendUnavailable(f"the study was not started: {error}") from None
+    log.info("study %s (%s) submitted as Ray job %s", spec.name, study_id, record.job_id)
+    return record
+
+
+# ------------------------------------------------------------------------ cancel
+def cancel_study(svc: Services, ref: str, reason: str = "cancelled") -> tuple[StudyRecord, bool]:
+    """Stop the study's Ray job, wait for it to end, close its MLflow runs (KILLED) and
+    unfinished Optuna trials, and mark it CANCELLED: ``(study, True)``.
+
+    ``(study, False)`` if Ray has not stopped the job within ``cancel_timeout_s`` (a
+    driver still waiting for resources): the stop stays requested and the sync makes
+    the study CANCELLED once the job has stopped. ``StudyStateConflict`` if the study
+    had ended already (or ends on its own while being cancelled).
+    """
+    record = get_study(svc, ref)
+    if not record.active:
+        raise StudyStateConflict(f"study {record.name!r} has ended already ({record.status})")
+    info = None
+    if record.job_id:
+        try:
+            svc.jobs.stop(record.job_id)
+            info = svc.jobs.wait(record.job_id, svc.settings.cancel_timeout_s)
+        except JobNotFound:
+            info = None
+        except JobError as error:
+            raise BackendUnavailable(f"could not stop the study's Ray job: {error}") from None
+    if info is not None and info.status in ("SUCCEEDED", "FAILED"):
+        sync_study(svc, record)  # it ended on its own before the stop reached it
+        ended = get_study(svc, record.id)
+        raise StudyStateConflict(f"study {record.name!r} ended ({ended.status}) before it "
+                                 "could be cancelled")
+    if info is not None and info.status not in JOB_ENDED:
+        with svc.db.session() as session:
+            db.update_active(session, record.id, message=(
+                f"{CANCEL_REQUESTED}: Ray has not stopped the job yet ({info.status}); "
+                "the study becomes CANCELLED when it does"))
+        return get_study(svc, record.id), False
+    _close_records(record, "KILLED", reason)
+    fields = _final_progress(svc, record)
+    with svc.db.session() as session:
+        db.update_active(session, record.id, status=db.CANCELLED, message=reason, **fields)
+    log.info("study %s cancelled", record.name)
+    return get_study(svc, record.id), True
+
+
+def cancel_active(svc: Services, reason: str) -> int:
+    """Cancel every PENDING or RUNNING study (the local stack is going down)."""
+    with svc.db.session() as session:
+        records = db.active_studies(session)
+    for record in records:
+        try:
+            cancel_study(svc, record.id, reason)
+        except CreditError as error:
+            log.warning("could not cancel study %s: %s", record.name, error)
+    return len(records)
+
+
+def _close_records(record: StudyRecord, status: str, reason: str) -> None:
+    """End what the study left open: RUNNING MLflow runs → ``status``, unfinished Optuna
+    trials → FAIL. A cancelled study's parent run ends KILLED whatever its driver wrote
+    on its way out (a driver stopped by SIGTERM may have ended it FAILED)."""
+    try:
+        close_study_records(spec_of(record), status=status, reason=reason)
+        if status == "KILLED":
+            _parent_killed(record, reason)
+    except Exception as error:  # the stores may be down; nothing more to do here
+        log.warning("could not close the records of study %s: %s", record.name, error)
+
+
+def _parent_killed(record: StudyRecord, reason: str) -> None:
+    _, parent_id = _find_parent(record)
+    if parent_id is None:
+        return
+    c = tracking.client(record.spec["tracking_uri"])
+    if c.get_run(parent_id).info.status != "KILLED":
+        c.set_tag(parent_id, tracking.FAILURE_TAG, reason)
+        c.set_terminated(parent_id, status="KILLED")
+    c.set_tag(parent_id, "credit.status", "CANCELLED")
+
+
+def _final_progress(svc: Services, record: StudyRecord) -> dict[str, Any]:
+    try:
+        progress = read_progress(svc, spec_of(record))
+    except Exception:
+        return {}
+    if progress is None:
+        return {}
+    best = progress["best"]
+    return {"progress": progress, "best_value": None if best is None else best["value"]}
+
+
+def _load_result(record: StudyRecord) -> dict[str, Any] | None:
+    if not record.parent_run_id:
+        return None
+    c = tracking.client(record.spec["tracking_uri"])
+    with tempfile.TemporaryDirectory(prefix="credit-result-") as tmp:
+        try:
+            path = c.download_artifacts(record.parent_run_id, "result.json", tmp)
+        except Exception:
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def sync_active(svc: Services) -> int:
+    """Bring every PENDING/RUNNING study's row up to date; how many were looked at."""
+    with svc.db.session() as session:
+        records = db.active_studies(session)
+    for record in records:
+        try:
+            sync_study(svc, record)
+        except Exception as error:  # one study's trouble must not stop the others
+            log.warning("sync of study %s failed: %s", record.name, error)
+    return len(records)
+
+
+def sync_study(svc: Services, record: StudyRecord) -> None:
+    """One study: job status → row; counts and best so far; the result once it ended."""
+    try:
+        info = svc.jobs.info(record.job_id) if record.job_id else None
+    except JobNotFound:
+        info = None
+    except JobError:
+        return  # the cluster is unreachable: try again next round
+    if info is None:
+        age = (db.utcnow() - aware(record.created_at)).total_seconds()
+        if age > svc.settings.lost_job_grace_s:
+            reason = ("its Ray job is gone (the cluster was restarted, or the job was "
+                      "deleted)")
+            _close_records(record, "FAILED", reason)
+            with svc.db.session() as session:
+                db.update_active(session, record.id, status=db.FAILED, message=reason)
+        return
+    record = with_parent(svc, record)
+    fields: dict[str, Any] = {"experiment_id": record.experiment_id,
+                              "parent_run_id": record.parent_run_id}
+    fields.update(_final_progress(svc, record))
+    if info.status == "RUNNING":
+        fields["status"] = db.RUNNING
+    if info.status in JOB_ENDED:
+        fields.update(_outcome(svc, record, info))
+    with svc.db.session() as session:
+        db.update_active(session, record.id, **fields)
+
+
+def _outcome(svc: Services, record: StudyRecord, info) -> dict[str, Any]:
+    """Status, message and result of a study whose job has ended."""
+    # cancel_study asked Ray to stop the job and could not wait for it
+    requested = record.message.startswith(CANCEL_REQUESTED)
+    if info.status == "STOPPED":
+        _close_records(record, "KILLED", "cancelled")
+        return {"status": db.CANCELLED, "message": "cancelled" if requested
+                else info.message or "the Ray job was stopped"}
+    result = _load_result(record)
+    if result is not None:
+        status = db.SUCCEEDED if result.get("status") == "SUCCEEDED" else db.FAILED
+        fields = {"status": status, "result": result, "message": result.get("message") or ""}
+        if result.get("best_value") is not None:
+            fields["best_value"] = result["best_value"]
+        return fields
+    if requested:  # it ended otherwise than by the stop, but was being cancelled
+        _close_records(record, "KILLED", "cancelled")
+        return {"status": db.CANCELLED, "message": "cancelled"}
+    # The driver died before recording a result: its own last error says why.
+    reason = exception_line(svc.jobs.logs(record.job_id)) or info.message or "the study failed"
+    _close_records(record, "FAILED", reason)
+    return {"status": db.FAILED, "message": reason}

@@ -1,0 +1,68 @@
+"""``Services``: everything the study domain uses (settings, the study records, the
+Ray Jobs client, the Optuna and MLflow stores), made once per app."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from service import db, tracking
+from service.api.config import ApiSettings
+from service.jobs import NodeResources, RayJobs
+from service.settings import open_optuna_storage
+
+
+# ----------------------------------------------------------------------- services
+@dataclass
+class Services:
+    """Everything the domain functions use, made once per app."""
+
+    settings: ApiSettings
+    db: db.Database
+    jobs: RayJobs
+    submit_lock: threading.Lock = field(default_factory=threading.Lock)
+    _storage: Any = None
+    _storage_lock: threading.Lock = field(default_factory=threading.Lock)
+    _nodes: tuple[float, list[NodeResources]] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings) -> Services:
+        token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
+        return cls(settings=settings, db=db.Database(settings.database_url),
+                   jobs=RayJobs(settings.ray_dashboard_url, token=token,
+                                python=settings.job_python))
+
+    def prepare(self) -> None:
+        """Create local state once, before any study runs: the record table, the
+        Optuna schema and a local MLflow store (a new sqlite store that several study
+        drivers open at once fails)."""
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.db.create_all()
+        self.optuna_storage()
+        uri = self.settings.mlflow_tracking_uri
+        if uri.startswith("sqlite:"):
+            # the artifact root the runner gives a local store (CREDIT_HOME/mlartifacts)
+            tracking.ensure_experiment(uri, self.settings.experiment_name,
+                                       (self.settings.home / "mlartifacts").as_uri())
+
+    def optuna_storage(self):
+        with self._storage_lock:
+            if self._storage is None:
+                self._storage = open_optuna_storage(self.settings.optuna_storage)
+            return self._storage
+
+    def cluster_nodes(self, max_age_s: float = 10.0) -> list[NodeResources]:
+        cached = self._nodes
+        if cached is not None and time.monotonic() - cached[0] < max_age_s:
+            return cached[1]
+        nodes = [n for n in self.jobs.nodes() if n.alive]
+        self._nodes = (time.monotonic(), nodes)
+        return nodes
+
+    def mlflow_link(self, experiment_id: str | None, run_id: str | None) -> str | None:
+        base = self.settings.mlflow_ui_url
+        if not base or not experiment_id or not run_id:
+            return None
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"

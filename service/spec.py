@@ -1,0 +1,146 @@
+"""A study's specification: what it searches, how, for how long, where it records.
+
+``StudySpec`` is the single declaration of a study's fields; the CLI flags, the HTTP
+request model and the runner all derive from it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from search_spaces import Objective, SearchSpace, load_space, parse_space
+from trainables.errors import CreditError
+
+STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: Optuna's samplers, by the name a study gives (``service.tuner`` builds them).
+Sampler = Literal["random", "tpe", "qmc", "cmaes"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+#: StudySpec fields only the server sets (where records go, data, campaign nesting, tags):
+#: a client of the HTTP API never names them.
+SERVER_FIELDS = ("data_dir", "tracking_uri", "storage", "experiment_name", "group_run_id",
+                 "labels")
+
+
+class StudyError(CreditError):
+    """A study cannot start or resume (the message says why)."""
+
+
+class Resources(BaseModel):
+    """What one trial holds on the cluster."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    cpu: float = Field(1.0, gt=0, le=256, description="CPUs per trial")
+    gpu: float = Field(0.0, ge=0, le=16, description="GPUs per trial, may be fractional")
+
+
+class EarlyStopping(BaseModel):
+    """ASHA (asynchronous successive halving) over epochs."""
+
+    model_config = ConfigDict(extra="forbid")
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2, le=10)
+
+
+class StudySpec(BaseModel):
+    """Everything that defines a study; the same schema serves CLI, runner and HTTP API."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(..., description="unique study name: lowercase letters, digits, . _ -")
+    space: str | SearchSpace = Field(..., description="a preset name, a JSON file, or a space")
+    sampler: Sampler = Field("random", description="Optuna sampler (random: as in the paper)")
+    seed: int = Field(0, ge=0, lt=2**31, description="sampler seed")
+    training_seed: int | None = Field(
+        None, ge=0, lt=2**31, description="every trial's training seed; default: the sampler seed"
+    )
+    objective: Objective | None = Field(None, description="default: the space's objective")
+    max_trials: int = Field(20, ge=1, le=10_000, description="number of trials")
+    parallel_trials: int = Field(1, ge=1, le=256, description="trials run at once")
+    max_failed_trials: int | None = Field(
+        None, ge=0, description="stop the study after more failed trials than this"
+    )
+    early_stopping: bool | EarlyStopping = Field(
+        False, description="early-stop weak trials (ASHA)"
+    )
+    epochs: int = Field(5, ge=1, le=100_000, description="epochs per trial")
+    dataset: str | None = Field(None, description="dataset; default: the experiment's")
+    data_dir: str | None = Field(None, description="data directory; default: $CREDIT_DATA_DIR")
+    batches_per_epoch: int | None = Field(
+        None, ge=1, description="batches per epoch; default: one pass"
+    )
+    resources: Resources = Field(default_factory=Resources)
+    final_seeds: int = Field(0, ge=0, le=100,
+                             description="rerun the best configuration with this many seeds")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: sqlite in CREDIT_HOME"
+    )
+    storage: str | None = Field(
+        None, description="Optuna storage URL (SQLAlchemy); default: sqlite in CREDIT_HOME"
+    )
+    experiment_name: str = Field("credit-search", min_length=1, max_length=200)
+    group_run_id: str | None = Field(
+        None, description="MLflow run to nest this study's parent run under (a campaign)"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="extra tags of the parent run (credit.<key>)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not STUDY_NAME.match(v) or ".." in v:
+            raise ValueError(
+                "must be 1-64 characters of lowercase letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space(cls, v: Any) -> Any:
+        """Resolved once, here: a preset name or ``.json`` path is read, a dict validated."""
+        if isinstance(v, dict):
+            return parse_space(v)
+        if isinstance(v, str):
+            return load_space(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySpec:
+        if self.objective is None:
+            self.objective = self.space.objective
+        # the study-level settings must make a valid trial config
+        self.trial_config({})
+        return self
+
+    def search_space(self) -> SearchSpace:
+        """The study's search space (resolved when the spec was validated)."""
+        assert isinstance(self.space, SearchSpace)
+        return self.space
+
+    def trial_settings(self, seed: int | None = None) -> dict[str, Any]:
+        """The trial-config fields the study sets for every trial (``seed``: the training
+        seed, default ``training_seed``, else the sampler's ``seed``)."""
+        settings: dict[str, Any] = {"epochs": self.epochs}
+        for key in ("dataset", "data_dir", "batches_per_epoch"):
+            if getattr(self, key) is not None:
+                settings[key] = getattr(self, key)
+        if self.resources.gpu > 0:
+            settings["device"] = "cuda"
+        if seed is None:
+            seed = self.seed if self.training_seed is None else self.training_seed
+        settings["seed"] = seed
+        return settings
+
+    def param_space(self) -> dict[str, Any]:
+        """Every trial's config less the sampled parameters (Ray Tune's ``param_space``):
+        exactly what ``trial_config`` adds to them."""
+        return {**self.search_space().base(), **self.trial_settings()}
+
+    def trial_config(self, sampled: dict[str, Any], seed: int | None = None):
+        """The TrainConfig of one trial: the space's mid-point where ``sampled`` is silent."""
+        space = self.search_space()
+        return space.trial_config({**space.midpoint(), **sampled}, **self.trial_settings(seed))
