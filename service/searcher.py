@@ -28,8 +28,9 @@ class OptunaAskTell(Searcher):
     The sampler (``sampler``, a name of ``SAMPLERS``) is seeded with ``seed`` plus the
     number of trials the study already holds, so a resumed study does not draw the
     same configurations again. The state saved with Tune's experiment is plain data
-    (Tune trial id → Optuna trial number). Intermediate values are not reported: no
-    pruner reads them (ASHA stops trials on Tune's side).
+    (Tune trial id → Optuna trial number). Each epoch's objective is reported to
+    Optuna as an intermediate value (as Ray's ``OptunaSearch`` does), by trials this
+    driver asked for.
     """
 
     def __init__(self, *, space: dict[str, Any], metric: str, mode: str, study_name: str,
@@ -43,6 +44,7 @@ class OptunaAskTell(Searcher):
         self.epochs = epochs
         self.numbers: dict[str, int] = {}
         self._study: optuna.Study | None = None
+        self._asked: dict[str, optuna.Trial] = {}  # this driver's trials (not saved)
 
     @property
     def study(self) -> optuna.Study:
@@ -65,11 +67,19 @@ class OptunaAskTell(Searcher):
         trial = self.study.ask(fixed_distributions=self.space)
         trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
         self.numbers[trial_id] = trial.number
+        self._asked[trial_id] = trial
         return dict(trial.params)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        trial = self._asked.get(trial_id)
+        value = result.get(self.metric)
+        if trial is not None and value is not None and math.isfinite(float(value)):
+            trial.report(float(value), int(result.get("training_iteration", 0)))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         number = self.numbers.pop(trial_id, None)
+        self._asked.pop(trial_id, None)
         if number is None:
             return
         value = None if result is None else result.get(self.metric)
@@ -83,11 +93,11 @@ class OptunaAskTell(Searcher):
         self.study.tell(number, value, state=state, skip_if_finished=True)
 
     def save(self, checkpoint_path: str) -> None:
-        state = {k: v for k, v in self.__dict__.items() if k != "_study"}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_study", "_asked")}
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
-        self._study = None
+        self._study, self._asked = None, {}
