@@ -149,10 +149,10 @@ def driver_timers() -> Timers:
     from ray import tune
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
     from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search.optuna import OptunaSearch
 
     import service.study as S
     from service import tracking as T
-    from service.searcher import OptunaAskTell
 
     timers = Timers()
     for owner, attr, label in (
@@ -162,7 +162,7 @@ def driver_timers() -> Timers:
         (S, "connect_ray", "connect_ray"),
         (S, "_new_tuner", "Tuner construction"),
         (tune.Tuner, "fit", "Tuner.fit (all trials)"),
-        (OptunaAskTell, "suggest", "  Optuna suggest (ask)"),
+        (OptunaSearch, "suggest", "  Optuna suggest (ask)"),
         (optuna.study.Study, "tell", "  Optuna tell"),
         (_ExperimentCheckpointManager, "sync_up_experiment_state",
          "  experiment-state snapshots (save + sync)"),
