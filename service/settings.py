@@ -36,6 +36,18 @@ def optuna_state_names() -> dict[Any, str]:
             TrialState.WAITING: "pending"}
 
 
+#: Environment variables that hold the API's secrets: never handed to a child process.
+SECRET_VARS = ("CREDIT_API_TOKENS",)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a process we start (Ray, MLflow, a study's driver): ours
+    without ``SECRET_VARS``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    env.update(extra)
+    return env
+
+
 def credit_home() -> Path:
     home = Path(os.environ.get("CREDIT_HOME") or DEFAULT_HOME).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ class StudyError(CreditError):
 class Resources(BaseModel):
     """What one trial holds on the cluster."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     cpu: float = Field(1.0, gt=0, le=256, description="CPUs per trial")
     gpu: float = Field(0.0, ge=0, le=16, description="GPUs per trial, may be fractional")
 
@@ -39,7 +39,7 @@ class Resources(BaseModel):
 class EarlyStopping(BaseModel):
     """ASHA (asynchronous successive halving) over epochs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     grace_period: int = Field(1, ge=1)
     reduction_factor: int = Field(2, ge=2, le=10)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from search_spaces import SearchSpace
 from service.results import _error_text
-from service.settings import trial_counts
+from service.settings import TUNE_TRIAL_ID, trial_counts
 from service.spec import SAMPLERS, EarlyStopping, StudySpec
 from trainables.errors import ConfigError
 
@@ -97,12 +97,50 @@ def _project_root() -> str:
 
 
 def _make_searcher(spec: StudySpec, space: SearchSpace, storage):
-    """Optuna's ask-and-tell behind Tune's ``Searcher`` (early-stopped trials PRUNED)."""
-    from service.searcher import OptunaAskTell
+    """OptunaSearch that keeps early-stopped trials out of the completed set.
 
-    return OptunaAskTell(space=space.to_optuna(), metric=spec.objective.metric,
-                         mode=spec.objective.mode, study_name=spec.name, storage=storage,
-                         sampler=spec.sampler, seed=spec.seed, epochs=spec.epochs)
+    It keeps OptunaSearch's own bookkeeping (``_ot_trials``, ``_completed_trials``,
+    ``_ot_study``): a public ask-and-tell ``Searcher`` (commit a23f001) made the resume
+    test fail in full-file runs (an extra trial after a restore), so it is not used yet.
+    """
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    epochs = spec.epochs
+
+    def told(number: int) -> bool:  # finished in storage (told before a driver restart)
+        study_id = storage.get_study_id_from_name(spec.name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        return storage.get_trial(trial_id).state.is_finished()
+
+    class CreditOptunaSearch(OptunaSearch):
+        def suggest(self, trial_id: str):
+            params = super().suggest(trial_id)
+            if params is not None:
+                self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+            return params
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            if told(ot_trial.number):
+                self._completed_trials.add(trial_id)
+                return
+            value = None if result is None else result.get(self.metric)
+            if error or value is None or not math.isfinite(float(value)):
+                state, value = optuna.trial.TrialState.FAIL, None
+            elif int(result.get("epoch", epochs)) < epochs:
+                state, value = optuna.trial.TrialState.PRUNED, None  # stopped by ASHA
+            else:
+                state = optuna.trial.TrialState.COMPLETE
+            self._ot_study.tell(ot_trial, value, state=state)
+            self._completed_trials.add(trial_id)
+
+    return CreditOptunaSearch(
+        space=space.to_optuna(), metric=spec.objective.metric, mode=spec.objective.mode,
+        sampler=make_sampler(spec.sampler, spec.seed), study_name=spec.name, storage=storage,
+    )
 
 
 class _StudyMonitor:

@@ -51,6 +51,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The study service: routes, auth, limits, error bodies and the status sync."""
     settings = settings or ApiSettings()
     settings.check_startable()  # tokens, or an explicit insecure
+    redact_access_log()
     services = Services.from_settings(settings)
 
     @contextlib.asynccontextmanager
@@ -144,8 +145,49 @@ async def _send_json(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": raw})
 
 
+#: Query parameters that would carry a credential: refused (a URL is logged), and
+#: their values never written to the access log.
+CREDENTIAL_PARAMS = frozenset({"token", "access_token", "api_key", "apikey", "key", "bearer",
+                               "authorization"})
+
+
+def _credential_param(query: bytes) -> str | None:
+    """The first query parameter that carries a credential, if any."""
+    from urllib.parse import parse_qsl
+
+    for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name.lower() in CREDENTIAL_PARAMS:
+            return name
+    return None
+
+
+class RedactCredentials(logging.Filter):
+    """Access-log records (uvicorn's: client, method, path?query, version, status) with
+    the values of ``CREDENTIAL_PARAMS`` replaced by ``***``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from urllib.parse import parse_qsl, urlencode
+
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) \
+                and "?" in args[2]:
+            path, _, query = args[2].partition("?")
+            pairs = [(k, "***" if k.lower() in CREDENTIAL_PARAMS else v)
+                     for k, v in parse_qsl(query, keep_blank_values=True)]
+            record.args = (*args[:2], f"{path}?{urlencode(pairs, safe='*')}", *args[3:])
+        return True
+
+
+def redact_access_log() -> None:
+    """Install ``RedactCredentials`` on uvicorn's access log (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactCredentials) for f in access.filters):
+        access.addFilter(RedactCredentials())
+
+
 class TokenAuth:
-    """``Authorization: Bearer <token>`` on every path but ``OPEN_PATHS``.
+    """``Authorization: Bearer <token>`` on every path but ``OPEN_PATHS``; a credential in
+    the query string is refused everywhere (401): URLs end up in logs.
 
     401 (with ``WWW-Authenticate: Bearer``) without a bearer token, 403 with a wrong
     one; tokens are compared in constant time. With no token configured (the
@@ -158,6 +200,14 @@ class TokenAuth:
         self.tokens = [t.encode() for t in tokens]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            name = _credential_param(scope.get("query_string", b""))
+            if name is not None:
+                await _send_json(send, 401, error_body(
+                    ["query", name], "credentials are accepted only in the Authorization "
+                    "header (Authorization: Bearer <token>), never in the URL",
+                    "unauthorized"), {"WWW-Authenticate": "Bearer"})
+                return
         if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from service.settings import child_env
 from trainables.errors import CreditError
 
 NODE_IP = "127.0.0.2"
@@ -133,8 +134,8 @@ class LocalRayHead:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
-                    RAY_USAGE_STATS_ENABLED="0")
+        return child_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
+                         RAY_USAGE_STATS_ENABLED="0")
 
     def start(self, timeout_s: float = 180.0) -> LocalRayHead:
         args = [str(BIN / "ray"), "start", "--head", f"--port={self.port}",
@@ -211,8 +212,8 @@ class MlflowServer:
                 "--host", "127.0.0.1", "--port", str(self.port), "--allowed-hosts", hosts]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(args, start_new_session=True, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, env=child_env(), start_new_session=True,
+                                         stdout=out, stderr=subprocess.STDOUT)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()

@@ -55,7 +55,9 @@ def _space_kind(value: Any) -> Any:
 
 StudyCreate = create_model(
     "StudyCreate",
-    __config__=ConfigDict(extra="forbid", allow_inf_nan=False,
+    # strict: no coercion of booleans or strings into numbers (``"epochs": "1"`` is an
+    # error, not 1)
+    __config__=ConfigDict(extra="forbid", allow_inf_nan=False, strict=True,
                           json_schema_extra={"examples": [_EXAMPLE]}),
     __doc__="A study to run: what to search, how, and for how long.",
     __validators__={"_space_kind": field_validator("space")(_space_kind)},

@@ -155,23 +155,24 @@ def driver_timers() -> Timers:
     from service import tracking as T
 
     timers = Timers()
-    timers.wrap(T, "ensure_experiment", "MLflow experiment (exists)")
-    timers.wrap(T, "open_study_run", "parent MLflow run")
-    for attr, label in (("open_optuna_storage", "Optuna storage (open)"),
-                        ("connect_ray", "connect_ray"),
-                        ("_new_tuner", "Tuner construction")):
-        timers.wrap(S, attr, label)
-    timers.wrap(tune.Tuner, "fit", "Tuner.fit (all trials)")
-    timers.wrap(OptunaSearch, "suggest", "  Optuna suggest (ask)")
-    timers.wrap(optuna.study.Study, "tell", "  Optuna tell")
-    timers.wrap(_ExperimentCheckpointManager, "sync_up_experiment_state",
-                "  experiment-state snapshots (save + sync)")
-    timers.wrap(TuneController, "save_to_dir", "    of which written (save_to_dir)")
-    timers.wrap(T, "close_stale_runs", "close stale MLflow runs")
-    for attr, label in (("_trial_summaries", "trial summaries"),
-                        ("_best", "best trial (Optuna + MLflow search)"),
-                        ("_record_best", "record best on parent run")):
-        timers.wrap(S, attr, label)
+    for owner, attr, label in (
+        (T, "ensure_experiment", "MLflow experiment (exists)"),
+        (T, "open_study_run", "parent MLflow run"),
+        (S, "open_optuna_storage", "Optuna storage (open)"),
+        (S, "connect_ray", "connect_ray"),
+        (S, "_new_tuner", "Tuner construction"),
+        (tune.Tuner, "fit", "Tuner.fit (all trials)"),
+        (OptunaSearch, "suggest", "  Optuna suggest (ask)"),
+        (optuna.study.Study, "tell", "  Optuna tell"),
+        (_ExperimentCheckpointManager, "sync_up_experiment_state",
+         "  experiment-state snapshots (save + sync)"),
+        (TuneController, "save_to_dir", "    of which written (save_to_dir)"),
+        (T, "close_stale_runs", "close stale MLflow runs"),
+        (S, "_trial_summaries", "trial summaries"),
+        (S, "_best", "best trial (Optuna + MLflow search)"),
+        (S, "_record_best", "record best on parent run"),
+    ):
+        timers.wrap(owner, attr, label)
     return timers
 
 

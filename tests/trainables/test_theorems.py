@@ -61,12 +61,15 @@ def _sgd_schedule(step):
     return 0.01 if step < 1000 else 0.003 if step < 3000 else 0.001
 
 
+def _rule(name, net, solver):
+    settings = rule_settings(noise_std=1e-3, feedback_solver=solver)
+    return make_rule(name, net, settings, torch.Generator().manual_seed(5))
+
+
 @pytest.mark.parametrize("solver", ["lstsq", "sgd"])
 def test_layerwise_feedback_converges_to_w_in_deep_linear_network(solver):
     net = _linear_net()
-    rule = make_rule("node_perturbation", net,
-                     rule_settings(noise_std=1e-3, feedback_solver=solver),
-                     torch.Generator().manual_seed(5))
+    rule = _rule("node_perturbation", net, solver)
     before = _relative_errors(net, rule)
     assert min(before) > 0.5  # random start, far from W
     schedule = _sgd_schedule if solver == "sgd" else None
@@ -79,9 +82,7 @@ def test_layerwise_feedback_converges_to_w_in_deep_linear_network(solver):
 @pytest.mark.parametrize("solver", ["lstsq", "sgd"])
 def test_direct_feedback_converges_to_weight_product(solver):
     net = _linear_net()
-    rule = make_rule("node_perturbation_direct", net,
-                     rule_settings(noise_std=1e-3, feedback_solver=solver),
-                     torch.Generator().manual_seed(5))
+    rule = _rule("node_perturbation_direct", net, solver)
     schedule = _sgd_schedule if solver == "sgd" else None
     _learn_feedback(net, rule, steps=3000 if solver == "lstsq" else 6000, noise_std=1e-3,
                     schedule=schedule)

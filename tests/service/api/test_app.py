@@ -44,6 +44,30 @@ def test_anything_but_a_bearer_token_is_401(queue_api, header):
         assert c.get("/studies", headers={"Authorization": header}).status_code == 401
 
 
+@pytest.mark.parametrize("path", ["/studies?token=" + TOKEN, "/healthz?access_token=x",
+                                  "/studies?limit=2&API_KEY=x"])
+def test_a_credential_in_the_query_string_is_401(queue_api, path):
+    with queue_api.client() as c:  # with a valid header too: the URL is what gets logged
+        r = c.get(path)
+    assert r.status_code == 401
+    (detail,) = r.json()["detail"]
+    assert detail["loc"][0] == "query" and detail["loc"][1].lower() in path.lower()
+    assert "Authorization header" in detail["msg"] and TOKEN not in r.text
+
+
+def test_the_access_log_never_shows_a_credential():
+    import logging
+
+    from service.api.app import RedactCredentials
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", f"/studies?limit=2&token={TOKEN}", "1.1", 401), None)
+    assert RedactCredentials().filter(record)
+    assert TOKEN not in record.getMessage()
+    assert "/studies?limit=2&token=*** HTTP/1.1" in record.getMessage()
+
+
 def test_a_rejected_token_learns_nothing_from_validation(queue_api):
     """Auth runs before the body is read: a bad body without a token is 401, not 422."""
     with httpx.Client(base_url=queue_api.url) as c:

@@ -1,0 +1,37 @@
+"""Processes the local stack starts get no API secret in their environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.api.local_stack import LocalRayHead, MlflowServer, session_members
+from service.settings import SECRET_VARS, child_env
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0")
+                if "=" in item)
+
+
+def test_child_env_drops_the_api_tokens(monkeypatch):
+    monkeypatch.setenv("CREDIT_API_TOKENS", "secret-a,secret-b")
+    env = child_env(EXTRA="1")
+    assert not set(SECRET_VARS) & set(env) and env["EXTRA"] == "1"
+    ray_env = LocalRayHead(num_cpus=1, temp_dir=Path("/tmp/unused")).env()
+    assert "CREDIT_API_TOKENS" not in ray_env and ray_env["RAY_AUTH_MODE"] == "token"
+
+
+def test_the_mlflow_server_process_has_no_api_tokens(monkeypatch, tmp_path):
+    monkeypatch.setenv("CREDIT_API_TOKENS", "secret-a,secret-b")
+    server = MlflowServer(f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "art",
+                          log_file=tmp_path / "mlflow.log").start()
+    try:
+        pids = session_members(server.proc.pid)
+        assert pids  # the server and its workers
+        for pid in pids:
+            environ = _environ(pid)
+            assert "CREDIT_API_TOKENS" not in environ, pid
+            assert "secret-a" not in " ".join(environ.values())
+    finally:
+        server.stop()
