@@ -2,7 +2,7 @@
 
 A campaign is one MLflow parent run (``credit.role=campaign``) with one study per
 arm nested under it; ``credit report`` rebuilds the paper's figures from those runs
-alone. Reference numbers are the paper's (DESIGN.md §3).
+alone. Reference numbers are the paper's tables (README, "Results on full MNIST").
 """
 
 from __future__ import annotations

@@ -262,24 +262,18 @@ def figure2_latent(arms: list[ArmData]) -> Figure:
     ok = [a for a in arms if a.status == "ok" and "codes" in a.artifacts]
     fig = Figure(figsize=(3.4 * max(len(arms), 1), 3.6), dpi=DPI, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, max(len(arms), 1)))
-    import matplotlib
+    from trainables.plots import digit_handles, draw_latent
 
-    cmap = matplotlib.colormaps["tab10"]
     for ax, a in zip(axes, arms, strict=False):
         ax.set_title(a.label, fontsize=9)
-        ax.set_xlabel("code 1")
-        ax.set_ylabel("code 2")
         if a not in ok:
+            ax.set_xlabel("code 1")
+            ax.set_ylabel("code 2")
             ax.text(0.5, 0.5, a.status, ha="center", va="center", transform=ax.transAxes,
                     color="firebrick")
             continue
-        codes, labels = a.artifacts["codes"], a.artifacts["labels"]
-        ax.scatter(codes[:, 0], codes[:, 1], c=[cmap(int(v) % 10) for v in labels], s=3,
-                   alpha=0.6, linewidths=0)
-    from matplotlib.lines import Line2D
-
-    fig.legend(handles=[Line2D([], [], marker="o", ls="", color=cmap(d), label=str(d))
-                        for d in range(10)], loc="outside right center", title="digit",
+        draw_latent(ax, a.artifacts["codes"], a.artifacts["labels"], size=3)
+    fig.legend(handles=digit_handles(range(10)), loc="outside right center", title="digit",
                fontsize=7)
     fig.suptitle("Fig. 2b — latent space per rule")
     return fig
@@ -293,17 +287,15 @@ def figure2_reconstructions(arms: list[ArmData], n: int = 8) -> Figure:
         fig.text(0.5, 0.5, "no reconstructions stored", ha="center")
         return fig
     axes = np.atleast_2d(fig.subplots(len(rows) + 1, n))
+    from trainables.plots import draw_digit
+
     originals = rows[0].artifacts["originals"][:n]
-    side = int(round(math.sqrt(originals.shape[1])))
     for j in range(n):
         for i, (label, images) in enumerate(
                 [("original", originals)] + [(a.label, a.artifacts["recon"][:n]) for a in rows]):
-            ax = axes[i, j]
-            ax.imshow(images[j].reshape(side, side), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            draw_digit(axes[i, j], images[j])
             if j == 0:
-                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+                axes[i, j].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle("Fig. 2c — sample reconstructions")
     return fig
 

@@ -182,27 +182,46 @@ def alignment_curves(history: History, title: str | None = None) -> Figure:
     return fig
 
 
-def latent_scatter(codes: np.ndarray, labels: np.ndarray, title: str | None = None) -> Figure:
-    """The 2-D codes as points coloured by digit (tab10), with a legend of the digits."""
+def digit_handles(labels) -> list[Line2D]:
+    """Legend entries of the digits in ``labels``, in the colours ``draw_latent`` uses."""
+    cmap = matplotlib.colormaps["tab10"]
+    return [Line2D([], [], linestyle="", marker="o", color=cmap(d % 10), label=str(d))
+            for d in np.unique(np.asarray(labels).astype(int))]
+
+
+def draw_latent(ax, codes: np.ndarray, labels: np.ndarray, size: float = 8) -> None:
+    """The 2-D codes on ``ax`` as points coloured by digit (tab10)."""
     codes, labels = np.asarray(codes, dtype=float), np.asarray(labels).astype(int).ravel()
     if codes.ndim != 2 or codes.shape[1] != 2:
         raise ValueError(f"codes must have shape (n, 2), got {codes.shape}")
     if len(labels) != len(codes):
         raise ValueError(f"{len(codes)} codes but {len(labels)} labels")
     cmap = matplotlib.colormaps["tab10"]
+    # One collection in data order, so no digit is systematically drawn on top.
+    ax.scatter(codes[:, 0], codes[:, 1], c=cmap(labels % 10), s=size, alpha=0.7, linewidths=0)
+    ax.set_xlabel("code 1")
+    ax.set_ylabel("code 2")
+
+
+def latent_scatter(codes: np.ndarray, labels: np.ndarray, title: str | None = None) -> Figure:
+    """The 2-D codes as points coloured by digit (tab10), with a legend of the digits."""
     fig = _new_figure(6.5, 5.5, title)
     fig.subplots_adjust(right=1 - 0.9 / 6.5)  # room for the digit legend on the right
     ax = fig.add_subplot()
-    # One collection in data order, so no digit is systematically drawn on top.
-    ax.scatter(codes[:, 0], codes[:, 1], c=cmap(labels % 10), s=8, alpha=0.7, linewidths=0)
-    handles = [Line2D([], [], linestyle="", marker="o", color=cmap(d % 10), label=str(d))
-               for d in np.unique(labels)]
-    ax.legend(handles=handles, title="digit", loc="center left", bbox_to_anchor=(1.01, 0.5),
-              fontsize="small", frameon=False)
-    ax.set_xlabel("code 1")
-    ax.set_ylabel("code 2")
+    draw_latent(ax, codes, labels)
+    ax.legend(handles=digit_handles(labels), title="digit", loc="center left",
+              bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
     ax.grid(alpha=0.3)
     return fig
+
+
+def draw_digit(ax, image: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> None:
+    """One flat square image on ``ax``, grey, without ticks."""
+    image = np.asarray(image, dtype=float).ravel()
+    side = _image_side(image.size)
+    ax.imshow(image.reshape(side, side), cmap="gray", vmin=vmin, vmax=vmax)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def _image_side(n_pixels: int) -> int:
@@ -222,17 +241,14 @@ def reconstructions(
     if top.shape != bottom.shape or len(top) == 0:
         raise ValueError(f"need as many originals as reconstructions (>0), got "
                          f"{top.shape} and {bottom.shape}")
-    side = _image_side(top.shape[1])
+    _image_side(top.shape[1])  # a square image, or a clear error
     vmin, vmax = np.nanmin(top), np.nanmax(top)  # the originals' range, shared by both rows
     n = len(top)
     fig = _new_figure(max(1.2 * n, 4.0), 3.0, title)
     axes = fig.subplots(2, n, squeeze=False)
     for row, (images, name) in enumerate([(top, "original"), (bottom, "reconstruction")]):
         for col in range(n):
-            ax = axes[row, col]
-            ax.imshow(images[col].reshape(side, side), cmap="gray", vmin=vmin, vmax=vmax)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            draw_digit(axes[row, col], images[col], vmin, vmax)
         axes[row, 0].set_ylabel(name)
     return fig
 
