@@ -37,11 +37,16 @@ class Arm:
 
 @dataclass(frozen=True)
 class PaperExperiment:
+    """One of the paper's experiments: its arms, the number its table reports (``table``:
+    ``error`` %, ``loss32`` = min test loss per 32 images, ``accuracy`` %), the paper's
+    numbers, and which figures ``credit report`` draws (names in ``report.FIGURES``)."""
+
     name: str
     arms: tuple[Arm, ...]
-    metric: str  # what the table reports
+    table: str
     reference: dict[str, str]  # arm key → the paper's number, as text
-    figure: str
+    figures: tuple[str, ...]
+    artifacts: bool = False  # the trials store codes and reconstructions
 
 
 PAPER: dict[str, PaperExperiment] = {
@@ -52,11 +57,11 @@ PAPER: dict[str, PaperExperiment] = {
             Arm("fa", "feedback alignment", "mnist-fc-feedback-alignment"),
             Arm("bp", "backprop", "mnist-fc-backprop"),
         ),
-        metric="test_error",
+        table="error",
         reference={"np": "3.5 %", "fa": "4.3 %", "bp": "2.65 %",
                    "np-c0.0001": "3.5 %", "np-c0.001": "3.5 %", "np-c0.01": "3.6 %",
                    "np-c0.1": "15.9 %"},
-        figure="fig1",
+        figures=("fig1.png",),
     ),
     "mnist-autoencoder": PaperExperiment(
         name="mnist-autoencoder",
@@ -67,11 +72,11 @@ PAPER: dict[str, PaperExperiment] = {
             Arm("adam", "backprop + Adam", "mnist-autoencoder-backprop-adam"),
             Arm("matched", "matched", "mnist-autoencoder-matched"),
         ),
-        metric="test_loss",
-        # min test loss per 32 images; ours is per image, so ×32 to compare
+        table="loss32",  # ours is per image, so ×32 to compare
         reference={"np": "515 ± 4", "adam": "538", "bp": "610 ± 14", "matched": "643",
                    "fa": "759"},
-        figure="fig2",
+        figures=("fig2.png", "fig2_latent.png", "fig2_reconstructions.png"),
+        artifacts=True,
     ),
     "cifar10-cnn": PaperExperiment(
         name="cifar10-cnn",
@@ -80,9 +85,9 @@ PAPER: dict[str, PaperExperiment] = {
             Arm("dfa", "fixed feedback (DFA)", "cifar10-cnn-direct-feedback-alignment"),
             Arm("bp", "backprop", "cifar10-cnn-backprop"),
         ),
-        metric="test_error",
-        reference={"np": "75.2 %", "dfa": "72.5 %", "bp": "77.2 %"},  # test accuracy
-        figure="cifar",
+        table="accuracy",
+        reference={"np": "75.2 %", "dfa": "72.5 %", "bp": "77.2 %"},
+        figures=("cifar10.png",),
     ),
 }
 

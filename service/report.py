@@ -138,7 +138,7 @@ def _arm(c, tracking_uri, exp_id, study, key, experiment) -> ArmData:
         width = max(len(row) for row in rows)
         arm.histories[k] = np.array([row + [math.nan] * (width - len(row)) for row in rows])
         arm.finals[k] = [row[-1] for row in rows if row]
-    if experiment == "mnist-autoencoder":
+    if experiment in PAPER and PAPER[experiment].artifacts:
         arm.artifacts = _autoencoder_arrays(c, arm.runs[0].info.run_id)
     return arm
 
@@ -323,6 +323,7 @@ def figure_cifar(arms: list[ArmData]) -> Figure:
 def table_rows(experiment: str, arms: list[ArmData]) -> list[dict[str, Any]]:
     """Our numbers beside the paper's: test error (%), min test loss ×32, or accuracy (%)."""
     reference = PAPER[experiment].reference if experiment in PAPER else {}
+    table = PAPER[experiment].table if experiment in PAPER else "error"
     rows = []
     for a in arms:
         row: dict[str, Any] = {"arm": a.key, "rule": a.label, "seeds": a.n, "status": a.status,
@@ -331,10 +332,10 @@ def table_rows(experiment: str, arms: list[ArmData]) -> list[dict[str, Any]]:
             if "step_test_loss" in a.histories:  # the authors' protocol: already per 32 images
                 per_seed = [float(np.nanmin(h)) for h in a.histories["step_test_loss"]]
                 row["metric"] = "min per-step test loss per 32 images (authors' protocol)"
-            elif experiment == "mnist-autoencoder":
+            elif table == "loss32":
                 per_seed = [32 * float(np.nanmin(h)) for h in a.histories.get("test_loss", [])]
                 row["metric"] = "min test loss per 32 images"
-            elif experiment == "cifar10-cnn":
+            elif table == "accuracy":
                 per_seed = [100 * (1 - v) for v in a.finals.get("test_error", [])]
                 row["metric"] = "test accuracy (%)"
             else:
@@ -396,21 +397,20 @@ Mean ± standard error over seeds. Metric: {html.escape(metric)}.</p>
 """
 
 
+#: Every figure a report can hold, by file name (``PaperExperiment.figures`` picks).
+FIGURES = {"fig1.png": figure1, "fig2.png": figure2, "fig2_latent.png": figure2_latent,
+           "fig2_reconstructions.png": figure2_reconstructions, "cifar10.png": figure_cifar}
+
+
 # ------------------------------------------------------------------------------ main
 def build_report(run_id: str, tracking_uri: str, out_dir: str | Path | None = None,
                  log_to_mlflow: bool = True) -> Report:
     """Draw the figures and table of a campaign or study run; write PNGs and one HTML page
     into ``out_dir`` and (by default) log them as artifacts ``report/`` of that run."""
     root, experiment, arms = _collect(run_id, tracking_uri)
-    if experiment == "mnist-fc":
-        figures = {"fig1.png": figure1(arms)}
-    elif experiment == "mnist-autoencoder":
-        figures = {"fig2.png": figure2(arms), "fig2_latent.png": figure2_latent(arms),
-                   "fig2_reconstructions.png": figure2_reconstructions(arms)}
-    elif experiment == "cifar10-cnn":
-        figures = {"cifar10.png": figure_cifar(arms)}
-    else:
+    if experiment not in PAPER:
         raise ReportError(f"run {run_id} has no known experiment (got {experiment!r})")
+    figures = {name: FIGURES[name](arms) for name in PAPER[experiment].figures}
     rows = table_rows(experiment, arms)
     images = {name: _png(fig) for name, fig in figures.items()}
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="credit-report-"))
