@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import NoReturn
 
-from service.commands import UsageError, paper, search, serve, studies, train
+from service.commands import UsageError, paper, search, serve, spaces, studies, train
 
 PROG = "credit"
 
 #: The command modules, in the order ``credit --help`` lists them.
-COMMAND_MODULES = (train, search, paper, serve, studies)
+COMMAND_MODULES = (train, search, spaces, paper, serve, studies)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"error: {e}", 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except BrokenPipeError:  # `credit spaces | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -19,10 +19,9 @@ from pydantic import (
     model_validator,
 )
 
+from trainables.catalog import DATASET_NAMES
+from trainables.catalog import RULE_NAMES as RULES  # torch-free: the CLI validates fast
 from trainables.experiments import EXPERIMENTS
-from trainables.rules import RULES
-
-DATASET_NAMES = ("cifar10", "mnist", "mnist-5k")
 
 #: A registered experiment or rule name; an unknown one fails listing the valid names.
 ExperimentName = Annotated[str, AfterValidator(EXPERIMENTS.check)]

@@ -34,6 +34,7 @@ def _env(**extra: str) -> dict[str, str]:
     """The test process's environment (so a subprocess joins ``ray_cluster`` if it runs)."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"  # a 2-core machine: no spinning thread pools
+    env["COLUMNS"] = "1000"  # listings wrap to the terminal: one line per entry here
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env

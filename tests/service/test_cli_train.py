@@ -29,6 +29,7 @@ def _env() -> dict[str, str]:
     # One intra-op thread: with the default two on this 2-core machine, a busy neighbour
     # makes torch's thread pool spin and a tiny-MLP epoch ~70x slower.
     env["OMP_NUM_THREADS"] = "1"
+    env["COLUMNS"] = "1000"  # listings wrap to the terminal: one line per entry here
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
