@@ -191,3 +191,14 @@ def test_search_refuses_a_taken_name(tiny_search) -> None:
     assert "'cli-tiny'" in line and "taken" in line
     assert proc.stdout == ""
     assert tiny_search["again_s"] < 20
+
+
+def test_search_prints_no_third_party_log_lines(tiny_search) -> None:
+    """Ray's INFO/WARNING lines and Optuna's "[I ...] A new study created" stay out."""
+    proc = tiny_search["first"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    noise = [line for line in (proc.stdout + proc.stderr).splitlines()
+             if re.match(r"^\[[IWD] \d{4}-", line)  # optuna
+             or re.search(r"\b(INFO|WARNING|DEBUG)\b \S+\.py:\d+ --", line)  # ray
+             or "Warning:" in line]
+    assert not noise, noise

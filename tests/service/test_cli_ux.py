@@ -97,3 +97,20 @@ def test_listings_and_bad_input_import_nothing_heavy(argv: list[str], code: int,
                           capture_output=True, text=True, timeout=120)
     last = proc.stderr.strip().splitlines()[-1]
     assert last == f"RC {code} HEAVY []", proc.stderr
+
+
+def test_report_curves_with_an_epoch_no_seed_reached_warn_nothing() -> None:
+    import warnings
+
+    import numpy as np
+
+    from service.report import _curve, _nanmin
+
+    history = np.array([[1.0, 0.5, np.nan], [2.0, np.nan, np.nan]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        epochs, mean, sem = _curve(history)
+        assert _nanmin([np.nan, np.nan]) != _nanmin([np.nan, np.nan])  # NaN
+        assert _nanmin([np.nan, 3.0, 2.0]) == 2.0
+    assert list(epochs) == [1, 2, 3]
+    assert mean[0] == 1.5 and mean[1] == 0.5 and np.isnan(mean[2])
