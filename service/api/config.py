@@ -63,6 +63,9 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     sync_interval_s: float = Field(2.0, gt=0, le=60)
     cancel_timeout_s: float = Field(30.0, gt=0, le=600)
+    startup_timeout: float = Field(
+        600.0, gt=0, le=86_400,
+        description="seconds the local stack (credit serve --local) may take to start")
     lost_job_grace_s: float = Field(
         60.0, gt=0, description="a study whose Ray job is unknown this long is FAILED")
 

@@ -1,8 +1,9 @@
 """``credit studies``: the study service's client (submit, list, show, best, cancel, wait).
 
-Talks HTTP (httpx) to the API at ``--url`` / ``$CREDIT_URL`` (default
-http://127.0.0.1:8000) with the bearer token from ``--token`` / ``$CREDIT_TOKEN``,
-else ``$CREDIT_HOME/api_token`` (what ``credit serve --local`` writes). A study is
+Talks HTTP (httpx) to the API at ``--url`` / ``$CREDIT_URL``, else the local service
+recorded in ``$CREDIT_HOME/server.json`` by ``credit serve --local``, else
+http://127.0.0.1:8000, with the bearer token from ``--token`` / ``$CREDIT_TOKEN``, else
+the token file that record names (``$CREDIT_HOME/api_token``). A study is
 named by its id or its name. The server's 4xx answers (bad input) exit 2 with one
 line naming the field; an unreachable server or a 5xx exits 1.
 """
@@ -87,8 +88,31 @@ class Client:
     def __init__(self, url: str | None, token: str | None):
         import httpx
 
-        self.url = (url or os.environ.get("CREDIT_URL") or DEFAULT_URL).rstrip("/")
-        token = token or os.environ.get("CREDIT_TOKEN") or _token_file()
+        from service.discovery import home_dir, read_server, server_file
+
+        self.home = home_dir()
+        record = None
+        if url:
+            self.source = "--url"
+        elif os.environ.get("CREDIT_URL"):
+            url, self.source = os.environ["CREDIT_URL"], "CREDIT_URL"
+        elif (record := read_server(self.home)) is not None:
+            if not record["running"]:
+                raise ServiceError(
+                    f"the local service recorded in {server_file(self.home)} is not running "
+                    f"(pid {record.get('pid')}): start it with 'credit serve --local', or set "
+                    "CREDIT_URL to a running service")
+            url, self.source = record["url"], str(server_file(self.home))
+        else:
+            url, self.source = DEFAULT_URL, "the default"
+        self.url = url.rstrip("/")
+        if token or os.environ.get("CREDIT_TOKEN"):
+            self.token_source = "--token" if token else "CREDIT_TOKEN"
+            token = token or os.environ["CREDIT_TOKEN"]
+        else:
+            path = Path(record["token_file"]) if record and record.get("token_file") \
+                else self.home / "api_token"
+            token, self.token_source = _token_file(path), str(path)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
@@ -98,19 +122,29 @@ class Client:
         try:
             r = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
-            raise ServiceError(f"cannot reach the study service at {self.url}: "
-                               f"{error or type(error).__name__}") from None
+            raise ServiceError(
+                f"cannot reach the study service at {self.url} (from {self.source}): "
+                f"{error or type(error).__name__}; start one with 'credit serve --local' "
+                f"(CREDIT_HOME={self.home}), or set CREDIT_URL (or --url) to a running "
+                "service") from None
         if r.status_code < 400:
             return r.json()
         text = _problems(r)
+        if r.status_code in (401, 403):
+            raise UsageError(
+                f"{method} {path}: {r.status_code} {text}; the token came from "
+                f"{self.token_source}: set CREDIT_TOKEN (or --token) to one of the server's "
+                "CREDIT_API_TOKENS, or CREDIT_HOME to the one 'credit serve --local' uses "
+                "(it keeps its token in CREDIT_HOME/api_token)")
+        if r.status_code == 404 and path.startswith("/studies/"):
+            raise UsageError(f"{method} {path}: {r.status_code} {text}; "
+                             "list the studies with 'credit studies list'")
         if r.status_code < 500:
             raise UsageError(f"{method} {path}: {r.status_code} {text}")
         raise ServiceError(f"{method} {path}: {r.status_code} {text}")
 
 
-def _token_file() -> str | None:
-    home = Path(os.environ.get("CREDIT_HOME") or "~/.credit").expanduser()
-    path = home / "api_token"
+def _token_file(path: Path) -> str | None:
     try:
         return path.read_text().strip() or None
     except OSError:
