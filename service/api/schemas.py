@@ -68,7 +68,10 @@ StudyCreate = create_model(
 
 class Links(BaseModel):
     self: str
-    mlflow: str | None = Field(None, description="MLflow UI page of the study's parent run")
+    mlflow: str | None = Field(
+        None, description="MLflow UI: the runs table filtered to the study's runs, best first")
+    mlflow_parent_run: str | None = Field(
+        None, description="MLflow UI page of the study's parent run")
 
 
 class TrialCounts(BaseModel):

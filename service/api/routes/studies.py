@@ -24,6 +24,7 @@ from service.api.schemas import (
     TrialsPublic,
 )
 from service.db import StudyRecord
+from service.links import mlflow_runs
 
 router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authenticated],
                    responses={401: {"model": ErrorPublic}, 403: {"model": ErrorPublic}})
@@ -54,7 +55,11 @@ def to_public(services: studies.Services, record: StudyRecord) -> StudyPublic:
         created_at=studies.aware(record.created_at),
         updated_at=studies.aware(record.updated_at),
         links={"self": f"/studies/{record.id}",
-               "mlflow": services.mlflow_link(record.experiment_id, record.parent_run_id)},
+               "mlflow": mlflow_runs(services.settings.mlflow_ui_url, record.experiment_id,
+                                     record.name, spec["objective"].get("metric"),
+                                     spec["objective"].get("mode", "min")),
+               "mlflow_parent_run": services.mlflow_link(record.experiment_id,
+                                                         record.parent_run_id)},
     )
 
 
