@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import catalog as catalog_domain
 from service.api import studies
 from service.api.config import OPEN_PATHS, ApiSettings
-from service.api.routes import catalog, docs, health
+from service.api.routes import catalog, docs, export, health, pages
 from service.api.routes import studies as study_routes
 from trainables.validation import error_phrase
 
@@ -71,6 +71,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(study_routes.router)
     app.include_router(catalog.router)
     app.include_router(docs.router)
+    app.include_router(export.router)
+    app.include_router(pages.router)
+    app.include_router(pages.fragments)
     _add_error_handlers(app)
     # add_middleware wraps: the last added runs first (auth, then the size limit)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

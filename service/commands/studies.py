@@ -74,8 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--interval", type=float, default=2.0, help="seconds between polls (2)")
     w.add_argument("--timeout", type=float, help="give up after this many seconds")
 
+    x = command("export", "every trial of a study, one row each (CSV or JSON)", export)
+    x.add_argument("study", metavar="ID", help="the study's id or name")
+    x.add_argument("--format", choices=("csv", "json"), default="csv", help="csv (default) or json")
+    x.add_argument("--out", metavar="FILE", help="write to FILE (default: standard output)")
+
     def missing(args: argparse.Namespace) -> int:
-        raise UsageError("missing study command; valid: submit, list, show, best, cancel, wait")
+        raise UsageError("missing study command; valid: submit, list, show, best, cancel, wait, "
+                         "export")
 
     p.set_defaults(func=missing)
 
@@ -116,7 +122,7 @@ class Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
-    def call(self, method: str, path: str, **kwargs) -> Any:
+    def call(self, method: str, path: str, text: bool = False, **kwargs) -> Any:
         import httpx
 
         try:
@@ -128,7 +134,7 @@ class Client:
                 f"(CREDIT_HOME={self.home}), or set CREDIT_URL (or --url) to a running "
                 "service") from None
         if r.status_code < 400:
-            return r.json()
+            return r.text if text else r.json()
         text = _problems(r)
         if r.status_code in (401, 403):
             raise UsageError(
@@ -334,3 +340,17 @@ def _wait(client: Client, ref: str, interval: float, timeout: float | None) -> i
         print()
         print(format_best(client.call("GET", f"/studies/{study['id']}/best")))
     return 0 if study["status"] == "SUCCEEDED" else 1
+
+
+def export(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    client = _client(args)
+    body = client.call("GET", f"/studies/{quote(args.study, safe='')}/export",
+                       params={"format": args.format}, text=True)
+    if args.out:
+        Path(args.out).write_text(body)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(body)
+    return 0
