@@ -37,3 +37,10 @@ def mlflow_run(base: str | None, experiment_id: str | None, run_id: str | None) 
     if not base or not experiment_id or not run_id:
         return None
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def optuna_study(base: str | None, study_id: int | None) -> str | None:
+    """The Optuna dashboard's page of a study (by Optuna's own study id)."""
+    if not base or study_id is None:
+        return None
+    return f"{base.rstrip('/')}/dashboard/studies/{study_id}"

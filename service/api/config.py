@@ -57,6 +57,8 @@ class ApiSettings(BaseSettings):
                           "URI when it is http)")
     optuna_storage: str | None = Field(
         None, description="Optuna storage URL (sqlite in CREDIT_HOME)")
+    optuna_dashboard_url: str | None = Field(
+        None, description="base URL of an optuna-dashboard on that storage, for links")
     experiment_name: str = Field("credit-search", min_length=1, max_length=200)
     data_dir: str | None = Field(None, description="CREDIT_DATA_DIR, handed to studies")
 

@@ -237,6 +237,53 @@ class MlflowServer:
             self.proc = None
 
 
+class OptunaDashboard:
+    """``optuna-dashboard`` on loopback over the study storage: importances, parallel
+    coordinates, contour plots of the searched parameters; ``study_url`` opens one study."""
+
+    def __init__(self, storage: str, port: int | None = None, log_file: Path | None = None):
+        self.storage = storage
+        self.port = free_port(port or 8080)
+        self.log_file = log_file
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 600.0) -> OptunaDashboard:
+        import optuna
+
+        # optuna-dashboard does not create the schema of a new storage: do it first
+        optuna.storages.RDBStorage(self.storage, engine_kwargs={"connect_args": {
+            "timeout": 60}} if self.storage.startswith("sqlite") else {})
+        args = [str(BIN / "optuna-dashboard"), self.storage, "--host", "127.0.0.1",
+                "--port", str(self.port)]
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(args, start_new_session=True, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        try:
+            wait_http(f"{self.url}/dashboard", timeout_s,
+                      alive=lambda: self.proc is not None and self.proc.poll() is None)
+        except StackError as error:
+            self.stop()
+            raise StackError(f"optuna-dashboard did not start: {error}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_session(self.proc.pid)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+            self.proc = None
+
+
 # ------------------------------------------------------------------ starting together
 
 #: How long the local stack may take to come up (CREDIT_STARTUP_TIMEOUT, --startup-timeout):

@@ -72,6 +72,8 @@ class Links(BaseModel):
         None, description="MLflow UI: the runs table filtered to the study's runs, best first")
     mlflow_parent_run: str | None = Field(
         None, description="MLflow UI page of the study's parent run")
+    optuna: str | None = Field(
+        None, description="Optuna dashboard page of the study (importances, contours)")
 
 
 class TrialCounts(BaseModel):

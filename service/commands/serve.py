@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus", type=int, help="--local: CPUs of the Ray head (all of them)")
     p.add_argument("--gpus", type=int, help="--local: GPUs of the Ray head (autodetect)")
     p.add_argument("--mlflow-port", type=int, help="--local: MLflow port (5000 if free)")
+    p.add_argument("--optuna-port", type=int,
+                   help="--local: Optuna dashboard port (8080 if free)")
     p.add_argument("--dashboard-port", type=int,
                    help="--local: Ray dashboard port (8265 if free)")
     p.add_argument("--startup-timeout", type=float, metavar="SECONDS",
@@ -136,6 +138,7 @@ def _serve_local(args: argparse.Namespace) -> int:
         NODE_IP,
         LocalRayHead,
         MlflowServer,
+        OptunaDashboard,
         StackError,
         start_together,
     )
@@ -151,20 +154,24 @@ def _serve_local(args: argparse.Namespace) -> int:
                         dashboard_port=args.dashboard_port, log_file=logs / "ray-start.log")
     mlflow = MlflowServer(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts",
                           port=args.mlflow_port, log_file=logs / "mlflow.log")
+    optuna = OptunaDashboard(base.optuna_storage, port=args.optuna_port,
+                             log_file=logs / "optuna-dashboard.log")
     server = None
     services = None
     try:
         timeout = args.startup_timeout or base.startup_timeout
-        print(f"starting Ray (head on {NODE_IP}, dashboard {head.dashboard_url}) and "
-              f"MLflow ({mlflow.url}) together; deadline {timeout:.0f} s, logs in {logs}",
-              file=sys.stderr, flush=True)
-        start_together([("Ray", head.start, head.log_file), ("MLflow", mlflow.start,
-                                                              mlflow.log_file)],
+        print(f"starting Ray (head on {NODE_IP}, dashboard {head.dashboard_url}), MLflow "
+              f"({mlflow.url}) and the Optuna dashboard ({optuna.url}) together; deadline "
+              f"{timeout:.0f} s, logs in {logs}", file=sys.stderr, flush=True)
+        start_together([("Ray", head.start, head.log_file),
+                        ("MLflow", mlflow.start, mlflow.log_file),
+                        ("Optuna dashboard", optuna.start, optuna.log_file)],
                        timeout, lambda line: print(line, file=sys.stderr, flush=True))
         ray_token_file = write_secret(home / "ray_token", head.token)
         overrides = dict(ray_dashboard_url=head.dashboard_url, ray_auth_token=head.token,
                          ray_node_ip=NODE_IP, mlflow_tracking_uri=mlflow.url,
-                         mlflow_ui_url=mlflow.url, insecure=args.insecure)
+                         mlflow_ui_url=mlflow.url, optuna_dashboard_url=optuna.url,
+                         insecure=args.insecure)
         if token is not None:
             overrides["api_tokens"] = token
         settings = ApiSettings(**overrides)
@@ -179,12 +186,14 @@ def _serve_local(args: argparse.Namespace) -> int:
                  else "token from CREDIT_API_TOKENS" if settings.tokens else "no token needed")
         write_server(home, {"url": url, "token_file": str(api_token_file(home))
                             if token is not None else None,
-                            "mlflow_ui": mlflow.url, "ray_dashboard": head.dashboard_url,
+                            "mlflow_ui": mlflow.url, "optuna_dashboard": optuna.url,
+                            "ray_dashboard": head.dashboard_url,
                             "ray_token_file": str(ray_token_file)})
         print(f"\ncredit-search is up (CREDIT_HOME={home})\n"
               f"  API        {url}   ({where})\n"
               f"  API docs   {url}/docs\n"
               f"  MLflow UI  {mlflow.url}\n"
+              f"  Optuna     {optuna.url}/dashboard   (the study storage)\n"
               f"  Ray        {head.dashboard_url}   (dashboard; its token is in "
               f"{ray_token_file})\n"
               f"'credit studies ...' in another shell with the same CREDIT_HOME finds this "
@@ -212,11 +221,13 @@ def _serve_local(args: argparse.Namespace) -> int:
         print("stopping ...", file=sys.stderr, flush=True)
         if services is not None:
             _cancel_running(services)
+        optuna.stop()
         mlflow.stop()
         head.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        print("stopped: API, MLflow and the Ray head.", file=sys.stderr, flush=True)
+        print("stopped: API, MLflow, the Optuna dashboard and the Ray head.",
+              file=sys.stderr, flush=True)
     return 0
 
 

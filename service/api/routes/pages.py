@@ -85,6 +85,19 @@ document.getElementById("token").addEventListener("submit", (e) => {{
   sessionStorage.setItem(KEY, document.getElementById("token-value").value.trim());
   load();
 }});
+document.addEventListener("click", async (e) => {{  // downloads that need the token
+  const a = e.target.closest("a[data-auth]");
+  if (!a) return;
+  e.preventDefault();
+  const token = sessionStorage.getItem(KEY);
+  const r = await fetch(a.href, {{headers: token ? {{"Authorization": "Bearer " + token}} : {{}}}});
+  const url = URL.createObjectURL(await r.blob());
+  const name = (r.headers.get("content-disposition") || "").match(/filename="([^"]+)"/);
+  const link = Object.assign(document.createElement("a"), {{href: url,
+    download: name ? name[1] : "export"}});
+  link.click();
+  URL.revokeObjectURL(url);
+}});
 load();
 setInterval(() => {{ if (sessionStorage.getItem(KEY) !== null ||
   document.getElementById("token").style.display === "none") load(); }}, 10000);
@@ -151,7 +164,8 @@ def study_fragment(study: StudyRef, services: ServicesDep) -> HTMLResponse:
         + ", ".join(f"{_e(k)} = {_num(v)}" for k, v in sorted(s.best.params.items())) + "</p>")
     links = " · ".join(x for x in (
         _link(s.links.mlflow, "MLflow runs"), _link(getattr(s.links, "optuna", None), "Optuna"),
-        f'<a href="/studies/{_e(s.id)}/export?format=csv">CSV</a> (API, needs the token)')
+        f'<a data-auth href="/studies/{_e(s.id)}/export?format=csv" download>CSV</a>',
+        f'<a data-auth href="/studies/{_e(s.id)}/export?format=json" download>JSON</a>')
         if x)
     rows = []
     for t in sorted(trials, key=lambda t: t["number"]):

@@ -24,13 +24,23 @@ from service.api.schemas import (
     TrialsPublic,
 )
 from service.db import StudyRecord
-from service.links import mlflow_runs
+from service.links import mlflow_runs, optuna_study
 
 router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authenticated],
                    responses={401: {"model": ErrorPublic}, 403: {"model": ErrorPublic}})
 
 StudyRef = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
                                description="the study's id, or its name")]
+
+
+def _optuna_link(services: studies.Services, name: str) -> str | None:
+    base = services.settings.optuna_dashboard_url
+    if not base:
+        return None
+    try:
+        return optuna_study(base, services.optuna_storage().get_study_id_from_name(name))
+    except KeyError:  # the driver has not created the Optuna study yet
+        return None
 
 
 def to_public(services: studies.Services, record: StudyRecord) -> StudyPublic:
@@ -59,7 +69,8 @@ def to_public(services: studies.Services, record: StudyRecord) -> StudyPublic:
                                      record.name, spec["objective"].get("metric"),
                                      spec["objective"].get("mode", "min")),
                "mlflow_parent_run": services.mlflow_link(record.experiment_id,
-                                                         record.parent_run_id)},
+                                                         record.parent_run_id),
+               "optuna": _optuna_link(services, record.name)},
     )
 
 

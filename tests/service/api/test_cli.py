@@ -218,6 +218,9 @@ def test_serve_local_starts_and_stops_the_whole_stack(tmp_path):
             final = wait_status(c, "local", ("SUCCEEDED", "FAILED"))
         assert final["status"] == "SUCCEEDED"
         assert final["links"]["mlflow"].startswith(health["mlflow_ui_url"])
+        optuna_page = final["links"]["optuna"]
+        assert optuna_page.startswith(record["optuna_dashboard"] + "/dashboard/studies/")
+        assert httpx.get(optuna_page, timeout=30).status_code == 200
         # a study still running when the stack stops is cancelled, not left RUNNING
         r = httpx.post(url + "/studies", headers=headers, json={
             "name": "running-at-stop", "space": "mnist-fc-backprop", "max_trials": 4,
@@ -229,7 +232,7 @@ def test_serve_local_starts_and_stops_the_whole_stack(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert "stopped: API, MLflow and the Ray head." in err
+    assert "stopped: API, MLflow, the Optuna dashboard and the Ray head." in err
     assert token not in err and (home / "ray_token").read_text().strip() not in err
     assert f"its token is in {home / 'ray_token'}" in err
     assert re.search(r"  Ray: up in \d+ s", err) and re.search(r"  MLflow: up in \d+ s", err)
@@ -238,7 +241,7 @@ def test_serve_local_starts_and_stops_the_whole_stack(tmp_path):
     with sqlite3.connect(tmp_path / "home" / "service.db") as con:
         rows = dict(con.execute("select name, status from studies").fetchall())
     assert rows == {"local": "SUCCEEDED", "running-at-stop": "CANCELLED"}
-    for url in (health["mlflow_ui_url"], f"http://127.0.0.1:{port}",
+    for url in (health["mlflow_ui_url"], f"http://127.0.0.1:{port}", record["optuna_dashboard"],
                 re.search(r"Ray +(http://\S+)", err).group(1)):
         with pytest.raises(httpx.ConnectError):
             httpx.get(url, timeout=2)
