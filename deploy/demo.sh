@@ -8,7 +8,8 @@
 # and the feedback learning rate η_B of node perturbation (preset
 # mnist-fc-node-perturbation) on mnist-5k, 20 trials of 150 epochs, 2 at a time, then the best
 # configuration rerun with 3 seeds. State lives in $CREDIT_HOME (default ~/.credit).
-# Knobs: CREDIT_PORT (8000), DEMO_TRIALS (20), DEMO_EPOCHS (150), DEMO_SEEDS (3).
+# Knobs: CREDIT_PORT (8000), DEMO_TRIALS (20), DEMO_EPOCHS (150), DEMO_SEEDS (3),
+# CREDIT_STARTUP_TIMEOUT (600 s: how long Ray, MLflow and the Optuna dashboard may take).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,10 +89,15 @@ status=0
 "$credit" studies wait "$name" || status=$?
 echo
 echo "the study took $(( $(date +%s) - start )) s"
-mlflow_ui=$(.venv/bin/python -c "import httpx, sys; print(httpx.get(sys.argv[1] + '/healthz').json()['mlflow_ui_url'])" "$CREDIT_URL")
+read -r mlflow_runs optuna_page < <("$credit" studies show "$name" --json | .venv/bin/python -c \
+  'import json, sys; l = json.load(sys.stdin)["links"]; print(l["mlflow"] or "-", l["optuna"] or "-")')
 echo
-echo "Browse its runs in the MLflow UI:  $mlflow_ui   (experiment credit-search, run $name)"
-echo "The API:                           $CREDIT_URL/docs   (credit studies list | show | best)"
+echo "Its runs in the MLflow UI (the runs table, filtered to this study, best first):"
+echo "  $mlflow_runs"
+echo "Its parameters in the Optuna dashboard (importances, parallel coordinates, contours):"
+echo "  $optuna_page"
+echo "The service's page (studies, trials, CSV/JSON export): $CREDIT_URL/   (token: $CREDIT_HOME/api_token)"
+echo "The API: $CREDIT_URL/docs   (credit studies list | show | best | export)"
 [ "$status" -eq 0 ] || echo "(the study did not succeed: see 'credit studies show $name')"
 echo
 echo "The stack stays up; Ctrl-C stops it."

@@ -247,6 +247,8 @@ def format_study(s: dict[str, Any], base_url: str) -> str:
         lines.append(f"  best so far: {obj['metric']} {_num(s['best']['value'])} ({params})")
     lines.append(f"  API:    {base_url}{s['links']['self']}")
     lines.append(f"  MLflow: {s['links']['mlflow'] or '(once the study has started)'}")
+    if s["links"].get("optuna"):
+        lines.append(f"  Optuna: {s['links']['optuna']}")
     return "\n".join(lines)
 
 
