@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,17 +33,24 @@ COMMANDS: tuple[tuple[str, list[str], int], ...] = (
     ("train --noise-std -1", ["train", "--noise-std", "-1"], 2),
     ("search --space bogus", ["search", "--space", "bogus"], 2),
     ("search --trials 0", ["search", "--space", "mnist-fc-node-perturbation", "--trials", "0"], 2),
-    ("studies submit --space bogus", ["studies", "submit", "--space", "bogus"], 2),
+    ("studies submit (no server)", ["studies", "submit", "--space", "bogus",
+                                    "--url", "http://127.0.0.1:9"], 1),
     ("studies list --bogus", ["studies", "list", "--bogus"], 2),
     ("paper bogus", ["paper", "bogus"], 2),
     ("report (no id)", ["report"], 2),
 )
 
 
-def _time(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
+def _time(argv: list[str], env: dict[str, str]) -> tuple[float, int, float]:
+    """Wall time, exit status, and CPU time (user + system: what a busy machine's
+    neighbours do not inflate)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start, done.returncode
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, done.returncode, cpu
 
 
 def main() -> None:
@@ -52,18 +60,22 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="credit-bench-cli-")
     env = {**os.environ, "CREDIT_HOME": home}
     env.pop("CREDIT_URL", None)
-    base = statistics.median(_time([sys.executable, "-c", "pass"], env)[0]
-                             for _ in range(opts.repeat))
-    print(f"baseline python -c pass: {base * 1000:.0f} ms (median of {opts.repeat})")
-    print(f"{'command':<32} {'median':>8} {'+ over baseline':>16}  exit")
+    runs = [_time([sys.executable, "-c", "pass"], env) for _ in range(opts.repeat)]
+    base = statistics.median(r[0] for r in runs)
+    base_cpu = statistics.median(r[2] for r in runs)
+    print(f"baseline python -c pass: {base * 1000:.0f} ms wall, {base_cpu * 1000:.0f} ms CPU "
+          f"(median of {opts.repeat}); load average {os.getloadavg()[0]:.1f}")
+    print(f"{'command':<32} {'wall':>7} {'+ base':>7} {'CPU':>7} {'x base':>7}  exit")
     for label, args, expected in COMMANDS:
         runs = [_time([sys.executable, "-m", "service.cli", *args], env)
                 for _ in range(opts.repeat)]
-        median = statistics.median(t for t, _ in runs)
-        codes = {rc for _, rc in runs}
+        median = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[2] for r in runs)
+        codes = {r[1] for r in runs}
         flag = "" if codes == {expected} else f"  (expected {expected})"
-        print(f"{label:<32} {median * 1000:>6.0f}ms {(median - base) * 1000:>14.0f}ms"
-              f"  {','.join(map(str, sorted(codes)))}{flag}")
+        print(f"{label:<32} {median * 1000:>5.0f}ms {(median - base) * 1000:>5.0f}ms "
+              f"{cpu * 1000:>5.0f}ms {cpu / base_cpu:>6.1f}x  "
+              f"{','.join(map(str, sorted(codes)))}{flag}")
 
 
 if __name__ == "__main__":
