@@ -160,7 +160,7 @@ def test_bad_train_input_exits_2_with_one_line(args: list[str], expected: list[s
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize("argv", [[], ["trian"], ["rules", "--all"], ["--verbose", "rules"]])
+@pytest.mark.parametrize("argv", [[], ["trian"], ["rules", "--all"], ["--quiet", "rules"]])
 def test_bad_command_line_returns_2(argv: list[str], capsys: pytest.CaptureFixture) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
