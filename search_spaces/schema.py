@@ -32,10 +32,10 @@ from pydantic import (
     model_validator,
 )
 
+from trainables.catalog import RULE_NAMES as RULES  # torch-free: the CLI validates fast
 from trainables.config import ExperimentName, RuleName, TrainConfig
 from trainables.errors import ConfigError
 from trainables.experiments import EXPERIMENTS
-from trainables.rules import RULES
 from trainables.validation import error_phrase
 
 if TYPE_CHECKING:

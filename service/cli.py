@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import NoReturn
 
-from service.commands import UsageError, paper, search, serve, studies, train
+from service.commands import UsageError, paper, search, serve, spaces, studies, train
 
 PROG = "credit"
 
 #: The command modules, in the order ``credit --help`` lists them.
-COMMAND_MODULES = (train, search, paper, serve, studies)
+COMMAND_MODULES = (train, search, spaces, paper, serve, studies)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -75,6 +75,8 @@ def build_parser() -> ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="let Ray, Optuna and MLflow log lines and warnings through")
     subparsers = parser.add_subparsers(
         title="commands", dest="command", metavar="COMMAND", parser_class=ArgumentParser
     )
@@ -97,21 +99,19 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``credit`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    import logging
     import os
 
+    from service.quiet import quiet_third_party, set_verbose
     from trainables.errors import ConfigError, CreditError, DataUnavailableError, DivergenceError
 
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for noisy in ("mlflow", "alembic"):  # their INFO lines are not ours to show
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser()
     try:
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:  # --help and --version print, then exit
             return e.code if isinstance(e.code, int) else 0
+        set_verbose(args.verbose)
+        quiet_third_party()
         return int(args.func(args) or 0)
     except (ConfigError, DataUnavailableError) as e:  # UsageError is a ConfigError
         return _fail(f"error: {e}", 2)
@@ -121,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"error: {e}", 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except BrokenPipeError:  # `credit spaces | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,9 +155,18 @@ def _autoencoder_arrays(c, run_id: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------- statistics
+def _nanmin(values) -> float:
+    """The smallest finite value; NaN (no warning) when there is none."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.min()) if finite.size else math.nan
+
+
 def _curve(history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     epochs = np.arange(1, history.shape[1] + 1)
-    with np.errstate(all="ignore"):
+    # An epoch no seed reached is NaN on purpose (a gap in the curve), not a warning.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(history, axis=0)
         count = np.sum(np.isfinite(history), axis=0)
         sem = np.where(count > 1, np.nanstd(history, axis=0, ddof=1) / np.sqrt(count), 0.0)
@@ -330,10 +340,10 @@ def table_rows(experiment: str, arms: list[ArmData]) -> list[dict[str, Any]]:
                                "paper": a.reference or reference.get(a.key, "—")}
         if a.status == "ok":
             if "step_test_loss" in a.histories:  # the authors' protocol: already per 32 images
-                per_seed = [float(np.nanmin(h)) for h in a.histories["step_test_loss"]]
+                per_seed = [_nanmin(h) for h in a.histories["step_test_loss"]]
                 row["metric"] = "min per-step test loss per 32 images (authors' protocol)"
             elif table == "loss32":
-                per_seed = [32 * float(np.nanmin(h)) for h in a.histories.get("test_loss", [])]
+                per_seed = [_nanmin(h) * 32 for h in a.histories.get("test_loss", [])]
                 row["metric"] = "min test loss per 32 images"
             elif table == "accuracy":
                 per_seed = [100 * (1 - v) for v in a.finals.get("test_error", [])]

@@ -23,6 +23,15 @@ from trainables.errors import CreditError
 from trainables.trainer import Callback, Trainer
 
 PARENT_TAG = "mlflow.parentRunId"
+
+
+def run_name(study: str, role: str, trial_id: str, seed: int) -> str:
+    """A run's readable name: ``<study>/trial-<n>`` (n from Tune's ``xxxxx_0000n``) or,
+    for the final evaluation, ``<study>/seed-<seed>``."""
+    if role == "final":
+        return f"{study}/seed-{seed}"
+    tail = trial_id.rsplit("_", 1)[-1]
+    return f"{study}/{role}-{int(tail) if tail.isdigit() else trial_id}"
 STUDY_TAG = "credit.study"
 ROLE_TAG = "credit.role"  # study | trial | final | campaign
 TRIAL_TAG = "credit.trial_id"
@@ -147,7 +156,7 @@ class MlflowTrialLogger(Callback):
             return
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"{self.study}-{self.role}-{self.trial_id}",
+            run_name=run_name(self.study, self.role, self.trial_id, trainer.config.seed),
             tags={PARENT_TAG: self.parent_run_id, STUDY_TAG: self.study,
                   ROLE_TAG: self.role, TRIAL_TAG: self.trial_id},
         )

@@ -47,6 +47,7 @@ def connect_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
 
     if ray.is_initialized():
         return
+    from service.quiet import ray_logging_level
     from service.settings import ray_temp_dir
 
     _quiet_ray()
@@ -57,6 +58,7 @@ def connect_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
     # (127.0.0.2: Ray rewrites "127.0.0.1" into the outward IP; the rest of 127/8 it keeps)
     node_ip = os.environ.get("CREDIT_RAY_NODE_IP") or (None if address else "127.0.0.2")
     extra = {"_node_ip_address": node_ip} if node_ip else {}
+    extra["logging_level"] = ray_logging_level()  # ray.init resets the "ray" logger's level
     # ray.init replaces a driver's SIGTERM handler with sys.exit; keep the caller's own.
     on_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
@@ -81,6 +83,13 @@ def _quiet_ray() -> None:
     """Our progress line replaces Tune's tables; its snapshot warnings are noise here."""
     import logging
 
+    import optuna  # noqa: F401 -- imported first, so that its INFO lines can be silenced
+
+    from service.quiet import quiet_third_party, verbose
+
+    quiet_third_party()
+    if verbose():
+        return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -20,10 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from trainables.catalog import DATASET_NAMES, check_rule_settings
+from trainables.catalog import RULE_NAMES as RULES  # torch-free: the CLI validates fast
 from trainables.experiments import EXPERIMENTS
-from trainables.rules import RULES, RuleSettings
-
-DATASET_NAMES = ("cifar10", "mnist", "mnist-5k")
 
 #: A registered experiment or rule name; an unknown one fails listing the valid names.
 ExperimentName = Annotated[str, AfterValidator(EXPERIMENTS.check)]
@@ -136,5 +135,5 @@ class TrainConfig(BaseModel):
                 f"dataset {self.dataset!r} does not fit experiment {self.experiment!r}; "
                 f"valid: {', '.join(exp.datasets)}"
             )
-        RULES.get(self.rule).check_settings(RuleSettings.from_config(self))
+        check_rule_settings(self.rule, self.weight_decay)
         return self

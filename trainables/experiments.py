@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from trainables.network import LayerSpec
+from trainables.layers import LayerSpec
 from trainables.registry import Registry
 
 

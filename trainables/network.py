@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from trainables.errors import ConfigError
+from trainables.layers import LOSSES, LayerSpec
 
 Tensor = torch.Tensor
 _conv_backward = torch.ops.aten.convolution_backward
 _pool_backward = torch.ops.aten.max_pool2d_with_indices_backward
 
-ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
-LOSSES = ("mse", "cross_entropy")
 #: Weight initialisations: ``uniform`` draws W and b from U(±1/√fan_in) (PyTorch's
 #: nn.Linear default); ``authors`` is the authors' TensorFlow code: W from a normal
 #: truncated at ±2σ with σ = √(2/fan_in), every bias 0.1.
@@ -47,36 +45,6 @@ def init_weight(shape: tuple[int, ...], fan_in: int, init: str,
         std = math.sqrt(2.0 / fan_in)
         return torch.nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=generator)
     raise ConfigError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One weight layer: a linear map or a stride-1 'same' convolution, then ``post``."""
-
-    name: str
-    kind: Literal["linear", "conv"]
-    in_size: int  # features (linear) or channels (conv)
-    out_size: int
-    activation: str = "identity"
-    kernel_size: int = 1
-    pool: tuple[int, int, int] | None = None  # max-pool (kernel, stride, padding)
-    flatten: bool = False
-
-    def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {self.activation!r}; valid: {ACTIVATIONS}")
-        if self.kind not in ("linear", "conv"):
-            raise ConfigError(f"unknown layer kind {self.kind!r}; valid: linear, conv")
-
-    @property
-    def weight_shape(self) -> tuple[int, ...]:
-        if self.kind == "linear":
-            return (self.out_size, self.in_size)
-        return (self.out_size, self.in_size, self.kernel_size, self.kernel_size)
-
-    @property
-    def fan_in(self) -> int:
-        return math.prod(self.weight_shape[1:])
 
 
 @dataclass

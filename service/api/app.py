@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import catalog as catalog_domain
 from service.api import errors, lifecycle
 from service.api.config import OPEN_PATHS, ApiSettings
-from service.api.routes import catalog, health
+from service.api.routes import catalog, docs, export, health, pages
 from service.api.routes import studies as study_routes
 from service.api.services import Services
 from trainables.validation import error_phrase
@@ -67,11 +67,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             services.db.dispose()
 
     app = FastAPI(title="credit-search study service", version="1", description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # offline: routes/docs.py
     app.state.services = services
     app.include_router(health.router)
     app.include_router(study_routes.router)
     app.include_router(catalog.router)
+    app.include_router(docs.router)
+    app.include_router(export.router)
+    app.include_router(pages.router)
+    app.include_router(pages.fragments)
     _add_error_handlers(app)
     # add_middleware wraps: the last added runs first (auth, then the size limit)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

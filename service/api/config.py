@@ -19,7 +19,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from service import settings as defaults
 
 #: Paths anyone may call without a token.
-OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+OPEN_PATHS = ("/", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+              "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css",
+              "/docs/assets/redoc.standalone.js", "/docs/assets/favicon.png")
 
 
 class ApiSettings(BaseSettings):
@@ -57,6 +59,8 @@ class ApiSettings(BaseSettings):
                           "URI when it is http)")
     optuna_storage: str | None = Field(
         None, description="Optuna storage URL (sqlite in CREDIT_HOME)")
+    optuna_dashboard_url: str | None = Field(
+        None, description="base URL of an optuna-dashboard on that storage, for links")
     experiment_name: str = Field("credit-search", min_length=1, max_length=200)
     data_dir: str | None = Field(None, description="CREDIT_DATA_DIR, handed to studies")
 
@@ -65,6 +69,9 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     sync_interval_s: float = Field(2.0, gt=0, le=60)
     cancel_timeout_s: float = Field(30.0, gt=0, le=600)
+    startup_timeout: float = Field(
+        600.0, gt=0, le=86_400,
+        description="seconds the local stack (credit serve --local) may take to start")
     lost_job_grace_s: float = Field(
         60.0, gt=0, description="a study whose Ray job is unknown this long is FAILED")
 

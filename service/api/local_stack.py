@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -137,7 +138,8 @@ class LocalRayHead:
         return child_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
                          RAY_USAGE_STATS_ENABLED="0")
 
-    def start(self, timeout_s: float = 180.0) -> LocalRayHead:
+    def start(self, timeout_s: float = 600.0) -> LocalRayHead:
+        deadline = time.monotonic() + timeout_s
         args = [str(BIN / "ray"), "start", "--head", f"--port={self.port}",
                 f"--node-ip-address={NODE_IP}", f"--num-cpus={self.num_cpus}",
                 f"--temp-dir={self.temp_dir}", "--include-dashboard=true",
@@ -162,8 +164,8 @@ class LocalRayHead:
             where = f" (see {self.log_file})" if self.log_file else ""
             raise StackError(f"ray start --head failed with exit code {code}{where}")
         headers = {"Authorization": f"Bearer {self.token}"}
-        wait_http(f"{self.dashboard_url}/api/version", timeout_s, headers)
-        self._wait_jobs_agent(timeout_s, headers)
+        wait_http(f"{self.dashboard_url}/api/version", deadline - time.monotonic(), headers)
+        self._wait_jobs_agent(deadline - time.monotonic(), headers)
         return self
 
     def _wait_jobs_agent(self, timeout_s: float, headers: dict) -> None:
@@ -203,7 +205,7 @@ class MlflowServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 120.0) -> MlflowServer:
+    def start(self, timeout_s: float = 600.0) -> MlflowServer:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         hosts = f"127.0.0.1:{self.port},localhost:{self.port}"
         args = [str(BIN / "mlflow"), "server", "--workers", "1",
@@ -234,3 +236,138 @@ class MlflowServer:
             except subprocess.TimeoutExpired:  # pragma: no cover
                 pass
             self.proc = None
+
+
+class OptunaDashboard:
+    """``optuna-dashboard`` on loopback over the study storage: importances, parallel
+    coordinates, contour plots of the searched parameters; ``study_url`` opens one study."""
+
+    def __init__(self, storage: str, port: int | None = None, log_file: Path | None = None):
+        self.storage = storage
+        self.port = free_port(port or 8080)
+        self.log_file = log_file
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 600.0) -> OptunaDashboard:
+        import optuna
+
+        # optuna-dashboard does not create the schema of a new storage: do it first
+        optuna.storages.RDBStorage(self.storage, engine_kwargs={"connect_args": {
+            "timeout": 60}} if self.storage.startswith("sqlite") else {})
+        args = [str(BIN / "optuna-dashboard"), self.storage, "--host", "127.0.0.1",
+                "--port", str(self.port)]
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(args, start_new_session=True, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        try:
+            wait_http(f"{self.url}/dashboard", timeout_s,
+                      alive=lambda: self.proc is not None and self.proc.poll() is None)
+        except StackError as error:
+            self.stop()
+            raise StackError(f"optuna-dashboard did not start: {error}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_session(self.proc.pid)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+            self.proc = None
+
+
+# ------------------------------------------------------------------ starting together
+
+#: How long the local stack may take to come up (CREDIT_STARTUP_TIMEOUT, --startup-timeout):
+#: generous, since a busy 2-core machine took 124-141 s for MLflow alone.
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
+
+
+def log_tail(path: Path | None, lines: int = 12) -> list[str]:
+    """The last ``lines`` non-empty lines of a log file (none if it cannot be read)."""
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+class ComponentError(StackError):
+    """One component did not start: ``component`` names it, ``log_lines`` end its log."""
+
+    def __init__(self, component: str, reason: str, log_file: Path | None):
+        self.component = component
+        self.log_file = log_file
+        self.log_lines = log_tail(log_file)
+        where = f" (log: {log_file})" if log_file else ""
+        super().__init__(f"{component} did not start: {reason}{where}")
+
+
+def start_together(components: list[tuple[str, Callable[[float], object], Path | None]],
+                   timeout_s: float, report: Callable[[str], None],
+                   every_s: float = 10.0) -> dict[str, float]:
+    """Start every ``(name, start, log_file)`` at once, each in a thread, all under one
+    deadline of ``timeout_s``; ``start(remaining_s)`` returns once its component answers.
+
+    While waiting, ``report`` gets one line per component still starting every
+    ``every_s`` seconds, and one when it is up. The first failure raises
+    ``ComponentError`` (its log's last lines attached); the caller stops the others.
+    Returns each component's start-up time in seconds.
+    """
+    import threading
+
+    begin = time.monotonic()
+    done: dict[str, float] = {}
+    failed: list[ComponentError] = []
+    changed = threading.Event()
+
+    def run(name: str, start: Callable[[float], object], log_file: Path | None) -> None:
+        try:
+            start(timeout_s)
+            done[name] = time.monotonic() - begin
+        except Exception as error:  # any failure to start is that component's failure
+            failed.append(ComponentError(name, str(error) or type(error).__name__, log_file))
+        changed.set()
+
+    threads = [threading.Thread(target=run, args=c, name=f"start-{c[0]}", daemon=True)
+               for c in components]
+    for t in threads:
+        t.start()
+    reported: set[str] = set()
+    next_progress = begin + every_s
+    while True:
+        changed.wait(timeout=max(0.0, min(1.0, next_progress - time.monotonic())))
+        changed.clear()
+        for name, took in list(done.items()):
+            if name not in reported:
+                reported.add(name)
+                report(f"  {name}: up in {took:.0f} s")
+        if failed:
+            raise failed[0]
+        if len(done) == len(components):
+            return done
+        now = time.monotonic()
+        if now >= begin + timeout_s + 5:  # a start() that overran its own deadline
+            late = [c[0] for c in components if c[0] not in done][0]
+            log_file = next(c[2] for c in components if c[0] == late)
+            raise ComponentError(late, f"not up within {timeout_s:.0f} s", log_file)
+        if now >= next_progress:
+            next_progress = now + every_s
+            for name, _, _ in components:
+                if name not in done:
+                    report(f"  {name}: starting ... {now - begin:.0f} s "
+                           f"(deadline {timeout_s:.0f} s)")

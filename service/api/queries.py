@@ -110,7 +110,8 @@ def study_trials(svc: Services, ref: str) -> list[dict[str, Any]]:
                     "value": t.value if t.state == states.COMPLETE else None,
                     "started_at": t.datetime_start, "completed_at": t.datetime_complete,
                     "mlflow_run_id": run_id,
-                    "mlflow_url": svc.mlflow_link(record.experiment_id, run_id)})
+                    "mlflow_url": svc.mlflow_link(record.experiment_id, run_id),
+                    "failure": run.data.tags.get(tracking.FAILURE_TAG) if run else None})
     return out
 
 

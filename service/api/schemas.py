@@ -67,7 +67,12 @@ StudyCreate = create_model(
 
 class Links(BaseModel):
     self: str
-    mlflow: str | None = Field(None, description="MLflow UI page of the study's parent run")
+    mlflow: str | None = Field(
+        None, description="MLflow UI: the runs table filtered to the study's runs, best first")
+    mlflow_parent_run: str | None = Field(
+        None, description="MLflow UI page of the study's parent run")
+    optuna: str | None = Field(
+        None, description="Optuna dashboard page of the study (importances, contours)")
 
 
 #: How many trials are in each state (``service.settings.TRIAL_STATES``).

@@ -1,4 +1,4 @@
-"""``credit search`` (run or resume a study) and ``credit spaces`` (the presets)."""
+"""``credit search``: run or resume a study."""
 
 from __future__ import annotations
 
@@ -32,9 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.set_defaults(func=run_search)
-
-    s = subparsers.add_parser("spaces", help="list the search-space presets")
-    s.set_defaults(func=list_spaces)
 
 
 #: StudySpec fields the API's server owns, which ``credit search`` (its own server) sets.
@@ -135,12 +132,3 @@ def format_result(result) -> str:
     lines.append(f"MLflow parent run: {result.parent_run_id} ({result.tracking_uri})")
     return "\n".join(lines)
 
-
-def list_spaces(args: argparse.Namespace) -> int:
-    from search_spaces import list_presets
-
-    presets = list_presets()
-    width = max(len(n) for n in presets)
-    for name, text in sorted(presets.items()):
-        print(f"{name:<{width}}  {text}")
-    return 0

@@ -36,8 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus", type=int, help="--local: CPUs of the Ray head (all of them)")
     p.add_argument("--gpus", type=int, help="--local: GPUs of the Ray head (autodetect)")
     p.add_argument("--mlflow-port", type=int, help="--local: MLflow port (5000 if free)")
+    p.add_argument("--optuna-port", type=int,
+                   help="--local: Optuna dashboard port (8080 if free)")
     p.add_argument("--dashboard-port", type=int,
                    help="--local: Ray dashboard port (8265 if free)")
+    p.add_argument("--startup-timeout", type=float, metavar="SECONDS",
+                   help="--local: how long Ray and MLflow may take to start, together "
+                   "($CREDIT_STARTUP_TIMEOUT, 600)")
     p.add_argument("--insecure", action="store_true",
                    help="run without any API token: every request is let in")
     p.add_argument("--log-level", default="info",
@@ -77,14 +82,13 @@ def api_token_file(home: Path) -> Path:
 
 def ensure_api_token(home: Path) -> str:
     """The token in CREDIT_HOME/api_token, generated (mode 0600) if missing."""
+    from service.discovery import write_secret
+
     path = api_token_file(home)
     if path.exists() and path.read_text().strip():
         return path.read_text().strip()
-    home.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    write_secret(path, token)
     return token
 
 
@@ -105,6 +109,9 @@ def _defaults_for_clients() -> None:
 def run_serve(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: must be 1-65535 (got {args.port})")
+    if args.startup_timeout is not None and not 0 < args.startup_timeout <= 86_400:
+        raise UsageError(f"--startup-timeout: must be > 0 and <= 86400 seconds "
+                         f"(got {args.startup_timeout:g})")
     _defaults_for_clients()
     if args.local:
         return _serve_local(args)
@@ -127,7 +134,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _serve_local(args: argparse.Namespace) -> int:
     from service.api.config import ApiSettings
-    from service.api.local_stack import NODE_IP, LocalRayHead, MlflowServer, StackError
+    from service.api.local_stack import (
+        NODE_IP,
+        LocalRayHead,
+        MlflowServer,
+        OptunaDashboard,
+        StackError,
+        start_together,
+    )
+    from service.discovery import remove_server, server_file, write_secret, write_server
 
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     base = _settings(args, insecure=True)  # tokens are settled below
@@ -139,16 +154,24 @@ def _serve_local(args: argparse.Namespace) -> int:
                         dashboard_port=args.dashboard_port, log_file=logs / "ray-start.log")
     mlflow = MlflowServer(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts",
                           port=args.mlflow_port, log_file=logs / "mlflow.log")
+    optuna = OptunaDashboard(base.optuna_storage, port=args.optuna_port,
+                             log_file=logs / "optuna-dashboard.log")
     server = None
     services = None
     try:
-        print(f"starting Ray (head on {NODE_IP}, dashboard {head.dashboard_url}) and "
-              f"MLflow ({mlflow.url}) ...", file=sys.stderr, flush=True)
-        head.start()
-        mlflow.start()
+        timeout = args.startup_timeout or base.startup_timeout
+        print(f"starting Ray (head on {NODE_IP}, dashboard {head.dashboard_url}), MLflow "
+              f"({mlflow.url}) and the Optuna dashboard ({optuna.url}) together; deadline "
+              f"{timeout:.0f} s, logs in {logs}", file=sys.stderr, flush=True)
+        start_together([("Ray", head.start, head.log_file),
+                        ("MLflow", mlflow.start, mlflow.log_file),
+                        ("Optuna dashboard", optuna.start, optuna.log_file)],
+                       timeout, lambda line: print(line, file=sys.stderr, flush=True))
+        ray_token_file = write_secret(home / "ray_token", head.token)
         overrides = dict(ray_dashboard_url=head.dashboard_url, ray_auth_token=head.token,
                          ray_node_ip=NODE_IP, mlflow_tracking_uri=mlflow.url,
-                         mlflow_ui_url=mlflow.url, insecure=args.insecure)
+                         mlflow_ui_url=mlflow.url, optuna_dashboard_url=optuna.url,
+                         insecure=args.insecure)
         if token is not None:
             overrides["api_tokens"] = token
         settings = ApiSettings(**overrides)
@@ -158,13 +181,23 @@ def _serve_local(args: argparse.Namespace) -> int:
         app = create_app(settings)
         services = app.state.services
         server = _uvicorn(app, args)
-        where = (f"token in {api_token_file(home)}: {token}" if token is not None
+        url = f"http://{args.host}:{args.port}"
+        where = (f"token in {api_token_file(home)}" if token is not None
                  else "token from CREDIT_API_TOKENS" if settings.tokens else "no token needed")
+        write_server(home, {"url": url, "token_file": str(api_token_file(home))
+                            if token is not None else None,
+                            "mlflow_ui": mlflow.url, "optuna_dashboard": optuna.url,
+                            "ray_dashboard": head.dashboard_url,
+                            "ray_token_file": str(ray_token_file)})
         print(f"\ncredit-search is up (CREDIT_HOME={home})\n"
-              f"  API        http://{args.host}:{args.port}   ({where})\n"
-              f"  API docs   http://{args.host}:{args.port}/docs\n"
+              f"  API        {url}   ({where})\n"
+              f"  API docs   {url}/docs\n"
               f"  MLflow UI  {mlflow.url}\n"
-              f"  Ray        {head.dashboard_url} (dashboard; Ray token in the serve process)\n"
+              f"  Optuna     {optuna.url}/dashboard   (the study storage)\n"
+              f"  Ray        {head.dashboard_url}   (dashboard; its token is in "
+              f"{ray_token_file})\n"
+              f"'credit studies ...' in another shell with the same CREDIT_HOME finds this "
+              f"server ({server_file(home)}).\n"
               f"Ctrl-C stops the API, the studies still running, MLflow and this Ray head.\n",
               file=sys.stderr, flush=True)
         server.run()
@@ -174,19 +207,27 @@ def _serve_local(args: argparse.Namespace) -> int:
     except _Stop:
         pass
     except StackError as error:
+        lines = getattr(error, "log_lines", [])
+        if lines:
+            print(f"last lines of {error.log_file}:", file=sys.stderr)
+            for line in lines:
+                print(f"  | {line}", file=sys.stderr)
         print(f"credit: error: {error}", file=sys.stderr)
         return 1
     finally:
+        remove_server(home)
         for s in previous:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(s, lambda *_: print("stopping, please wait ...", file=sys.stderr))
         print("stopping ...", file=sys.stderr, flush=True)
         if services is not None:
             _cancel_running(services)
+        optuna.stop()
         mlflow.stop()
         head.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        print("stopped: API, MLflow and the Ray head.", file=sys.stderr, flush=True)
+        print("stopped: API, MLflow, the Optuna dashboard and the Ray head.",
+              file=sys.stderr, flush=True)
     return 0
 
 

@@ -1,8 +1,9 @@
 """``credit studies``: the study service's client (submit, list, show, best, cancel, wait).
 
-Talks HTTP (httpx) to the API at ``--url`` / ``$CREDIT_URL`` (default
-http://127.0.0.1:8000) with the bearer token from ``--token`` / ``$CREDIT_TOKEN``,
-else ``$CREDIT_HOME/api_token`` (what ``credit serve --local`` writes). A study is
+Talks HTTP (httpx) to the API at ``--url`` / ``$CREDIT_URL``, else the local service
+recorded in ``$CREDIT_HOME/server.json`` by ``credit serve --local``, else
+http://127.0.0.1:8000, with the bearer token from ``--token`` / ``$CREDIT_TOKEN``, else
+the token file that record names (``$CREDIT_HOME/api_token``). A study is
 named by its id or its name. The server's 4xx answers (bad input) exit 2 with one
 line naming the field; an unreachable server or a 5xx exits 1.
 """
@@ -74,8 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--interval", type=float, default=2.0, help="seconds between polls (2)")
     w.add_argument("--timeout", type=float, help="give up after this many seconds")
 
+    x = command("export", "every trial of a study, one row each (CSV or JSON)", export)
+    x.add_argument("study", metavar="ID", help="the study's id or name")
+    x.add_argument("--format", choices=("csv", "json"), default="csv", help="csv (default) or json")
+    x.add_argument("--out", metavar="FILE", help="write to FILE (default: standard output)")
+
     def missing(args: argparse.Namespace) -> int:
-        raise UsageError("missing study command; valid: submit, list, show, best, cancel, wait")
+        raise UsageError("missing study command; valid: submit, list, show, best, cancel, wait, "
+                         "export")
 
     p.set_defaults(func=missing)
 
@@ -88,30 +95,63 @@ class Client:
     def __init__(self, url: str | None, token: str | None):
         import httpx
 
-        self.url = (url or os.environ.get("CREDIT_URL") or DEFAULT_URL).rstrip("/")
-        token = token or os.environ.get("CREDIT_TOKEN") or _token_file()
+        from service.discovery import home_dir, read_server, server_file
+
+        self.home = home_dir()
+        record = None
+        if url:
+            self.source = "--url"
+        elif os.environ.get("CREDIT_URL"):
+            url, self.source = os.environ["CREDIT_URL"], "CREDIT_URL"
+        elif (record := read_server(self.home)) is not None:
+            if not record["running"]:
+                raise ServiceError(
+                    f"the local service recorded in {server_file(self.home)} is not running "
+                    f"(pid {record.get('pid')}): start it with 'credit serve --local', or set "
+                    "CREDIT_URL to a running service")
+            url, self.source = record["url"], str(server_file(self.home))
+        else:
+            url, self.source = DEFAULT_URL, "the default"
+        self.url = url.rstrip("/")
+        if token or os.environ.get("CREDIT_TOKEN"):
+            self.token_source = "--token" if token else "CREDIT_TOKEN"
+            token = token or os.environ["CREDIT_TOKEN"]
+        else:
+            path = Path(record["token_file"]) if record and record.get("token_file") \
+                else self.home / "api_token"
+            token, self.token_source = _token_file(path), str(path)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
-    def call(self, method: str, path: str, **kwargs) -> Any:
+    def call(self, method: str, path: str, text: bool = False, **kwargs) -> Any:
         import httpx
 
         try:
             r = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
-            raise ServiceError(f"cannot reach the study service at {self.url}: "
-                               f"{error or type(error).__name__}") from None
+            raise ServiceError(
+                f"cannot reach the study service at {self.url} (from {self.source}): "
+                f"{error or type(error).__name__}; start one with 'credit serve --local' "
+                f"(CREDIT_HOME={self.home}), or set CREDIT_URL (or --url) to a running "
+                "service") from None
         if r.status_code < 400:
-            return r.json()
+            return r.text if text else r.json()
         text = _problems(r)
+        if r.status_code in (401, 403):
+            raise UsageError(
+                f"{method} {path}: {r.status_code} {text}; the token came from "
+                f"{self.token_source}: set CREDIT_TOKEN (or --token) to one of the server's "
+                "CREDIT_API_TOKENS, or CREDIT_HOME to the one 'credit serve --local' uses "
+                "(it keeps its token in CREDIT_HOME/api_token)")
+        if r.status_code == 404 and path.startswith("/studies/"):
+            raise UsageError(f"{method} {path}: {r.status_code} {text}; "
+                             "list the studies with 'credit studies list'")
         if r.status_code < 500:
             raise UsageError(f"{method} {path}: {r.status_code} {text}")
         raise ServiceError(f"{method} {path}: {r.status_code} {text}")
 
 
-def _token_file() -> str | None:
-    home = Path(os.environ.get("CREDIT_HOME") or "~/.credit").expanduser()
-    path = home / "api_token"
+def _token_file(path: Path) -> str | None:
     try:
         return path.read_text().strip() or None
     except OSError:
@@ -208,6 +248,8 @@ def format_study(s: dict[str, Any], base_url: str) -> str:
         lines.append(f"  best so far: {obj['metric']} {_num(s['best']['value'])} ({params})")
     lines.append(f"  API:    {base_url}{s['links']['self']}")
     lines.append(f"  MLflow: {s['links']['mlflow'] or '(once the study has started)'}")
+    if s["links"].get("optuna"):
+        lines.append(f"  Optuna: {s['links']['optuna']}")
     return "\n".join(lines)
 
 
@@ -301,3 +343,17 @@ def _wait(client: Client, ref: str, interval: float, timeout: float | None) -> i
         print()
         print(format_best(client.call("GET", f"/studies/{study['id']}/best")))
     return 0 if study["status"] == "SUCCEEDED" else 1
+
+
+def export(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    client = _client(args)
+    body = client.call("GET", f"/studies/{quote(args.study, safe='')}/export",
+                       params={"format": args.format}, text=True)
+    if args.out:
+        Path(args.out).write_text(body)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(body)
+    return 0

@@ -225,25 +225,21 @@ def format_summary(
 # --------------------------------------------------------------------------- catalogues
 
 
-def _print_table(rows: Sequence[tuple[str, str]]) -> None:
-    width = max(len(name) for name, _ in rows)
-    for name, text in rows:
-        print(f"{name:<{width}}  {text}")
-
-
 def list_rules(args: argparse.Namespace) -> int:
     """Print every learning rule with its one-line description."""
-    from trainables.rules import RULES
+    from service.commands.listing import print_table
+    from trainables.catalog import rule_descriptions
 
-    _print_table([(name, rule.description) for name, rule in RULES.items()])
+    print_table(list(rule_descriptions().items()))
     return 0
 
 
 def list_experiments(args: argparse.Namespace) -> int:
     """Print every experiment with its description, datasets and default dataset."""
+    from service.commands.listing import print_table
     from trainables.experiments import EXPERIMENTS
 
-    _print_table([
+    print_table([
         (name, f"{exp.description}; datasets: {', '.join(exp.datasets)} "
                f"(default: {exp.default_dataset})")
         for name, exp in EXPERIMENTS.items()
@@ -253,12 +249,13 @@ def list_experiments(args: argparse.Namespace) -> int:
 
 def list_datasets(args: argparse.Namespace) -> int:
     """Print every dataset with its description and the experiments that use it."""
-    from trainables.data import describe_datasets
+    from service.commands.listing import print_table
+    from trainables.catalog import dataset_descriptions
     from trainables.experiments import EXPERIMENTS
 
     rows = []
-    for name, text in describe_datasets().items():
+    for name, text in dataset_descriptions().items():
         users = [e for e, exp in EXPERIMENTS.items() if name in exp.datasets]
         rows.append((name, f"{text.rstrip('.')}; experiments: {', '.join(users) or '-'}"))
-    _print_table(rows)
+    print_table(rows)
     return 0

@@ -34,6 +34,7 @@ def _env(**extra: str) -> dict[str, str]:
     """The test process's environment (so a subprocess joins ``ray_cluster`` if it runs)."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"  # a 2-core machine: no spinning thread pools
+    env["COLUMNS"] = "1000"  # listings wrap to the terminal: one line per entry here
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
@@ -190,3 +191,14 @@ def test_search_refuses_a_taken_name(tiny_search) -> None:
     assert "'cli-tiny'" in line and "taken" in line
     assert proc.stdout == ""
     assert tiny_search["again_s"] < 20
+
+
+def test_search_prints_no_third_party_log_lines(tiny_search) -> None:
+    """Ray's INFO/WARNING lines and Optuna's "[I ...] A new study created" stay out."""
+    proc = tiny_search["first"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    noise = [line for line in (proc.stdout + proc.stderr).splitlines()
+             if re.match(r"^\[[IWD] \d{4}-", line)  # optuna
+             or re.search(r"\b(INFO|WARNING|DEBUG)\b \S+\.py:\d+ --", line)  # ray
+             or "Warning:" in line]
+    assert not noise, noise

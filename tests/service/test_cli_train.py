@@ -29,6 +29,7 @@ def _env() -> dict[str, str]:
     # One intra-op thread: with the default two on this 2-core machine, a busy neighbour
     # makes torch's thread pool spin and a tiny-MLP epoch ~70x slower.
     env["OMP_NUM_THREADS"] = "1"
+    env["COLUMNS"] = "1000"  # listings wrap to the terminal: one line per entry here
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -164,7 +165,7 @@ def test_bad_train_input_exits_2_with_one_line(args: list[str], expected: list[s
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize("argv", [[], ["trian"], ["rules", "--all"], ["--verbose", "rules"]])
+@pytest.mark.parametrize("argv", [[], ["trian"], ["rules", "--all"], ["--quiet", "rules"]])
 def test_bad_command_line_returns_2(argv: list[str], capsys: pytest.CaptureFixture) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from trainables.catalog import check_rule_settings
 from trainables.errors import ConfigError
 from trainables.network import FeedbackNetwork, ForwardPass, init_weight
 
@@ -68,8 +69,9 @@ class LearningRule(ABC):
 
     @classmethod
     def check_settings(cls, settings: RuleSettings) -> None:
-        """Raise ``ConfigError`` (a ``ValueError``) if the rule cannot run with ``settings``;
-        ``TrainConfig`` calls it, so a bad combination fails before any work starts."""
+        """Raise ``ConfigError`` (a ``ValueError``) if the rule cannot run with ``settings``
+        (``catalog.check_rule_settings``, which ``TrainConfig`` calls too, torch-free)."""
+        check_rule_settings(cls.name, settings.weight_decay)
 
     # ------------------------------------------------------------ feedback
     def init_feedback(self, generator: torch.Generator) -> list[Tensor | None]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trainables.errors import ConfigError
-from trainables.rules._base import LearningRule, RuleSettings
+from trainables.rules._base import LearningRule
 
 
 class KolenPollack(LearningRule):
@@ -15,14 +14,6 @@ class KolenPollack(LearningRule):
     name = "kolen_pollack"
     description = "matched updates plus weight decay on both W and B, so B → W"
     tracks_weight_updates = True
-
-    @classmethod
-    def check_settings(cls, settings: RuleSettings) -> None:
-        if settings.weight_decay <= 0:
-            raise ConfigError(
-                f"rule 'kolen_pollack' needs weight_decay > 0 (got {settings.weight_decay}); "
-                "without it, use 'matched'"
-            )
 
     def after_weight_update(self, deltas, old_weights):
         # B ← B + ΔW + d·(W_old − B): ΔW already holds W's own decay −d·W_old.

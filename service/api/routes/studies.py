@@ -25,6 +25,7 @@ from service.api.schemas import (
 )
 from service.api.services import Services
 from service.db import StudyRecord
+from service.links import mlflow_runs, optuna_study
 from service.settings import TRIAL_STATES
 
 router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authenticated],
@@ -32,6 +33,16 @@ router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authentica
 
 StudyRef = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
                                description="the study's id, or its name")]
+
+
+def _optuna_link(services: Services, name: str) -> str | None:
+    base = services.settings.optuna_dashboard_url
+    if not base:
+        return None
+    try:
+        return optuna_study(base, services.optuna_storage().get_study_id_from_name(name))
+    except KeyError:  # the driver has not created the Optuna study yet
+        return None
 
 
 def to_public(services: Services, record: StudyRecord) -> StudyPublic:
@@ -55,7 +66,12 @@ def to_public(services: Services, record: StudyRecord) -> StudyPublic:
         created_at=queries.aware(record.created_at),
         updated_at=queries.aware(record.updated_at),
         links={"self": f"/studies/{record.id}",
-               "mlflow": services.mlflow_link(record.experiment_id, record.parent_run_id)},
+               "mlflow": mlflow_runs(services.settings.mlflow_ui_url, record.experiment_id,
+                                     record.name, spec["objective"].get("metric"),
+                                     spec["objective"].get("mode", "min")),
+               "mlflow_parent_run": services.mlflow_link(record.experiment_id,
+                                                         record.parent_run_id),
+               "optuna": _optuna_link(services, record.name)},
     )
 
 

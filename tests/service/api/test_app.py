@@ -29,6 +29,13 @@ def test_no_token_is_401_and_a_wrong_one_403(queue_api, method, path):
         assert r.json()["detail"][0]["loc"] == ["header", "Authorization"]
 
 
+def test_page_fragments_need_the_token(queue_api):
+    with httpx.Client(base_url=queue_api.url) as c:
+        assert c.get("/pages/studies").status_code == 401
+        r = c.get("/pages/studies", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and 'id="studies"' in r.text
+
+
 def test_the_token_lets_in(queue_api):
     with httpx.Client(base_url=queue_api.url) as c:
         for token in (TOKEN, OTHER_TOKEN):
@@ -77,7 +84,8 @@ def test_a_rejected_token_learns_nothing_from_validation(queue_api):
         assert r.status_code == 401
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/docs", "/openapi.json", "/redoc"])
+@pytest.mark.parametrize("path", ["/healthz", "/docs", "/openapi.json", "/redoc", "/",
+                                  "/docs/assets/swagger-ui-bundle.js"])
 def test_health_and_docs_need_no_token(queue_api, path):
     assert httpx.get(queue_api.url + path).status_code == 200
 
@@ -141,7 +149,8 @@ ROUTES = {("get", "/healthz"), ("post", "/studies"), ("get", "/studies"),
           ("get", "/studies/{study}"), ("get", "/studies/{study}/trials"),
           ("get", "/studies/{study}/best"), ("post", "/studies/{study}/cancel"),
           ("get", "/studies/{study}/report"), ("get", "/studies/{study}/report/{figure}"),
-          ("get", "/search-spaces"), ("get", "/search-spaces/{name}"), ("get", "/experiments")}
+          ("get", "/search-spaces"), ("get", "/search-spaces/{name}"), ("get", "/experiments"),
+          ("get", "/studies/{study}/export")}
 
 
 def _refs(node, found: set[str]) -> set[str]:
@@ -164,9 +173,10 @@ def test_openapi_document_is_valid_and_lists_every_route(queue_api):
     listed = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert listed == ROUTES
     # every route the app serves is documented
-    from service.api.routes import catalog, health, studies
+    from service.api.routes import catalog, export, health, studies
 
-    served = {(m.lower(), r.path) for router in (catalog.router, health.router, studies.router)
+    served = {(m.lower(), r.path) for router in (catalog.router, health.router, studies.router,
+                                                 export.router)
               for r in router.routes for m in r.methods}
     assert served == ROUTES
     # operations: unique ids, responses, and the bearer scheme on all but /healthz

@@ -93,7 +93,8 @@ def test_submit_wait_best_on_a_real_study(api):
      ["max_trials", ">= 1"]),
     (["studies", "submit"], 2, ["FILE or --space"]),
     (["studies", "submit", "missing.json"], 2, ["missing.json"]),
-    (["studies", "show", "no-such-study"], 2, ["404", "no-such-study"]),
+    (["studies", "show", "no-such-study"], 2,
+     ["404", "no-such-study", "'credit studies list'"]),
     (["studies", "wait", "x", "--interval", "0"], 2, ["--interval"]),
     (["studies"], 2, ["missing study command"]),
 ])
@@ -108,10 +109,42 @@ def test_client_errors_are_one_line(queue_api, tmp_path, args, code, words):
 def test_wrong_token_and_no_server(queue_api):
     proc = credit("studies", "list", env=client_env(queue_api, CREDIT_TOKEN="nope"))
     assert proc.returncode == 2 and "403" in one_line(proc)
+    assert "CREDIT_TOKEN" in one_line(proc) and "CREDIT_HOME" in one_line(proc)
     env = client_env(queue_api)
     env["CREDIT_URL"] = f"http://127.0.0.1:{free_port()}"
     proc = credit("studies", "list", env=env)
     assert proc.returncode == 1 and "cannot reach the study service" in one_line(proc)
+    assert "'credit serve --local'" in one_line(proc) and "CREDIT_URL" in one_line(proc)
+
+
+def test_client_finds_the_server_through_credit_home(queue_api, tmp_path):
+    """No --url, no CREDIT_URL: the address and token file recorded in CREDIT_HOME."""
+    from service.discovery import write_secret
+
+    home = tmp_path / "home"
+    token_file = write_secret(home / "api_token", TOKEN)
+    env = {k: v for k, v in client_env(queue_api).items()
+           if k not in ("CREDIT_URL", "CREDIT_TOKEN")}
+    env["CREDIT_HOME"] = str(home)
+    # a record of a server that is running (this test's own pid stands for it)
+    record = {"url": queue_api.url, "token_file": str(token_file), "pid": os.getpid()}
+    (home / "server.json").write_text(json.dumps(record))
+    proc = credit("studies", "list", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "studies" in proc.stdout.splitlines()[-1]
+    # a record whose server has gone: says so, and what to start or set
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
+    (home / "server.json").write_text(json.dumps({**record, "pid": int(dead.stdout)}))
+    proc = credit("studies", "list", env=env)
+    assert proc.returncode == 1
+    line = one_line(proc)
+    assert "is not running" in line and "'credit serve --local'" in line and "CREDIT_URL" in line
+    # no record at all: the default address, and the same advice when nothing answers there
+    (home / "server.json").unlink()
+    env["CREDIT_HOME"] = str(tmp_path / "empty")
+    proc = credit("studies", "list", "--url", f"http://127.0.0.1:{free_port()}", env=env)
+    assert proc.returncode == 1 and "(from --url)" in one_line(proc)
 
 
 def test_serve_refuses_to_start_without_a_token(tmp_path):
@@ -166,20 +199,32 @@ def test_serve_local_starts_and_stops_the_whole_stack(tmp_path):
                 pass
             time.sleep(1)
         assert health and health["status"] == "ok", health
-        token = (tmp_path / "home" / "api_token").read_text().strip()
-        assert oct((tmp_path / "home" / "api_token").stat().st_mode & 0o777) == "0o600"
+        home = tmp_path / "home"
+        token = (home / "api_token").read_text().strip()
+        assert oct((home / "api_token").stat().st_mode & 0o777) == "0o600"
+        assert oct((home / "ray_token").stat().st_mode & 0o777) == "0o600"
+        record = json.loads((home / "server.json").read_text())
+        assert record["url"] == url and record["token_file"] == str(home / "api_token")
+        assert record["ray_token_file"] == str(home / "ray_token")
+        # a new shell with only CREDIT_HOME set finds this server and its token
+        shell = {k: v for k, v in env.items() if k not in ("CREDIT_URL", "CREDIT_TOKEN")}
+        listed = credit("studies", "list", env=shell)
+        assert listed.returncode == 0, listed.stderr
         headers = {"Authorization": f"Bearer {token}"}
         r = httpx.post(url + "/studies", headers=headers, json={
-            "name": "local", "space": "mnist-fc-backprop", "max_trials": 1, **TINY})
+            "name": "local", "space": "mnist-fc-backprop", "max_trials": 1, **TINY}, timeout=60)
         assert r.status_code == 201, r.text
         with httpx.Client(base_url=url, headers=headers) as c:
             final = wait_status(c, "local", ("SUCCEEDED", "FAILED"))
         assert final["status"] == "SUCCEEDED"
         assert final["links"]["mlflow"].startswith(health["mlflow_ui_url"])
+        optuna_page = final["links"]["optuna"]
+        assert optuna_page.startswith(record["optuna_dashboard"] + "/dashboard/studies/")
+        assert httpx.get(optuna_page, timeout=30).status_code == 200
         # a study still running when the stack stops is cancelled, not left RUNNING
         r = httpx.post(url + "/studies", headers=headers, json={
             "name": "running-at-stop", "space": "mnist-fc-backprop", "max_trials": 4,
-            "epochs": 3, "batches_per_epoch": 3000, "dataset": "mnist-5k"})
+            "epochs": 3, "batches_per_epoch": 3000, "dataset": "mnist-5k"}, timeout=60)
         assert r.status_code == 201, r.text
         with httpx.Client(base_url=url, headers=headers) as c:
             wait_status(c, "running-at-stop", ("RUNNING",))
@@ -187,12 +232,16 @@ def test_serve_local_starts_and_stops_the_whole_stack(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert "stopped: API, MLflow and the Ray head." in err
+    assert "stopped: API, MLflow, the Optuna dashboard and the Ray head." in err
+    assert token not in err and (home / "ray_token").read_text().strip() not in err
+    assert f"its token is in {home / 'ray_token'}" in err
+    assert re.search(r"  Ray: up in \d+ s", err) and re.search(r"  MLflow: up in \d+ s", err)
+    assert not (home / "server.json").exists()  # removed with the stack
     assert "cancelled 1 running studies" in err
     with sqlite3.connect(tmp_path / "home" / "service.db") as con:
         rows = dict(con.execute("select name, status from studies").fetchall())
     assert rows == {"local": "SUCCEEDED", "running-at-stop": "CANCELLED"}
-    for url in (health["mlflow_ui_url"], f"http://127.0.0.1:{port}",
+    for url in (health["mlflow_ui_url"], f"http://127.0.0.1:{port}", record["optuna_dashboard"],
                 re.search(r"Ray +(http://\S+)", err).group(1)):
         with pytest.raises(httpx.ConnectError):
             httpx.get(url, timeout=2)

@@ -1,0 +1,37 @@
+"""The study link opens MLflow 3.17's runs table on the study's runs only, best first
+(rendered in headless Chromium against a real ``mlflow server``)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from service.links import mlflow_runs
+from service.tracking import run_name
+from tests.service.api.browser import dump_dom
+
+
+def test_run_names_are_readable() -> None:
+    assert run_name("s", "trial", "a1b2c_00003", 0) == "s/trial-3"
+    assert run_name("s", "final", "a1b2c_00001", 2) == "s/seed-2"
+
+
+@pytest.mark.slow
+def test_study_link_lands_on_its_runs_best_first(mlflow_server) -> None:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(mlflow_server)
+    eid = c.create_experiment("link-check")
+    parent = c.create_run(eid, run_name="s1", tags={"credit.study": "s1"})
+    for i, value in enumerate([0.3, 0.1]):
+        r = c.create_run(eid, run_name=f"s1/trial-{i}", tags={
+            "credit.study": "s1", "mlflow.parentRunId": parent.info.run_id})
+        c.log_metric(r.info.run_id, "test_error", value)
+        c.set_terminated(r.info.run_id)
+    c.create_run(eid, run_name="other/trial-0", tags={"credit.study": "other"})
+    dom = dump_dom(mlflow_runs(mlflow_server, eid, "s1", "test_error", "min"), budget_ms=30000)
+    assert "Training runs" in dom  # the runs table, not the GenAI traces overview
+    names = re.findall(r">(s1/trial-\d|other/trial-0)<", dom)
+    assert names[:2] == ["s1/trial-1", "s1/trial-0"], names  # filtered, best first, flat
+    assert "other/trial-0" not in names
