@@ -47,6 +47,12 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     cpu: float = Field(1.0, gt=0, le=256)
     gpu: float = Field(0.0, ge=0, le=16)
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per trial, e.g. {\"worker_host\": 1} to pin trials")
+
+    def ray(self) -> dict[str, float]:
+        return {"cpu": self.cpu, "gpu": self.gpu, **self.custom}
 
 
 class EarlyStopping(BaseModel):
@@ -148,6 +154,7 @@ class TrialSummary:
     epochs: int = 0
     run_id: str | None = None
     error: str | None = None
+    failure_kind: str | None = None  # infrastructure | trial (service.failures)
 
 
 @dataclass
@@ -320,8 +327,11 @@ class _StudyMonitor:
                 return False
 
             def stop_all(self):
+                from service.failures import infrastructure_verdict
+
                 limit = monitor.spec.max_failed_trials
-                return limit is not None and len(monitor.failed) > limit
+                return (limit is not None and len(monitor.failed) > limit
+                        or infrastructure_verdict(monitor.failed, limit) is not None)
 
         self.callback = _Callback()
         self.stopper = _Stopper()
@@ -341,13 +351,9 @@ class _StudyMonitor:
 
 
 def _error_text(trial) -> str:
-    text = getattr(trial, "error_message", None) or ""
-    if not text and getattr(trial, "error_file", None):
-        try:
-            text = Path(trial.error_file).read_text()
-        except OSError:
-            text = ""
-    return _exception_line(text)
+    from service.failures import failure_reason_of
+
+    return failure_reason_of(trial)
 
 
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception))(?:\([\w.]+\))?: (.+)$")
@@ -405,7 +411,9 @@ def run_study(spec: StudySpec, *, resume: bool = False,
     c = T.client(tracking_uri)
 
     storage = _optuna_storage(storage_url)
-    experiment_dir = settings.tune_results_dir() / spec.name
+    from service.storage import can_restore, tune_storage
+
+    tune_store = tune_storage()
     status, message = "SUCCEEDED", ""
     try:
         from ray import tune  # heavy: only once the study passed its checks
@@ -418,24 +426,32 @@ def run_study(spec: StudySpec, *, resume: bool = False,
         factory = T.TrialLoggerFactory(tracking_uri, experiment_id, parent_id, spec.name)
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, callback_factory=factory),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+            spec.resources.ray(),
         )
-        if resume and tune.Tuner.can_restore(str(experiment_dir)):
+        if resume and can_restore(tune_store, spec.name):
             tuner = tune.Tuner.restore(
-                str(experiment_dir), trainable=trainable, resume_unfinished=True,
+                tune_store.experiment(spec.name), trainable=trainable, resume_unfinished=True,
                 resume_errored=False, restart_errored=False,
                 param_space=_param_space(spec, space),
+                storage_filesystem=tune_store.filesystem,
             )
         else:
             if resume:
                 raise StudyError(f"study {spec.name!r} has no saved state to resume from")
-            tuner = _new_tuner(spec, space, storage, trainable, monitor, experiment_dir)
+            tuner = _new_tuner(spec, space, storage, trainable, monitor, tune_store)
         grid = tuner.fit()
-        if monitor.stopper.stop_all():
+        from service.failures import infrastructure_verdict, record_failures
+
+        verdict = infrastructure_verdict(monitor.failed, spec.max_failed_trials)
+        if verdict:
+            status, message = "FAILED", verdict
+        elif monitor.stopper.stop_all():
             status = "FAILED"
             message = (f"stopped: {len(monitor.failed)} failed trials exceed "
                        f"max_failed_trials={spec.max_failed_trials}")
         summaries = _trial_summaries(spec, grid, monitor)
+        record_failures(tracking_uri, experiment_id, parent_id,
+                        {t.trial_id: t.error for t in summaries if t.state == "FAILED"})
         pruned = {t.trial_id for t in summaries if t.state == "PRUNED"}
         T.close_stale_runs(tracking_uri, experiment_id, parent_id, pruned)
         result = _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summaries)
@@ -479,7 +495,7 @@ def _param_space(spec: StudySpec, space: SearchSpace) -> dict[str, Any]:
     return base
 
 
-def _new_tuner(spec, space, storage, trainable, monitor, experiment_dir):
+def _new_tuner(spec, space, storage, trainable, monitor, tune_store):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -503,7 +519,7 @@ def _new_tuner(spec, space, storage, trainable, monitor, experiment_dir):
             max_concurrent_trials=spec.parallel_trials, reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=str(experiment_dir.parent), verbose=0,
+            name=spec.name, **tune_store.run_config(), verbose=0,
             callbacks=[monitor.callback], stop=monitor.stopper,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
@@ -569,13 +585,18 @@ def _trial_summaries(spec, grid, monitor) -> list[TrialSummary]:
         tuned = spec.search_space().params
         params = {k: v for k, v in (r.config or {}).items() if k in tuned}
         error = monitor.failed.get(trial_id) or (_short_error(r.error) if r.error else None)
+        from service.failures import failure_kind
+
         out.append(TrialSummary(trial_id, state, params,
-                                value if state == "COMPLETE" else None, done, None, error))
+                                value if state == "COMPLETE" else None, done, None, error,
+                                failure_kind(error) if state == "FAILED" else None))
     return out
 
 
 def _short_error(error: BaseException) -> str:
-    return _exception_line(str(error)) if str(error) else type(error).__name__
+    from service.failures import failure_reason
+
+    return failure_reason(str(error)) if str(error) else type(error).__name__
 
 
 def _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summaries):
@@ -624,13 +645,13 @@ def _final_evaluation(spec, result, tracking_uri, experiment_id, parent_id, prog
     config["seed"] = tune.grid_search(seeds)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_trial, callback_factory=factory),
-                            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+                            spec.resources.ray()),
         param_space=config,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.parallel_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{spec.name}-final", verbose=0,
-            storage_path=str(Path(_tune_dir())),
+            **_tune_storage().run_config(),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0),
         ),
@@ -654,10 +675,10 @@ def _final_evaluation(spec, result, tracking_uri, experiment_id, parent_id, prog
     return summary
 
 
-def _tune_dir() -> Path:
-    from service.settings import tune_results_dir
+def _tune_storage():
+    from service.storage import tune_storage
 
-    return tune_results_dir()
+    return tune_storage()
 
 
 def _record_best(c, parent_id: str, result: StudyResult) -> None:

@@ -253,6 +253,12 @@ def _resource_problems(svc: Services, spec: StudySpec) -> list[tuple[Loc, str]]:
                       f"no node of the cluster has {wanted:g} {name}s (the most is {most:g})")
             problems.append((("resources", key), f"{reason}; a trial asking for {wanted:g} "
                                                   "would never start"))
+    for key, wanted in spec.resources.custom.items():
+        most = max((n.resources.get(key, 0.0) for n in nodes), default=0.0)
+        if wanted > most:
+            problems.append((("resources", "custom", key),
+                             f"no node of the cluster has {wanted:g} of resource {key!r} "
+                             f"(the most is {most:g}); a trial asking for it would never start"))
     return problems
 
 
@@ -382,6 +388,18 @@ def _trial_runs(svc: Services, record: StudyRecord) -> dict[str, Any]:
             if r.data.tags.get(tracking.ROLE_TAG) == "trial"}
 
 
+def _failure_of(run: Any, failed: bool) -> dict[str, Any]:
+    """A failed trial's whole reason and its kind, as its MLflow run keeps them."""
+    if not failed:
+        return {}
+    from service.failures import failure_kind
+
+    reason = run.data.tags.get(tracking.FAILURE_TAG) if run is not None else None
+    kind = run.data.tags.get("credit.failure_kind") if run is not None else None
+    return {"failure": reason or "failed (no reason recorded: the trial never reached MLflow)",
+            "failure_kind": kind or failure_kind(reason)}
+
+
 def study_trials(svc: Services, ref: str) -> list[dict[str, Any]]:
     """Every trial of a study: Optuna's state, parameters and value, and its MLflow run."""
     import optuna
@@ -406,7 +424,8 @@ def study_trials(svc: Services, ref: str) -> list[dict[str, Any]]:
                     "value": t.value if t.state == states.COMPLETE else None,
                     "started_at": t.datetime_start, "completed_at": t.datetime_complete,
                     "mlflow_run_id": run_id,
-                    "mlflow_url": svc.mlflow_link(record.experiment_id, run_id)})
+                    "mlflow_url": svc.mlflow_link(record.experiment_id, run_id),
+                    **_failure_of(run, t.state == states.FAIL)})
     return out
 
 
