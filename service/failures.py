@@ -28,12 +28,13 @@ _INFRA_TYPES = {
     "WorkerCrashedError", "OwnerDiedError", "ObjectLostError", "RaySystemError",
     "LocalRayletDiedError", "OutOfMemoryError", "MlflowException", "RestException",
     "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "TimeoutError",
-    "PermissionError", "OperationalError", "DataUnavailableError",
+    "PermissionError", "OperationalError", "DataUnavailableError", "TuneError",
 }
 _INFRA_TEXT = re.compile(
     r"cluster storage|storage_path|not accessible by worker nodes|checkpoint|"
     r"node .*(died|dead|failed)|raylet|actor (died|is dead)|the actor died|"
     r"No Experiment with id|tracking (server|uri)|Max retries exceeded|"
+    r"actor .* is unavailable|RpcError|Socket closed|"
     r"Connection refused|could not connect|Name or service not known|"
     r"No such file or directory|Read-only file system",
     re.IGNORECASE,
@@ -60,7 +61,14 @@ def failure_reason(text: str) -> str:
 
 
 def failure_reason_of(trial) -> str:
-    """The failure reason of a Tune trial (its error file holds the whole traceback)."""
+    """The failure reason of a Tune trial: its pickled exception (type and message), else
+    its error file (the whole remote traceback)."""
+    try:
+        error = trial.get_pickled_error()
+    except Exception:  # unreadable: fall back on the text
+        error = None
+    if error is not None:
+        return reason_of_exception(error)
     text = ""
     path = getattr(trial, "error_file", None)
     if path:
@@ -70,6 +78,14 @@ def failure_reason_of(trial) -> str:
             text = ""
     text = text or getattr(trial, "error_message", None) or ""
     return failure_reason(text) if text else "trial failed (no reason recorded)"
+
+
+def reason_of_exception(error: BaseException) -> str:
+    """``Type: message`` of an exception; a remote one (its text a traceback) by its cause."""
+    text = str(error).strip()
+    if any(_EXCEPTION_START.match(line) for line in text.splitlines()):
+        return failure_reason(text)  # a remote traceback: its innermost exception
+    return f"{type(error).__name__}: {text}"[:MAX_CHARS] if text else type(error).__name__
 
 
 def failure_kind(reason: str | None) -> str | None:

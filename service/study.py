@@ -211,6 +211,8 @@ def connect_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
 
     if ray.is_initialized():
         return
+    import logging
+
     from service.settings import ray_temp_dir
 
     _quiet_ray()
@@ -224,7 +226,8 @@ def connect_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
     # ray.init replaces a driver's SIGTERM handler with sys.exit; keep the caller's own.
     on_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, **extra)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env,
+                 logging_level=logging.WARNING, **extra)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _temp_dir=str(ray_temp_dir()), log_to_driver=False, runtime_env=runtime_env,
@@ -406,6 +409,15 @@ def run_study(spec: StudySpec, *, resume: bool = False,
 
     # MLflow first, in the driver: a new sqlite store must be created by one process.
     experiment_id = T.ensure_experiment(tracking_uri, spec.experiment_name, artifact_root)
+    if os.environ.get("RAY_ADDRESS"):  # a cluster: check every node before any record
+        from service.preflight import check_cluster
+
+        connect_ray()
+        try:
+            check_cluster(spec, tracking_uri, experiment_id)
+        except StudyError:
+            _leave_ray()
+            raise
     parent = _parent_run(spec, space, tracking_uri, experiment_id, resume)
     parent_id = parent.info.run_id
     c = T.client(tracking_uri)
@@ -442,14 +454,16 @@ def run_study(spec: StudySpec, *, resume: bool = False,
         grid = tuner.fit()
         from service.failures import infrastructure_verdict, record_failures
 
-        verdict = infrastructure_verdict(monitor.failed, spec.max_failed_trials)
+        summaries = _trial_summaries(spec, grid, monitor)
+        failed = {**{t.trial_id: t.error for t in summaries if t.state == "FAILED" and t.error},
+                  **monitor.failed}
+        verdict = infrastructure_verdict(failed, spec.max_failed_trials)
         if verdict:
             status, message = "FAILED", verdict
         elif monitor.stopper.stop_all():
             status = "FAILED"
             message = (f"stopped: {len(monitor.failed)} failed trials exceed "
                        f"max_failed_trials={spec.max_failed_trials}")
-        summaries = _trial_summaries(spec, grid, monitor)
         record_failures(tracking_uri, experiment_id, parent_id,
                         {t.trial_id: t.error for t in summaries if t.state == "FAILED"})
         pruned = {t.trial_id for t in summaries if t.state == "PRUNED"}

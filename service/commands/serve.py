@@ -111,6 +111,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.api import create_app
 
     settings = _settings(args)
+    from service.preflight import serve_refusal
+
+    refusal = serve_refusal(settings)
+    if refusal:
+        raise UsageError(f"the Ray cluster is misconfigured: {refusal}")
     server = _uvicorn(create_app(settings), args)
     print(f"credit-search API on http://{args.host}:{args.port} (Ray {settings.ray_dashboard_url},"
           f" MLflow {settings.mlflow_tracking_uri})", file=sys.stderr, flush=True)

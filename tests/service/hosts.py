@@ -238,13 +238,13 @@ class Cluster:
         return [n for n in nodes if n["state"] == "ALIVE"]
 
     def api_env(self, **extra: str) -> dict[str, str]:
-        return self.env(
+        settings = dict(
             CREDIT_API_TOKENS=TOKEN, CREDIT_RAY_DASHBOARD_URL=self.dashboard_url,
             CREDIT_RAY_NODE_IP=self.head_ip, CREDIT_MLFLOW_TRACKING_URI=self.mlflow_url,
             CREDIT_DATABASE_URL=self.pg_url("service"),
             CREDIT_OPTUNA_STORAGE=self.pg_url("optuna"),
-            CREDIT_STORAGE=str(self.shared / "ray_results"), CREDIT_SYNC_INTERVAL_S="1",
-            **extra)
+            CREDIT_STORAGE=str(self.shared / "ray_results"), CREDIT_SYNC_INTERVAL_S="1")
+        return self.env(**{**settings, **extra})
 
     def serve_command(self) -> list[str]:
         return [sys.executable, "-m", "service.cli", "serve", "--host", self.head_ip,
@@ -265,7 +265,7 @@ class Cluster:
             except ProcessLookupError:
                 break
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=5)
                 break
             except subprocess.TimeoutExpired:
                 continue
@@ -279,3 +279,12 @@ class Cluster:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def worker_raylet_pid(cluster: Cluster) -> int | None:
+    from tests.service.conftest import _processes
+
+    for pid, cmd in _processes():
+        if "raylet" in cmd.split(" ")[0] and f"--node_ip_address={cluster.worker_ip}" in cmd:
+            return pid
+    return None

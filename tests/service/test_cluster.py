@@ -6,14 +6,17 @@ Tune's checkpoints go to storage both hosts share at the same path."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import time
 
 import httpx
 import optuna
 import pytest
 
-from tests.service.hosts import Cluster, unavailable
+from tests.service.hosts import Cluster, unavailable, worker_raylet_pid
 
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
 TINY = {"epochs": 2, "batches_per_epoch": 5, "dataset": "mnist-5k"}
@@ -54,7 +57,9 @@ def wait_status(client: httpx.Client, study: str, timeout_s: float = 300.0) -> d
 
 def mlflow_runs(url: str, study: str) -> list[dict]:
     exp = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name",
-                    params={"experiment_name": "credit-search"}).json()["experiment"]
+                    params={"experiment_name": "credit-search"}).json().get("experiment")
+    if exp is None:
+        return []
     page = httpx.post(f"{url}/api/2.0/mlflow/runs/search", json={
         "experiment_ids": [exp["experiment_id"]], "max_results": 1000,
         "filter": f"tags.`credit.study` = '{study}'"}).json()
@@ -121,3 +126,98 @@ def test_study_runs_its_trials_on_the_worker_host(cluster):
     # checkpoints went to the shared storage, written from the worker
     checkpoints = list((cluster.shared / "ray_results" / "on-worker").glob("*/checkpoint_*"))
     assert len(checkpoints) >= 2
+
+
+def test_serve_refuses_a_cluster_it_sees_is_misconfigured(cluster):
+    """Two hosts and a sqlite MLflow store: `credit serve` exits 2 with one line."""
+    env = cluster.api_env(CREDIT_MLFLOW_TRACKING_URI=f"sqlite:///{cluster.home / 'm.db'}")
+    args = cluster.serve_command()
+    args[args.index("--port") + 1] = "8001"
+    r = subprocess.run(cluster.on("head", args), env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "CREDIT_MLFLOW_TRACKING_URI" in lines[0] and "mlflow server" in lines[0]
+
+
+def test_credit_search_with_unshared_storage_exits_2_before_any_trial(cluster):
+    """`credit search` on the head host, storage on the head's own disk: the pre-flight
+    finds the worker cannot see it; exit 2, one line naming the worker and the setting;
+    no MLflow run, no Optuna study: the name stays free."""
+    env = cluster.env(RAY_ADDRESS=f"{cluster.head_ip}:{cluster.ray_port}",
+                      CREDIT_RAY_NODE_IP=cluster.head_ip)
+    r = subprocess.run(cluster.on("head", [
+        sys.executable, "-m", "service.cli", "search", "--space", "mnist-fc-backprop",
+        "--name", "cli-unshared", "--trials", "1", "--epochs", "1", "--batches-per-epoch", "2",
+        "--dataset", "mnist-5k", "--tracking-uri", cluster.mlflow_url,
+        "--storage", cluster.pg_url("optuna"),
+        "--storage-path", str(cluster.home / "ray_results"), "--quiet"]),
+        env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-3000:])
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "pre-flight" in lines[0] and cluster.worker_ip in lines[0], lines[0]
+    assert "CREDIT_STORAGE" in lines[0] and "NFS" in lines[0], lines[0]
+    assert mlflow_runs(cluster.mlflow_url, "cli-unshared") == []
+    assert "cli-unshared" not in optuna.get_all_study_names(cluster.pg_url("optuna"))
+
+
+def test_unshared_storage_over_http_fails_the_study_with_one_line(cluster):
+    cluster.stop_proc("api")
+    cluster.start_api(CREDIT_STORAGE=str(cluster.home / "ray_results"))
+    try:
+        with cluster.client() as c:
+            r = c.post("/studies", json={"name": "http-unshared", "space": "mnist-fc-backprop",
+                                         "max_trials": 1, "resources": ON_WORKER, **TINY})
+            assert r.status_code == 201, r.text
+            final = wait_status(c, r.json()["id"])
+            trials = c.get(f"/studies/{final['id']}/trials").json()
+    finally:
+        cluster.stop_proc("api")
+        cluster.start_api()
+    assert final["status"] == "FAILED"
+    assert "pre-flight" in final["message"] and cluster.worker_ip in final["message"]
+    assert "CREDIT_STORAGE" in final["message"] and "\n" not in final["message"]
+    assert trials["count"] == 0
+    assert mlflow_runs(cluster.mlflow_url, "http-unshared") == []
+
+
+def test_worker_raylet_killed_fails_the_study_with_an_infrastructure_reason(cluster):
+    """The worker host's raylet dies while its trials train: each trial ends FAILED with
+    the whole reason (a dead actor/node: infrastructure), the study ends FAILED with it —
+    never SUCCEEDED — and no MLflow run is left RUNNING."""
+    with cluster.client() as c:
+        r = c.post("/studies", json={"name": "raylet-killed", "space": "mnist-fc-backprop",
+                                     "max_trials": 2, "parallel_trials": 2,
+                                     "resources": ON_WORKER, "epochs": 1000,
+                                     "batches_per_epoch": 5, "dataset": "mnist-5k"})
+        assert r.status_code == 201, r.text
+        study = r.json()["id"]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            runs = mlflow_runs(cluster.mlflow_url, "raylet-killed")
+            training = [x for x in runs if x["tags"].get("credit.role") == "trial"
+                        and x["metrics"].get("epoch", 0) >= 1]
+            if len(training) == 2:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"trials never trained: {runs}")
+        pid = worker_raylet_pid(cluster)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        final = wait_status(c, study)
+        trials = c.get(f"/studies/{study}/trials").json()["data"]
+    cluster.stop_proc("ray-worker")
+    assert final["status"] == "FAILED", final
+    reasons = [t.get("failure") for t in trials]
+    assert "infrastructure" in final["message"], (final["message"], reasons)
+    assert [t["state"] for t in trials] == ["FAILED", "FAILED"]
+    for t in trials:
+        assert t["failure_kind"] == "infrastructure", t
+        assert t["failure"].split(":")[0].endswith("Error"), t["failure"]
+    runs = mlflow_runs(cluster.mlflow_url, "raylet-killed")
+    assert "RUNNING" not in {x["info"]["status"] for x in runs}
+    children = [x for x in runs if x["tags"].get("credit.role") == "trial"]
+    assert {x["tags"].get("credit.failure_kind") for x in children} == {"infrastructure"}
