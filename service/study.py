@@ -405,6 +405,10 @@ def run_study(spec: StudySpec, *, resume: bool = False,
         raise StudyError(f"no study named {spec.name!r} to resume (no MLflow store at "
                          f"{tracking_uri[10:]})")
     storage_url = spec.storage or settings.default_optuna_storage()
+    from service.stores import check_database  # before any record: one line, name kept free
+
+    check_database("--storage (Optuna)", storage_url)
+    check_database("--tracking-uri (MLflow)", tracking_uri)
     artifact_root = settings.default_artifact_root() if _is_local(tracking_uri) else None
 
     # MLflow first, in the driver: a new sqlite store must be created by one process.

@@ -112,6 +112,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     from service.preflight import serve_refusal
+    from service.stores import check_database
+
+    for setting, url in (("CREDIT_DATABASE_URL", settings.database_url),
+                         ("CREDIT_OPTUNA_STORAGE", settings.optuna_storage),
+                         ("CREDIT_MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)):
+        check_database(setting, url)  # a missing driver, a database down: exit 2, one line
 
     refusal = serve_refusal(settings)
     if refusal:
