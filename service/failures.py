@@ -129,3 +129,25 @@ def record_failures(tracking_uri: str, experiment_id: str, parent_run_id: str,
         if run.info.status == "RUNNING":
             c.set_tag(run.info.run_id, T.STATE_TAG, "FAILED")
             c.set_terminated(run.info.run_id, status="FAILED")
+
+
+def stopped_with_the_study(summaries, message: str) -> None:
+    """Trials cut short because the study failed (its infrastructure gave way) are FAILED
+    with that reason, not PRUNED or PENDING as if the search had chosen to stop them."""
+    for t in summaries:
+        if t.state not in ("COMPLETE", "FAILED"):
+            t.state, t.value = "FAILED", None
+            t.error = f"StudyFailed: stopped when the study failed: {message}"
+            t.failure_kind = None
+
+
+def fail_unfinished_trials(storage, study_name: str) -> int:
+    """After the search has ended, no Optuna trial of the study may stay RUNNING."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    stale = study.get_trials(deepcopy=False, states=states)
+    for t in stale:
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return len(stale)

@@ -456,7 +456,12 @@ def run_study(spec: StudySpec, *, resume: bool = False,
                 raise StudyError(f"study {spec.name!r} has no saved state to resume from")
             tuner = _new_tuner(spec, space, storage, trainable, monitor, tune_store)
         grid = tuner.fit()
-        from service.failures import infrastructure_verdict, record_failures
+        from service.failures import (
+            fail_unfinished_trials,
+            infrastructure_verdict,
+            record_failures,
+            stopped_with_the_study,
+        )
 
         summaries = _trial_summaries(spec, grid, monitor)
         failed = {**{t.trial_id: t.error for t in summaries if t.state == "FAILED" and t.error},
@@ -464,10 +469,12 @@ def run_study(spec: StudySpec, *, resume: bool = False,
         verdict = infrastructure_verdict(failed, spec.max_failed_trials)
         if verdict:
             status, message = "FAILED", verdict
+            stopped_with_the_study(summaries, verdict)
         elif monitor.stopper.stop_all():
             status = "FAILED"
             message = (f"stopped: {len(monitor.failed)} failed trials exceed "
                        f"max_failed_trials={spec.max_failed_trials}")
+        fail_unfinished_trials(storage, spec.name)
         record_failures(tracking_uri, experiment_id, parent_id,
                         {t.trial_id: t.error for t in summaries if t.state == "FAILED"})
         pruned = {t.trial_id for t in summaries if t.state == "PRUNED"}

@@ -74,6 +74,9 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     add("--cpus-per-trial", type=float, metavar="CPUS", help="CPUs per trial (1)")
     add("--gpus-per-trial", type=float, metavar="GPUS",
         help="GPUs per trial, may be fractional (0)")
+    add("--trial-resource", action="append", metavar="NAME=AMOUNT",
+        help="a custom Ray resource per trial (repeatable), e.g. worker_host=1 to pin trials "
+        "to the nodes started with it")
 
 
 def study_fields(args: argparse.Namespace, base: dict[str, Any] | None = None,
@@ -97,6 +100,12 @@ def study_fields(args: argparse.Namespace, base: dict[str, Any] | None = None,
     for key, value in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)):
         if value is not None:
             resources[key] = value
+    for item in getattr(args, "trial_resource", None) or []:
+        name, _, amount = item.partition("=")
+        try:
+            resources.setdefault("custom", {})[name.strip()] = float(amount)
+        except ValueError:
+            raise UsageError(f"--trial-resource: expected NAME=AMOUNT (got {item!r})") from None
     if resources:
         fields["resources"] = resources
     return fields

@@ -63,7 +63,8 @@ def make_spec(args: argparse.Namespace):
             Resources(**fields["resources"])
         except ValidationError as e:
             raise UsageError(validation_message(
-                e, lambda f: {"cpu": "--cpus-per-trial", "gpu": "--gpus-per-trial"}[f])) from None
+                e, lambda f: {"cpu": "--cpus-per-trial", "gpu": "--gpus-per-trial"}.get(
+                    f, "--trial-resource"))) from None
     if "name" not in fields:
         if args.resume:
             raise UsageError("--resume needs --name of the study to resume")

@@ -198,7 +198,7 @@ class Cluster:
             for db in ("mlflow", "optuna", "service"):
                 con.execute(f"CREATE DATABASE {db}")
 
-    def start_mlflow(self) -> None:
+    def start_mlflow(self, wait: bool = True) -> None:
         artifacts = self.head_dir / "mlartifacts"
         self.start("mlflow", "head", [
             str(VENV_BIN / "mlflow"), "server", "--workers", "1",
@@ -207,8 +207,12 @@ class Cluster:
             "--host", self.head_ip, "--port", str(self.mlflow_port),
             "--allowed-hosts", f"{self.head_ip}:{self.mlflow_port}",
         ])
+        if wait:
+            self.wait_mlflow()
+
+    def wait_mlflow(self) -> None:
         wait_until(lambda: httpx.get(f"{self.mlflow_url}/health", timeout=2).status_code == 200,
-                   180, "mlflow server", alive=lambda: self.procs["mlflow"].poll() is None)
+                   240, "mlflow server", alive=lambda: self.procs["mlflow"].poll() is None)
 
     def start_ray(self, worker_cpus: int = 2) -> None:
         head = subprocess.run(self.on("head", [
