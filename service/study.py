@@ -464,8 +464,8 @@ def run_study(spec: StudySpec, *, resume: bool = False,
         )
 
         summaries = _trial_summaries(spec, grid, monitor)
-        failed = {**{t.trial_id: t.error for t in summaries if t.state == "FAILED" and t.error},
-                  **monitor.failed}
+        failed = {**monitor.failed,
+                  **{t.trial_id: t.error for t in summaries if t.state == "FAILED" and t.error}}
         verdict = infrastructure_verdict(failed, spec.max_failed_trials)
         if verdict:
             status, message = "FAILED", verdict
@@ -609,7 +609,7 @@ def _trial_summaries(spec, grid, monitor) -> list[TrialSummary]:
         value = metrics.get(spec.objective.metric)
         tuned = spec.search_space().params
         params = {k: v for k, v in (r.config or {}).items() if k in tuned}
-        error = monitor.failed.get(trial_id) or (_short_error(r.error) if r.error else None)
+        error = (_short_error(r.error) if r.error else None) or monitor.failed.get(trial_id)
         from service.failures import failure_kind
 
         out.append(TrialSummary(trial_id, state, params,
@@ -619,9 +619,9 @@ def _trial_summaries(spec, grid, monitor) -> list[TrialSummary]:
 
 
 def _short_error(error: BaseException) -> str:
-    from service.failures import failure_reason
+    from service.failures import reason_of_exception
 
-    return failure_reason(str(error)) if str(error) else type(error).__name__
+    return reason_of_exception(error)
 
 
 def _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summaries):

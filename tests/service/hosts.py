@@ -125,6 +125,8 @@ class Cluster:
                if not k.startswith(("CREDIT_", "RAY_", "MLFLOW_"))}
         env.update(PYTHONPATH=str(ROOT), CREDIT_HOME=str(self.home), RAY_AUTH_MODE="token",
                    RAY_AUTH_TOKEN=self.ray_token, RAY_USAGE_STATS_ENABLED="0",
+                   # a dead node is declared dead within seconds (default: ~30 s)
+                   RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
                    CREDIT_DATA_DIR=os.environ.get("CREDIT_DATA_DIR", ""))
         env.update(extra)
         return env
@@ -214,10 +216,10 @@ class Cluster:
         wait_until(lambda: httpx.get(f"{self.mlflow_url}/health", timeout=2).status_code == 200,
                    240, "mlflow server", alive=lambda: self.procs["mlflow"].poll() is None)
 
-    def start_ray(self, worker_cpus: int = 2) -> None:
+    def start_ray(self, worker_cpus: int = 2, head_cpus: int = 1) -> None:
         head = subprocess.run(self.on("head", [
             str(VENV_BIN / "ray"), "start", "--head", f"--node-ip-address={self.head_ip}",
-            f"--port={self.ray_port}", "--num-cpus=1", "--num-gpus=0",
+            f"--port={self.ray_port}", f"--num-cpus={head_cpus}", "--num-gpus=0",
             f"--temp-dir={self.ray_tmp}", "--include-dashboard=true",
             f"--dashboard-host={self.head_ip}", f"--dashboard-port={self.dashboard_port}",
             '--resources={"head_host": 1}', "--disable-usage-stats"]),
