@@ -115,8 +115,9 @@ class Cluster:
     def dashboard_url(self) -> str:
         return f"http://{self.head_ip}:{self.dashboard_port}"
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api_url, timeout=120,
+    def client(self, port: int | None = None) -> httpx.Client:
+        url = self.api_url if port is None else f"http://{self.head_ip}:{port}"
+        return httpx.Client(base_url=url, timeout=120,
                             headers={"Authorization": f"Bearer {TOKEN}"})
 
     # --------------------------------------------------------------- hosts
@@ -252,13 +253,14 @@ class Cluster:
             CREDIT_STORAGE=str(self.shared / "ray_results"), CREDIT_SYNC_INTERVAL_S="1")
         return self.env(**{**settings, **extra})
 
-    def serve_command(self) -> list[str]:
+    def serve_command(self, port: int | None = None) -> list[str]:
         return [sys.executable, "-m", "service.cli", "serve", "--host", self.head_ip,
-                "--port", str(self.api_port), "--log-level", "warning"]
+                "--port", str(port or self.api_port), "--log-level", "warning"]
 
-    def start_api(self, **extra: str) -> None:
-        proc = self.start("api", "head", self.serve_command(), env=self.api_env(**extra))
-        wait_until(lambda: httpx.get(f"{self.api_url}/healthz", timeout=2).status_code == 200,
+    def start_api(self, name: str = "api", port: int | None = None, **extra: str) -> None:
+        proc = self.start(name, "head", self.serve_command(port), env=self.api_env(**extra))
+        url = f"http://{self.head_ip}:{port or self.api_port}"
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200,
                    120, "credit serve", alive=lambda: proc.poll() is None)
 
     def stop_proc(self, name: str) -> None:
@@ -277,8 +279,9 @@ class Cluster:
                 continue
 
     def close(self) -> None:
-        for name in ("api", "mlflow", "ray-worker"):
-            self.stop_proc(name)
+        for name in list(self.procs):
+            if name != "postgres":
+                self.stop_proc(name)
         stop_cluster(self.ray_tmp)  # every Ray process of this cluster, on both hosts
         self.stop_proc("postgres")
         for ns in self.ns.values():

@@ -165,18 +165,20 @@ def test_credit_search_with_unshared_storage_exits_2_before_any_trial(cluster):
 
 
 def test_unshared_storage_over_http_fails_the_study_with_one_line(cluster):
-    cluster.stop_proc("api")
-    cluster.start_api(CREDIT_STORAGE=str(cluster.home / "ray_results"))
+    """A second API whose CREDIT_STORAGE is on the head's own disk: its study is FAILED
+    by the pre-flight, with the one line as its message, before any trial."""
+    cluster.start_api(name="api-unshared", port=8001,
+                      CREDIT_STORAGE=str(cluster.home / "ray_results"),
+                      CREDIT_DATABASE_URL=cluster.pg_url("postgres"))
     try:
-        with cluster.client() as c:
+        with cluster.client(port=8001) as c:
             r = c.post("/studies", json={"name": "http-unshared", "space": "mnist-fc-backprop",
                                          "max_trials": 1, "resources": ON_WORKER, **TINY})
             assert r.status_code == 201, r.text
             final = wait_status(c, r.json()["id"])
             trials = c.get(f"/studies/{final['id']}/trials").json()
     finally:
-        cluster.stop_proc("api")
-        cluster.start_api()
+        cluster.stop_proc("api-unshared")
     assert final["status"] == "FAILED"
     assert "pre-flight" in final["message"] and cluster.worker_ip in final["message"]
     assert "CREDIT_STORAGE" in final["message"] and "\n" not in final["message"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import traceback
 
-from ray.exceptions import ActorUnavailableError, RayTaskError
-
 from service.failures import (
     INFRASTRUCTURE,
     TRIAL,
@@ -21,6 +19,10 @@ STORAGE = ("Unable to set up cluster storage with the following settings:\n"
 
 
 def _remote(error: Exception) -> Exception:
+    # ray is imported here, not at collection: the session's Ray cluster fixture sets
+    # RAY_AUTH_MODE, which Ray reads once, when it is first imported.
+    from ray.exceptions import RayTaskError
+
     try:
         raise error
     except Exception as raised:
@@ -42,6 +44,8 @@ def test_a_traceback_text_gives_its_innermost_exception_whole():
 
 
 def test_a_dead_actor_is_an_infrastructure_failure():
+    from ray.exceptions import ActorUnavailableError
+
     error = ActorUnavailableError("The actor is temporarily unavailable: RpcError: RPC error: "
                                   "Socket closed rpc_code: 14.", None)
     reason = reason_of_exception(error)
