@@ -57,6 +57,7 @@ class NodeResources:
     node_id: str
     alive: bool
     resources: dict[str, float] = field(default_factory=dict)
+    node_ip: str = ""
 
 
 class RayJobs:
@@ -180,7 +181,8 @@ class RayJobs:
         rows = rows.get("result", []) if isinstance(rows, dict) else rows
         return [NodeResources(node_id=r.get("node_id", ""), alive=r.get("state") == "ALIVE",
                               resources={k: float(v) for k, v in
-                                         (r.get("resources_total") or {}).items()})
+                                         (r.get("resources_total") or {}).items()},
+                              node_ip=r.get("node_ip") or "")
                 for r in rows]
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from service.settings import TUNE_TRIAL_ID, trial_counts, tune_results_dir
+from service.settings import TUNE_TRIAL_ID, trial_counts
+from service.storage import tune_storage
 from trainables.metrics import LAYER_METRICS, finite_or_none, mean_sem
 
 
@@ -22,6 +22,7 @@ class TrialSummary:
     epochs: int = 0
     run_id: str | None = None
     error: str | None = None
+    failure_kind: str | None = None  # infrastructure | trial (service.failures)
 
 
 @dataclass
@@ -49,13 +50,9 @@ class StudyResult:
 
 
 def _error_text(trial) -> str:
-    text = getattr(trial, "error_message", None) or ""
-    if not text and getattr(trial, "error_file", None):
-        try:
-            text = Path(trial.error_file).read_text()
-        except OSError:
-            text = ""
-    return _exception_line(text)
+    from service.failures import failure_reason_of
+
+    return failure_reason_of(trial)
 
 
 _EXCEPTION_LINE = re.compile(
@@ -103,14 +100,19 @@ def _trial_summaries(spec, grid, monitor) -> list[TrialSummary]:
         value = metrics.get(spec.objective.metric)
         tuned = spec.search_space().params
         params = {k: v for k, v in (r.config or {}).items() if k in tuned}
-        error = monitor.failed.get(trial_id) or (_short_error(r.error) if r.error else None)
+        error = (_short_error(r.error) if r.error else None) or monitor.failed.get(trial_id)
+        from service.failures import failure_kind
+
         out.append(TrialSummary(trial_id, state, params,
-                                value if state == "COMPLETE" else None, done, None, error))
+                                value if state == "COMPLETE" else None, done, None, error,
+                                failure_kind(error) if state == "FAILED" else None))
     return out
 
 
 def _short_error(error: BaseException) -> str:
-    return _exception_line(str(error)) if str(error) else type(error).__name__
+    from service.failures import reason_of_exception
+
+    return reason_of_exception(error)
 
 
 def _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summaries):
@@ -159,13 +161,13 @@ def _final_evaluation(spec, result, tracking_uri, experiment_id, parent_id, prog
     config["seed"] = tune.grid_search(seeds)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_trial, callback_factory=factory),
-                            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+                            spec.resources.ray()),
         param_space=config,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.parallel_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{spec.name}-final", verbose=0,
-            storage_path=str(tune_results_dir()),
+            **tune_storage().run_config(),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0),
         ),

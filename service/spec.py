@@ -34,6 +34,12 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     cpu: float = Field(1.0, gt=0, le=256, description="CPUs per trial")
     gpu: float = Field(0.0, ge=0, le=16, description="GPUs per trial, may be fractional")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per trial, e.g. {\"worker_host\": 1} to pin trials")
+
+    def ray(self) -> dict[str, float]:
+        return {"cpu": self.cpu, "gpu": self.gpu, **self.custom}
 
 
 class EarlyStopping(BaseModel):

@@ -10,6 +10,7 @@ runs it as a Ray Job (``python -m service.study SPEC.json``).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -81,50 +82,78 @@ def _open_records(spec: StudySpec, resume: bool) -> _Records:
     if resume and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).exists():
         raise StudyError(f"no study named {spec.name!r} to resume (no MLflow store at "
                          f"{tracking_uri[10:]})")
+    storage_url = spec.storage or settings.default_optuna_storage()
+    from service.stores import check_database  # before any record: one line, name kept free
+
+    check_database("--storage (Optuna)", storage_url)
+    check_database("--tracking-uri (MLflow)", tracking_uri)
     artifact_root = settings.default_artifact_root() if _is_local(tracking_uri) else None
     experiment_id = T.ensure_experiment(tracking_uri, spec.experiment_name, artifact_root)
+    if os.environ.get("RAY_ADDRESS"):  # a cluster: check every node before any record
+        from service.preflight import check_cluster
+
+        connect_ray()
+        try:
+            check_cluster(spec, tracking_uri, experiment_id)
+        except StudyError:
+            _leave_ray()
+            raise
     parent = T.open_study_run(spec, tracking_uri, experiment_id, resume)
-    storage = open_optuna_storage(spec.storage or settings.default_optuna_storage())
+    storage = open_optuna_storage(storage_url)
     return _Records(tracking_uri, experiment_id, parent.info.run_id, storage)
 
 
 def _tuner(spec: StudySpec, records: _Records, monitor: _StudyMonitor, resume: bool):
-    """A new Tuner, or (``resume``) the one saved under Tune's results directory."""
+    """A new Tuner, or (``resume``) the one saved in Tune's storage (``CREDIT_STORAGE``)."""
     from ray import tune  # heavy: only once the study passed its checks
 
-    from service import settings
     from service import tracking as T
+    from service.storage import can_restore, tune_storage
     from trainables.tune import train_trial
 
     factory = T.TrialLoggerFactory(records.tracking_uri, records.experiment_id,
                                    records.parent_id, spec.name)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, callback_factory=factory),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-    )
-    experiment_dir = settings.tune_results_dir() / spec.name
-    if resume and tune.Tuner.can_restore(str(experiment_dir)):
+        tune.with_parameters(train_trial, callback_factory=factory), spec.resources.ray())
+    tune_store = tune_storage()
+    if resume and can_restore(tune_store, spec.name):
         return tune.Tuner.restore(
-            str(experiment_dir), trainable=trainable, resume_unfinished=True,
+            tune_store.experiment(spec.name), trainable=trainable, resume_unfinished=True,
             resume_errored=False, restart_errored=False, param_space=spec.param_space(),
+            storage_filesystem=tune_store.filesystem,
         )
     if resume:
         raise StudyError(f"study {spec.name!r} has no saved state to resume from")
     return _new_tuner(spec, spec.search_space(), records.storage, trainable, monitor,
-                      experiment_dir)
+                      tune_store)
 
 
 def _outcome(spec: StudySpec, records: _Records, grid, monitor: _StudyMonitor,
              progress: ProgressFn | None) -> StudyResult:
     """The trials' summaries and the best one; stale runs closed; status and message."""
     from service import tracking as T
+    from service.failures import (
+        fail_unfinished_trials,
+        infrastructure_verdict,
+        record_failures,
+        stopped_with_the_study,
+    )
 
     status, message = "SUCCEEDED", ""
-    if monitor.stopper.stop_all():
+    summaries = _trial_summaries(spec, grid, monitor)
+    failed = {**monitor.failed,
+              **{t.trial_id: t.error for t in summaries if t.state == "FAILED" and t.error}}
+    verdict = infrastructure_verdict(failed, spec.max_failed_trials)
+    if verdict:
+        status, message = "FAILED", verdict
+        stopped_with_the_study(summaries, verdict)
+    elif monitor.stopper.stop_all():
         status = "FAILED"
         message = (f"stopped: {len(monitor.failed)} failed trials exceed "
                    f"max_failed_trials={spec.max_failed_trials}")
-    summaries = _trial_summaries(spec, grid, monitor)
+    fail_unfinished_trials(records.storage, spec.name)
+    record_failures(records.tracking_uri, records.experiment_id, records.parent_id,
+                    {t.trial_id: t.error for t in summaries if t.state == "FAILED"})
     pruned = {t.trial_id for t in summaries if t.state == "PRUNED"}
     T.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, pruned)
     result = _best(spec, spec.search_space(), records.storage, records.tracking_uri,

@@ -110,6 +110,7 @@ def _where() -> dict[str, str]:
 
         if ray.is_initialized():
             where["credit.node_id"] = ray.get_runtime_context().get_node_id()
+            where["credit.node_ip"] = ray.util.get_node_ip_address()
     except Exception:  # not under Ray
         pass
     return where
@@ -202,7 +203,7 @@ class MlflowTrialLogger(Callback):
             self.client.set_tag(self.run_id, STATE_TAG, "PRUNED")
             self.client.set_terminated(self.run_id, status="KILLED")
             return
-        reason = str(error) or type(error).__name__
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         self.client.log_batch(self.run_id, tags=[RunTag(FAILURE_TAG, reason[:5000]),
                                                   RunTag(STATE_TAG, "FAILED")])
         if trainer.history:

@@ -186,7 +186,10 @@ class _StudyMonitor:
 
             def stop_all(self):
                 limit = monitor.spec.max_failed_trials
-                return limit is not None and len(monitor.failed) > limit
+                from service.failures import infrastructure_verdict
+
+                return (limit is not None and len(monitor.failed) > limit
+                        or infrastructure_verdict(monitor.failed, limit) is not None)
 
         self.callback = _Callback()
         self.stopper = _Stopper()
@@ -221,7 +224,7 @@ def _counts_from_tune(trials, epochs: int) -> dict[str, int]:
     return counts
 
 
-def _new_tuner(spec, space, storage, trainable, monitor, experiment_dir):
+def _new_tuner(spec, space, storage, trainable, monitor, tune_store):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -245,7 +248,7 @@ def _new_tuner(spec, space, storage, trainable, monitor, experiment_dir):
             max_concurrent_trials=spec.parallel_trials, reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=str(experiment_dir.parent), verbose=0,
+            name=spec.name, **tune_store.run_config(), verbose=0,
             callbacks=[monitor.callback], stop=monitor.stopper,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),

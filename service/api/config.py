@@ -63,6 +63,11 @@ class ApiSettings(BaseSettings):
         None, description="base URL of an optuna-dashboard on that storage, for links")
     experiment_name: str = Field("credit-search", min_length=1, max_length=200)
     data_dir: str | None = Field(None, description="CREDIT_DATA_DIR, handed to studies")
+    storage: str | None = Field(
+        None, description="Tune storage of checkpoints (CREDIT_STORAGE): a path every node "
+                          "mounts, or s3://bucket/prefix (default CREDIT_HOME/ray_results)")
+    s3_endpoint: str | None = Field(
+        None, description="S3-compatible server for s3:// storage (CREDIT_S3_ENDPOINT)")
 
     max_trials_per_study: int = Field(1000, ge=1, le=10_000)
     max_concurrent_studies: int = Field(4, ge=1, le=1000)
@@ -112,6 +117,8 @@ class ApiSettings(BaseSettings):
         env = {"CREDIT_HOME": str(self.home)}
         for key, value in (("CREDIT_DATA_DIR", self.data_dir),
                            ("CREDIT_RAY_NODE_IP", self.ray_node_ip),
+                           ("CREDIT_STORAGE", self.storage),
+                           ("CREDIT_S3_ENDPOINT", self.s3_endpoint),
                            ("CREDIT_CACHE_DIR", os.environ.get("CREDIT_CACHE_DIR"))):
             if value:
                 env[key] = value

@@ -87,6 +87,18 @@ def _trial_runs(svc: Services, record: StudyRecord) -> dict[str, Any]:
             if r.data.tags.get(tracking.ROLE_TAG) == "trial"}
 
 
+def _failure_of(run: Any, failed: bool) -> dict[str, Any]:
+    """A failed trial's whole reason and its kind, as its MLflow run keeps them."""
+    if not failed:
+        return {}
+    from service.failures import failure_kind
+
+    reason = run.data.tags.get(tracking.FAILURE_TAG) if run is not None else None
+    kind = run.data.tags.get("credit.failure_kind") if run is not None else None
+    return {"failure": reason or "failed (no reason recorded: the trial never reached MLflow)",
+            "failure_kind": kind or failure_kind(reason)}
+
+
 def study_trials(svc: Services, ref: str) -> list[dict[str, Any]]:
     """Every trial of a study: Optuna's state, parameters and value, and its MLflow run."""
     import optuna
@@ -111,7 +123,7 @@ def study_trials(svc: Services, ref: str) -> list[dict[str, Any]]:
                     "started_at": t.datetime_start, "completed_at": t.datetime_complete,
                     "mlflow_run_id": run_id,
                     "mlflow_url": svc.mlflow_link(record.experiment_id, run_id),
-                    "failure": run.data.tags.get(tracking.FAILURE_TAG) if run else None})
+                    **_failure_of(run, t.state == states.FAIL)})
     return out
 
 

@@ -123,6 +123,11 @@ class TrialPublic(BaseModel):
     completed_at: dt.datetime | None = None
     mlflow_run_id: str | None = None
     mlflow_url: str | None = None
+    failure: str | None = Field(
+        None, description="why a FAILED trial failed: exception type and whole message")
+    failure_kind: Literal["infrastructure", "trial"] | None = Field(
+        None, description="infrastructure (storage, tracking, a dead node) or trial "
+                          "(the configuration itself failed, e.g. diverged)")
 
 
 class TrialsPublic(BaseModel):

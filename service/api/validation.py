@@ -137,4 +137,10 @@ def _resource_problems(svc: Services, spec: StudySpec) -> list[tuple[Loc, str]]:
                       f"no node of the cluster has {wanted:g} {name}s (the most is {most:g})")
             problems.append((("resources", key), f"{reason}; a trial asking for {wanted:g} "
                                                   "would never start"))
+    for key, wanted in spec.resources.custom.items():
+        most = max((n.resources.get(key, 0.0) for n in nodes), default=0.0)
+        if wanted > most:
+            problems.append((("resources", "custom", key),
+                             f"no node of the cluster has {wanted:g} of resource {key!r} "
+                             f"(the most is {most:g}); a trial asking for it would never start"))
     return problems

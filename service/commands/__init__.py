@@ -115,7 +115,8 @@ def study_options(extra: tuple[str, ...] = ()) -> dict[str, Any]:
             continue
         if name in nested:
             for sub, sub_info in nested[name].model_fields.items():
-                options[f"{name}.{sub}"] = sub_info
+                if (name, sub) != ("resources", "custom"):  # --trial-resource NAME=AMOUNT
+                    options[f"{name}.{sub}"] = sub_info
         else:
             options[name] = info
     return options
@@ -132,6 +133,10 @@ def add_study_options(p: argparse.ArgumentParser, extra: tuple[str, ...] = ()) -
             if name == "objective.metric":
                 option["help"] = "objective metric (default: the space's)"
             group.add_argument(study_flag(name), **option)
+        group.add_argument(
+            "--trial-resource", action="append", metavar="NAME=AMOUNT",
+            help="a custom Ray resource per trial (repeatable), e.g. worker_host=1 to pin "
+            "trials to the nodes started with it")
 
     p.deferred.append(add)
 
@@ -153,4 +158,13 @@ def study_fields(args: argparse.Namespace, base: dict[str, Any] | None = None,
                 fields[head].setdefault("metric", "test_error")
         else:
             fields[name] = value
+    for item in getattr(args, "trial_resource", None) or []:
+        key, _, amount = item.partition("=")
+        try:
+            custom = {key.strip(): float(amount)}
+        except ValueError:
+            raise UsageError(f"--trial-resource: expected NAME=AMOUNT (got {item!r})") from None
+        resources = dict(fields.get("resources") or {})
+        resources["custom"] = {**(resources.get("custom") or {}), **custom}
+        fields["resources"] = resources
     return fields

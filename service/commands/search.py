@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--space", required=True, metavar="NAME|FILE",
                    help="a preset (see 'credit spaces') or a search-space JSON file")
     add_study_options(p, extra=_SERVER_SIDE)
+    p.add_argument("--storage-path", metavar="PATH|URI",
+                   help="Tune checkpoints: a path every node mounts, or s3://bucket/prefix "
+                   "(default: $CREDIT_STORAGE, else CREDIT_HOME/ray_results)")
     p.add_argument("--resume", action="store_true", help="resume the study --name")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
@@ -89,6 +93,11 @@ def run_search(args: argparse.Namespace) -> int:
     from trainables.metrics import finite_or_none
 
     spec = make_spec(args)
+    if args.storage_path:
+        from service.storage import STORAGE_ENV, tune_storage
+
+        os.environ[STORAGE_ENV] = args.storage_path
+        tune_storage()  # a malformed setting: exit 2 now
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UsageError(f"--json: directory {Path(args.json).resolve().parent} does not exist")
     progress = _Progress(args.quiet, f"study {spec.name}: space {spec.search_space().name}, "
@@ -129,6 +138,17 @@ def format_result(result) -> str:
             base = key[len("final/"):-len("_mean")]
             sem = result.final.get(f"final/{base}_sem", 0.0)
             lines.append(f"  {base:<24} {result.final[key]:.6g} ± {sem:.2g}")
+    failed = [t for t in result.trials if t.state == "FAILED"]
+    if failed:
+        lines.append(f"failed trials ({len(failed)}):")
+        for t in failed:
+            lines.append(f"  {t.trial_id}  {_failure_line(t)}")
     lines.append(f"MLflow parent run: {result.parent_run_id} ({result.tracking_uri})")
     return "\n".join(lines)
 
+
+
+def _failure_line(trial) -> str:
+    kind = getattr(trial, "failure_kind", None)
+    text = (trial.error or "failed").replace("\n", "\n" + " " * (len(trial.trial_id) + 4))
+    return f"[{kind}] {text}" if kind else text

@@ -118,6 +118,17 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.api import create_app
 
     settings = _settings(args)
+    from service.preflight import serve_refusal
+    from service.stores import check_database
+
+    for setting, url in (("CREDIT_DATABASE_URL", settings.database_url),
+                         ("CREDIT_OPTUNA_STORAGE", settings.optuna_storage),
+                         ("CREDIT_MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)):
+        check_database(setting, url)  # a missing driver, a database down: exit 2, one line
+
+    refusal = serve_refusal(settings)
+    if refusal:
+        raise UsageError(f"the Ray cluster is misconfigured: {refusal}")
     server = _uvicorn(create_app(settings), args)
     print(f"credit-search API on http://{args.host}:{args.port} (Ray {settings.ray_dashboard_url},"
           f" MLflow {settings.mlflow_tracking_uri})", file=sys.stderr, flush=True)

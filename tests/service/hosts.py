@@ -1,0 +1,299 @@
+"""Test hosts made of Linux namespaces: a head host and a worker host on one machine.
+
+Each host is its own network namespace (``ip netns``) with its own address on a
+private bridge; the worker also runs in its own mount namespace (``unshare -m``) with
+a fresh tmpfs over the head's directory, so nothing of the head's ``CREDIT_HOME``,
+Ray temp dir or database files is there. Both hosts see one directory at the same
+path — the shared storage, as an NFS mount would be. On the head: PostgreSQL (its
+own binaries, run as the ``postgres`` system user), an MLflow server backed by it,
+the Ray head, and ``credit serve``; on the worker: a Ray worker node.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.service.conftest import stop_cluster
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+VENV_BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "cluster-test-token-0123456789"
+
+
+def unavailable() -> str | None:
+    """Why namespace hosts cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "needs root to create network and mount namespaces"
+    for tool in ("ip", "unshare", "mount"):
+        if shutil.which(tool) is None:
+            return f"needs the {tool!r} command"
+    if not (PG_BIN / "postgres").exists():
+        return f"needs PostgreSQL 15 in {PG_BIN}"
+    try:
+        import pwd
+
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "needs the postgres system user"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "needs the psycopg driver"
+    probe = f"crp{os.getpid() % 100000}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create a network namespace: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _run(*args: str) -> None:
+    r = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+
+
+def wait_until(check, timeout_s: float, what: str, alive=None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"{what}: the process exited")
+        try:
+            if check():
+                return
+        except Exception as error:  # not up yet
+            last = error
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} not up after {timeout_s} s ({last})")
+
+
+class Cluster:
+    """Two namespace hosts and the services on them; ``close()`` removes all of it."""
+
+    def __init__(self):
+        n = os.getpid() % 250 + 2
+        self.tag = f"{os.getpid() % 100000}"
+        self.subnet = f"10.251.{n}"
+        self.head_ip, self.worker_ip = f"{self.subnet}.2", f"{self.subnet}.3"
+        self.ns = {"head": f"crh{self.tag}", "worker": f"crw{self.tag}"}
+        self.bridge = f"crb{self.tag}"
+        self.base = Path(f"/tmp/ccl-{self.tag}")
+        self.head_dir = self.base / "head"  # hidden from the worker
+        self.home = self.head_dir / "home"
+        self.ray_tmp = self.head_dir / "ray"
+        self.shared = self.base / "shared"  # the same path on both hosts
+        self.logs = self.base / "logs"
+        self.ray_token = secrets.token_hex(32)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.pg_port, self.ray_port, self.dashboard_port = 5432, 6379, 8265
+        self.mlflow_port, self.api_port = 5000, 8000
+
+    # ---------------------------------------------------------------- urls
+    def pg_url(self, db: str) -> str:
+        return f"postgresql+psycopg://postgres@{self.head_ip}:{self.pg_port}/{db}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.head_ip}:{self.mlflow_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.head_ip}:{self.api_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.head_ip}:{self.dashboard_port}"
+
+    def client(self, port: int | None = None) -> httpx.Client:
+        url = self.api_url if port is None else f"http://{self.head_ip}:{port}"
+        return httpx.Client(base_url=url, timeout=120,
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+
+    # --------------------------------------------------------------- hosts
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("CREDIT_", "RAY_", "MLFLOW_"))}
+        env.update(PYTHONPATH=str(ROOT), CREDIT_HOME=str(self.home), RAY_AUTH_MODE="token",
+                   RAY_AUTH_TOKEN=self.ray_token, RAY_USAGE_STATS_ENABLED="0",
+                   # a dead node is declared dead within seconds (default: ~30 s)
+                   RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
+                   CREDIT_DATA_DIR=os.environ.get("CREDIT_DATA_DIR", ""))
+        env.update(extra)
+        return env
+
+    def on(self, host: str, args: list[str]) -> list[str]:
+        """The command line that runs ``args`` on ``host``."""
+        cmd = ["ip", "netns", "exec", self.ns[host]]
+        if host == "worker":  # its own disk: the head's directory is an empty tmpfs here
+            cmd += ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    'mount -t tmpfs tmpfs "$0" && exec "$@"', str(self.head_dir)]
+        return cmd + args
+
+    def start(self, name: str, host: str, args: list[str], env: dict | None = None,
+              user: str | None = None) -> subprocess.Popen:
+        if user:
+            args = ["runuser", "-u", user, "--", *args]
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(self.on(host, args), env=env or self.env(), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=str(ROOT))
+        finally:
+            log.close()
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str, tail: int = 3000) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
+
+    def make_hosts(self) -> None:
+        for d in (self.base, self.head_dir, self.home, self.shared, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o777 if d in (self.logs,) else 0o755)
+        _run("ip", "link", "add", self.bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
+        _run("ip", "link", "set", self.bridge, "up")
+        for host, ip in (("head", self.head_ip), ("worker", self.worker_ip)):
+            ns, veth = self.ns[host], f"{self.ns[host]}v"
+            _run("ip", "netns", "add", ns)
+            _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _run("ip", "link", "set", veth, "master", self.bridge)
+            _run("ip", "link", "set", veth, "up")
+            _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+            _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+
+    # ------------------------------------------------------------ services
+    def start_postgres(self) -> None:
+        data, sock = self.head_dir / "pg", self.head_dir / "pgsock"
+        for d in (data, sock):
+            d.mkdir(exist_ok=True)
+            shutil.chown(d, "postgres", "postgres")
+        r = subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D",
+                            str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"initdb failed: {r.stderr[-1000:]}")
+        with open(data / "pg_hba.conf", "a") as f:
+            f.write(f"host all all {self.subnet}.0/24 trust\n")
+        self.start("postgres", "head", [
+            str(PG_BIN / "postgres"), "-D", str(data), "-p", str(self.pg_port),
+            "-k", str(sock), "-c", f"listen_addresses={self.head_ip}", "-c", "fsync=off",
+        ], user="postgres")
+        import psycopg
+
+        conninfo = f"host={self.head_ip} port={self.pg_port} user=postgres dbname=postgres"
+        wait_until(lambda: psycopg.connect(conninfo, connect_timeout=2).close() or True, 60,
+                   "PostgreSQL", alive=lambda: self.procs["postgres"].poll() is None)
+        with psycopg.connect(conninfo, autocommit=True) as con:
+            for db in ("mlflow", "optuna", "service"):
+                con.execute(f"CREATE DATABASE {db}")
+
+    def start_mlflow(self, wait: bool = True) -> None:
+        artifacts = self.head_dir / "mlartifacts"
+        self.start("mlflow", "head", [
+            str(VENV_BIN / "mlflow"), "server", "--workers", "1",
+            "--backend-store-uri", self.pg_url("mlflow"),
+            "--artifacts-destination", str(artifacts),
+            "--host", self.head_ip, "--port", str(self.mlflow_port),
+            "--allowed-hosts", f"{self.head_ip}:{self.mlflow_port}",
+        ])
+        if wait:
+            self.wait_mlflow()
+
+    def wait_mlflow(self) -> None:
+        wait_until(lambda: httpx.get(f"{self.mlflow_url}/health", timeout=2).status_code == 200,
+                   240, "mlflow server", alive=lambda: self.procs["mlflow"].poll() is None)
+
+    def start_ray(self, worker_cpus: int = 2, head_cpus: int = 1) -> None:
+        head = subprocess.run(self.on("head", [
+            str(VENV_BIN / "ray"), "start", "--head", f"--node-ip-address={self.head_ip}",
+            f"--port={self.ray_port}", f"--num-cpus={head_cpus}", "--num-gpus=0",
+            f"--temp-dir={self.ray_tmp}", "--include-dashboard=true",
+            f"--dashboard-host={self.head_ip}", f"--dashboard-port={self.dashboard_port}",
+            '--resources={"head_host": 1}', "--disable-usage-stats"]),
+            env=self.env(), capture_output=True, text=True, timeout=180)
+        if head.returncode != 0:
+            raise RuntimeError(f"ray start --head: {head.stderr[-2000:]}")
+        self.start_worker(worker_cpus)
+
+    def start_worker(self, cpus: int = 2) -> None:
+        self.start("ray-worker", "worker", [
+            str(VENV_BIN / "ray"), "start", f"--address={self.head_ip}:{self.ray_port}",
+            f"--node-ip-address={self.worker_ip}", f"--num-cpus={cpus}", "--num-gpus=0",
+            f"--temp-dir={self.ray_tmp}", f'--resources={{"worker_host": {cpus}}}',
+            "--disable-usage-stats", "--block"])
+        wait_until(lambda: len(self.alive_nodes()) == 2, 120, "the Ray worker node",
+                   alive=lambda: self.procs["ray-worker"].poll() is None)
+
+    def alive_nodes(self) -> list[dict]:
+        r = httpx.get(f"{self.dashboard_url}/api/v0/nodes", timeout=5,
+                      headers={"Authorization": f"Bearer {self.ray_token}"})
+        nodes = r.json()["data"]["result"]["result"]
+        return [n for n in nodes if n["state"] == "ALIVE"]
+
+    def api_env(self, **extra: str) -> dict[str, str]:
+        settings = dict(
+            CREDIT_API_TOKENS=TOKEN, CREDIT_RAY_DASHBOARD_URL=self.dashboard_url,
+            CREDIT_RAY_NODE_IP=self.head_ip, CREDIT_MLFLOW_TRACKING_URI=self.mlflow_url,
+            CREDIT_DATABASE_URL=self.pg_url("service"),
+            CREDIT_OPTUNA_STORAGE=self.pg_url("optuna"),
+            CREDIT_STORAGE=str(self.shared / "ray_results"), CREDIT_SYNC_INTERVAL_S="1")
+        return self.env(**{**settings, **extra})
+
+    def serve_command(self, port: int | None = None) -> list[str]:
+        return [sys.executable, "-m", "service.cli", "serve", "--host", self.head_ip,
+                "--port", str(port or self.api_port), "--log-level", "warning"]
+
+    def start_api(self, name: str = "api", port: int | None = None, **extra: str) -> None:
+        proc = self.start(name, "head", self.serve_command(port), env=self.api_env(**extra))
+        url = f"http://{self.head_ip}:{port or self.api_port}"
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200,
+                   120, "credit serve", alive=lambda: proc.poll() is None)
+
+    def stop_proc(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            if name != "postgres":
+                self.stop_proc(name)
+        stop_cluster(self.ray_tmp)  # every Ray process of this cluster, on both hosts
+        self.stop_proc("postgres")
+        for ns in self.ns.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def worker_raylet_pid(cluster: Cluster) -> int | None:
+    from tests.service.conftest import _processes
+
+    for pid, cmd in _processes():
+        if "raylet" in cmd.split(" ")[0] and f"--node_ip_address={cluster.worker_ip}" in cmd:
+            return pid
+    return None
