@@ -145,9 +145,13 @@ def fail_unfinished_trials(storage, study_name: str) -> int:
     """After the search has ended, no Optuna trial of the study may stay RUNNING."""
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:  # the study never reached Optuna
+        return 0
     states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    stale = study.get_trials(deepcopy=False, states=states)
+    stale = storage.get_all_trials(study_id, deepcopy=False, states=states)
     for t in stale:
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
     return len(stale)

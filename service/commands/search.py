@@ -89,10 +89,11 @@ class _Progress:
 
 def run_search(args: argparse.Namespace) -> int:
     from service.spec import StudyError
+
+    spec = make_spec(args)  # bad input answers before the heavy imports below
     from service.study import run_study
     from trainables.metrics import finite_or_none
 
-    spec = make_spec(args)
     if args.storage_path:
         from service.storage import STORAGE_ENV, tune_storage
 

@@ -24,6 +24,7 @@ PRESETS = [
     "mnist-autoencoder-feedback-alignment",
     "mnist-autoencoder-matched",
     "mnist-autoencoder-node-perturbation",
+    "mnist-autoencoder-synthetic-gradient",
     "mnist-fc-backprop",
     "mnist-fc-feedback-alignment",
     "mnist-fc-node-perturbation",

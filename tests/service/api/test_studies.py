@@ -99,7 +99,12 @@ def test_study_succeeds_and_its_best_matches_optuna_and_mlflow(api, mlflow_serve
     assert parent["metrics"]["best_test_error"] == best["value"]
     # links: the MLflow UI pages of the parent run and of the best run
     exp = parent["info"]["experiment_id"]
-    assert final["links"]["mlflow"] == \
+    from service.links import mlflow_runs as runs_table
+
+    assert final["links"]["mlflow"] == runs_table(mlflow_server, exp, final["name"],
+                                                   "test_error", "min")
+    assert "searchFilter=tags.%60credit.study%60" in final["links"]["mlflow"]
+    assert final["links"]["mlflow_parent_run"] == \
         f"{mlflow_server}/#/experiments/{exp}/runs/{parent['info']['run_id']}"
     assert best["mlflow_url"] == f"{mlflow_server}/#/experiments/{exp}/runs/" \
                                  f"{best['mlflow_run_id']}"
