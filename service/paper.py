@@ -108,14 +108,19 @@ def arms_of(experiment: str, noise_levels: Sequence[float] | None,
         arms[1:1] = [noise_arm(c) for c in levels]
     elif noise_levels:
         raise ConfigError("--noise-levels applies to mnist-fc only (the paper's Fig. 1)")
-    if only:
-        keys = [a.key for a in arms]
-        unknown = [k for k in only if k not in keys]
-        if unknown:
-            raise ConfigError(f"unknown arm {unknown[0]!r} of {experiment}; valid: "
-                              f"{', '.join(keys)}")
-        arms = [a for a in arms if a.key in only]
-    return arms
+    return _only(arms, only, experiment)
+
+
+def _only(arms: list, only: Sequence[str] | None, what: str) -> list:
+    """The arms whose keys are in ``only`` (all when it is empty); an unknown key is an
+    error listing the valid ones."""
+    if not only:
+        return arms
+    keys = [a.key for a in arms]
+    unknown = [k for k in only if k not in keys]
+    if unknown:
+        raise ConfigError(f"unknown arm {unknown[0]!r} of {what}; valid: {', '.join(keys)}")
+    return [a for a in arms if a.key in only]
 
 
 def arm_space(arm: Arm) -> SearchSpace:
@@ -196,14 +201,7 @@ def protocol_arms(experiment: str, protocol: str, noise_levels: Sequence[float] 
                           "valid: mnist-autoencoder")
     else:
         arms = list(fair_arms())
-    if only:
-        keys = [a.key for a in arms]
-        unknown = [k for k in only if k not in keys]
-        if unknown:
-            raise ConfigError(f"unknown arm {unknown[0]!r} of {experiment} "
-                              f"(--protocol {protocol}); valid: {', '.join(keys)}")
-        arms = [a for a in arms if a.key in only]
-    return arms
+    return _only(arms, only, f"{experiment} (--protocol {protocol})")
 
 
 @dataclass
