@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import catalog as catalog_domain
 from service.api import errors, lifecycle
 from service.api.config import OPEN_PATHS, ApiSettings
+from service.api.principals import ANYONE, Principal
 from service.api.routes import catalog, health
 from service.api.routes import studies as study_routes
 from service.api.services import Services
@@ -74,7 +75,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     _add_error_handlers(app)
     # add_middleware wraps: the last added runs first (auth, then the size limit)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(TokenAuth, tokens=settings.tokens)
+    app.add_middleware(TokenAuth, principals=settings.principals)
     return app
 
 
@@ -151,14 +152,19 @@ class TokenAuth:
     one; tokens are compared in constant time. With no token configured (the
     explicit ``insecure`` setting) every request is let in. It runs before anything
     reads the body, so an unauthenticated client learns nothing from validation.
+    The caller's ``Principal`` goes to the routes in ``scope["state"]["principal"]``.
     """
 
-    def __init__(self, app: ASGIApp, tokens: list[str]):
+    def __init__(self, app: ASGIApp, principals: dict[str, Principal]):
         self.app = app
-        self.tokens = [t.encode() for t in tokens]
+        self.tokens = [(t.encode(), p) for t, p in principals.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = ANYONE
+        if not self.tokens or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
@@ -171,13 +177,15 @@ class TokenAuth:
             return
         token = token.strip()
         # compare with every token, always: the time taken says nothing about which matched
-        matched = False
-        for known in self.tokens:
-            matched |= hmac.compare_digest(token, known)
-        if not matched:
+        matched = None
+        for known, principal in self.tokens:
+            if hmac.compare_digest(token, known):
+                matched = principal
+        if matched is None:
             await _send_json(send, 403, error_body(
                 ["header", "Authorization"], "the bearer token is not valid", "forbidden"))
             return
+        scope["state"]["principal"] = matched
         await self.app(scope, receive, send)
 
 

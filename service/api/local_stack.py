@@ -134,7 +134,7 @@ class LocalRayHead:
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
-                    RAY_USAGE_STATS_ENABLED="0")
+                    RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
 
     def start(self, timeout_s: float = 180.0) -> LocalRayHead:
         args = [str(BIN / "ray"), "start", "--head", f"--port={self.port}",
@@ -212,7 +212,8 @@ class MlflowServer:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(args, start_new_session=True, stdout=out,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT,
+                                         env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"))
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
