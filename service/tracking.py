@@ -68,10 +68,9 @@ def is_transient(error: BaseException) -> bool:
         type(error).__module__.startswith(("requests", "urllib3"))
 
 
-def with_retries(fn: Callable[[], Any], what: str, attempts: int = RETRY_ATTEMPTS,
-                 first_s: float = RETRY_FIRST_S, max_s: float = RETRY_MAX_S) -> Any:
+def with_retries(fn: Callable[[], Any], what: str) -> Any:
     """``fn()``, made again after a transient error (exponential backoff, bounded)."""
-    wait = first_s
+    attempts, wait, max_s = RETRY_ATTEMPTS, RETRY_FIRST_S, RETRY_MAX_S
     for attempt in range(1, attempts + 1):
         try:
             return fn()
