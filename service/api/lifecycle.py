@@ -328,7 +328,10 @@ def _reconcile_lost(svc: Services, record: StudyRecord, fields: dict[str, Any]) 
             return
         reason = (parent.data.tags.get(tracking.FAILURE_TAG)
                   or f"its driver ended its MLflow run {parent.info.status} without a result")
-        status = db.CANCELLED if parent.info.status == "KILLED" else db.FAILED
+        status = db.FAILED
+        if parent.info.status == "KILLED":  # stopped: by a cancel, or with its stack
+            status = db.CANCELLED if record.message.startswith(CANCEL_REQUESTED) else db.FAILED
+            reason = f"its driver was stopped before it finished ({reason})"
         fields.update(status=status, message=reason)
         _end(svc, record, fields, close=(parent.info.status, reason))
         return

@@ -128,10 +128,18 @@ def run_serve(args: argparse.Namespace) -> int:
 def _serve_local(args: argparse.Namespace) -> int:
     from service.api.config import ApiSettings
     from service.api.local_stack import NODE_IP, LocalRayHead, MlflowServer, StackError
+    from service.api.stack_record import StackGuard
 
-    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     base = _settings(args, insecure=True)  # tokens are settled below
     home = base.home
+    guard = StackGuard(home)  # one stack per CREDIT_HOME; a crashed one's processes stop
+    try:
+        for line in guard.claim():
+            print(f"stopped the {line}", file=sys.stderr, flush=True)
+    except StackError as error:
+        print(f"credit: error: {error}", file=sys.stderr)
+        return 1
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     token = None if base.tokens or args.insecure else ensure_api_token(home)
@@ -144,8 +152,13 @@ def _serve_local(args: argparse.Namespace) -> int:
     try:
         print(f"starting Ray (head on {NODE_IP}, dashboard {head.dashboard_url}) and "
               f"MLflow ({mlflow.url}) ...", file=sys.stderr, flush=True)
-        head.start()
+        try:
+            head.start()
+        finally:  # recorded even if it failed half-way (its processes may run)
+            if head.sid is not None:
+                guard.add("ray", head.sid)
         mlflow.start()
+        guard.add("mlflow", mlflow.proc.pid)
         overrides = dict(ray_dashboard_url=head.dashboard_url, ray_auth_token=head.token,
                          ray_node_ip=NODE_IP, mlflow_tracking_uri=mlflow.url,
                          mlflow_ui_url=mlflow.url, insecure=args.insecure)
@@ -184,6 +197,7 @@ def _serve_local(args: argparse.Namespace) -> int:
             _cancel_running(services)
         mlflow.stop()
         head.stop()
+        guard.release()
         for s, handler in previous.items():
             signal.signal(s, handler)
         print("stopped: API, MLflow and the Ray head.", file=sys.stderr, flush=True)
