@@ -83,6 +83,12 @@ def _open_records(spec: StudySpec, resume: bool) -> _Records:
                          f"{tracking_uri[10:]})")
     artifact_root = settings.default_artifact_root() if _is_local(tracking_uri) else None
     experiment_id = T.ensure_experiment(tracking_uri, spec.experiment_name, artifact_root)
+    try:  # runs a crashed driver of this host left RUNNING end now, with the reason
+        for name in T.close_orphaned_runs(tracking_uri, experiment_id):
+            print(f"credit: study {name!r}: its driver had died; its runs are closed as "
+                  "FAILED", file=sys.stderr)
+    except Exception as error:  # never a reason not to start this study
+        print(f"credit: could not close orphaned runs: {error}", file=sys.stderr)
     parent = T.open_study_run(spec, tracking_uri, experiment_id, resume)
     storage = open_optuna_storage(spec.storage or settings.default_optuna_storage())
     return _Records(tracking_uri, experiment_id, parent.info.run_id, storage)

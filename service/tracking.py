@@ -44,6 +44,7 @@ ROLE_TAG = "credit.role"  # study | trial | final | campaign
 TRIAL_TAG = "credit.trial_id"
 STATE_TAG = "credit.state"  # COMPLETE | FAILED | PRUNED | STALE
 FAILURE_TAG = "credit.failure"
+DRIVER_TAG = "credit.driver"  # host:pid:start of the process that runs the study
 
 
 log = logging.getLogger("credit.tracking")
@@ -341,6 +342,56 @@ def close_stale_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
     return closed
 
 
+# --------------------------------------------------------------------- orphaned runs
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc), or None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def driver_id() -> str:
+    """This process, as a study's parent run records its driver: ``host:pid:start``."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _driver_gone(driver: str) -> bool:
+    """Whether the driver ``host:pid:start`` ran on this host and is gone (a PID reused
+    since has another start time). A driver of another host is never judged here."""
+    import socket
+
+    host, _, rest = driver.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return _start_ticks(int(pid)) != start
+
+
+def close_orphaned_runs(tracking_uri: str, experiment_id: str) -> list[str]:
+    """Close (FAILED, with the reason) every study's parent run still RUNNING whose
+    driver ran on this host and is gone, with its RUNNING trial runs; the studies'
+    names. Run by every study driver (``credit search`` included) as it starts, so a
+    crashed search does not leave its runs RUNNING in the store for ever."""
+    closed = []
+    for run in find_runs(tracking_uri, experiment_id,
+                         f"tags.`{ROLE_TAG}` = 'study' and attributes.status = 'RUNNING'"):
+        driver = run.data.tags.get(DRIVER_TAG)
+        study = run.data.tags.get(STUDY_TAG)
+        if not driver or not study or not _driver_gone(driver):
+            continue
+        reason = f"its driver ({driver}) is gone: it died before ending the study"
+        c = client(tracking_uri)
+        close_stale_runs(tracking_uri, experiment_id, run.info.run_id, set())
+        c.set_tag(run.info.run_id, FAILURE_TAG, reason)
+        c.set_tag(run.info.run_id, "credit.status", "FAILED")
+        c.set_terminated(run.info.run_id, status="FAILED")
+        closed.append(study)
+    return closed
+
+
 # ------------------------------------------------------------------ a study's parent run
 def study_filter(study: str) -> str:
     """MLflow filter of study ``study``'s parent run."""
@@ -374,8 +425,10 @@ def open_study_run(spec, tracking_uri: str, experiment_id: str, resume: bool):
             raise StudyError(f"no study named {spec.name!r} to resume")
         run = existing[0]
         c.update_run(run.info.run_id, status="RUNNING")
+        c.set_tag(run.info.run_id, DRIVER_TAG, driver_id())
         return run
-    tags = {STUDY_TAG: spec.name, ROLE_TAG: "study", "credit.experiment": space.experiment,
+    tags = {STUDY_TAG: spec.name, ROLE_TAG: "study", DRIVER_TAG: driver_id(),
+            "credit.experiment": space.experiment,
             "credit.rule": space.rule, "credit.space": space.name,
             **{f"credit.{k}": v for k, v in spec.labels.items()}}
     if spec.group_run_id:
