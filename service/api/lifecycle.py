@@ -208,7 +208,8 @@ def _end(svc: Services, record: StudyRecord, fields: dict[str, Any],
     so the row tells what the records tell (no trial left counted RUNNING)."""
     if close is not None and not _close_records(record, *close):
         fields["pending_close"] = {"status": close[0], "reason": close[1]}
-    fields.update(_reads(svc, record))
+    for key, value in _reads(svc, record).items():
+        fields.setdefault(key, value)  # the runner's own result (best_value) comes first
     with svc.db.session() as session:
         db.update_active(session, record.id, **fields)
 
