@@ -45,6 +45,7 @@ from service.api.queries import (
     _find_parent,
     aware,
     get_study,
+    live,
     read_records,
     spec_of,
     with_parent,
@@ -218,7 +219,7 @@ def close_pending(svc: Services) -> int:
     """Close the records of every ended study marked ``pending_close`` (MLflow was down
     when it ended), now that the stores may answer; how many were closed."""
     with svc.db.session() as session:
-        records = db.pending_closes(session)
+        records = [live(svc, r) for r in db.pending_closes(session)]
     closed = 0
     for record in records:
         mark = record.pending_close or {}
@@ -269,7 +270,7 @@ def sync_active(svc: Services) -> int:
     """Bring every PENDING/RUNNING study's row up to date, then close the records of
     ended studies that MLflow could not take before; how many studies were looked at."""
     with svc.db.session() as session:
-        records = db.active_studies(session)
+        records = [live(svc, r) for r in db.active_studies(session)]
     for record in records:
         try:
             sync_study(svc, record)

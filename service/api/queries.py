@@ -38,6 +38,16 @@ def get_study(svc: Services, ref: str, principal: Principal = ANYONE) -> StudyRe
         record = db.get_study(session, ref) or db.get_study_by_name(session, ref)
     if record is None or not principal.owns(record.owner):
         raise StudyNotFound(f"no study with id or name {ref!r}")
+    return live(svc, record)
+
+
+def live(svc: Services, record: StudyRecord) -> StudyRecord:
+    """The record (detached, not saved) with the MLflow address the service uses now:
+    the address stored with a study goes stale when MLflow moves (a local stack
+    restarted on another port serves the same store)."""
+    uri = svc.settings.mlflow_tracking_uri
+    if record.spec.get("tracking_uri") != uri:
+        record.spec = {**record.spec, "tracking_uri": uri}
     return record
 
 

@@ -112,6 +112,12 @@ def test_a_study_that_finished_while_the_api_was_down_is_succeeded(services):
         _trial(spec, study, value)
     counts = {"complete": 2, "running": 0, "failed": 0, "pruned": 0, "pending": 0}
     _finish_like_the_driver(spec, parent_id, study.best_trial, counts)
+    # the MLflow address stored with the study has gone stale (a restarted local stack
+    # serves the same store on another port): the service's own address is used
+    with services.db.session() as session:
+        row = db.get_study_by_name(session, "done-offline")
+        row.spec = {**row.spec, "tracking_uri": "http://127.0.0.1:9"}
+        session.commit()
 
     lifecycle.sync_active(services)
     record = queries.get_study(services, "done-offline")
