@@ -1,9 +1,10 @@
 """The FastAPI app: ``create_app(settings)``.
 
-Request path, outermost first: bearer-token check (``TokenAuth``), body-size limit
-(``BodySizeLimit``), then FastAPI's routing and validation. Routes are thin: they
-call ``service.api.lifecycle`` and ``queries`` in a worker thread (every call there blocks on Ray,
-MLflow, Optuna or the database) and map its errors to status codes here, each 4xx
+Request path, outermost first: bearer-token check (``TokenAuth``), the concurrent-
+studies limit on submissions (``StudyLimit``), body-size limit (``BodySizeLimit``),
+then FastAPI's routing and validation. Routes are thin: they call
+``service.api.lifecycle`` and ``queries`` in a worker thread (every call there blocks
+on Ray, MLflow, Optuna or the database) and map its errors to status codes here, each 4xx
 with a body that names the field and the reason:
 
     {"detail": [{"loc": ["body", "max_trials"], "msg": "must be >= 1 (got 0)",
@@ -73,8 +74,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(study_routes.router)
     app.include_router(catalog.router)
     _add_error_handlers(app)
-    # add_middleware wraps: the last added runs first (auth, then the size limit)
+    # add_middleware wraps: the last added runs first (auth, the study limit, the size limit)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(StudyLimit, services=services)
     app.add_middleware(TokenAuth, principals=settings.principals)
     return app
 
@@ -186,6 +188,28 @@ class TokenAuth:
                 ["header", "Authorization"], "the bearer token is not valid", "forbidden"))
             return
         scope["state"]["principal"] = matched
+        await self.app(scope, receive, send)
+
+
+class StudyLimit:
+    """429 for ``POST /studies`` while the server runs its limit of studies, before the
+    body is read or validated: one count of the database, in the event loop, so a
+    flood of submissions at the limit is answered at once (no worker thread, no
+    validation, no MLflow or Optuna lookup). The submission checks again, under its
+    lock, when it stores the study."""
+
+    def __init__(self, app: ASGIApp, services: Services):
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and \
+                scope["path"].rstrip("/") == "/studies":
+            problem = lifecycle.room_problem(self.services)
+            if problem is not None:
+                await _send_json(send, 429, error_body(["body"], problem, "too_many_studies"),
+                                 {"Retry-After": "30"})
+                return
         await self.app(scope, receive, send)
 
 

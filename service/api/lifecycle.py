@@ -79,14 +79,23 @@ def _name_used_outside(svc: Services, name: str) -> str | None:
     return None
 
 
-def _check_room(svc: Services) -> None:
-    """``TooManyStudies`` if the server already runs its limit of studies (one count)."""
+def room_problem(svc: Services) -> str | None:
+    """Why no study may be submitted now (the server runs its limit), or None: one count
+    of the database, so it can run before anything else (``app.StudyLimit``)."""
     limit = svc.settings.max_concurrent_studies
     with svc.db.session() as session:
         active = db.count_active(session)
     if active >= limit:
-        raise TooManyStudies(f"{active} studies are pending or running; this server runs "
-                             f"at most {limit} at once: retry when one has ended")
+        return (f"{active} studies are pending or running; this server runs at most "
+                f"{limit} at once: retry when one has ended")
+    return None
+
+
+def _check_room(svc: Services) -> None:
+    """``TooManyStudies`` if the server already runs its limit of studies."""
+    problem = room_problem(svc)
+    if problem is not None:
+        raise TooManyStudies(problem)
 
 
 def submit_study(svc: Services, body: Any, principal: Principal = ANYONE) -> StudyRecord:
