@@ -229,13 +229,8 @@ class MlflowServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_session(self.proc.pid)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                pass
-            self.proc = None
+        _stop_child(self.proc)
+        self.proc = None
 
 
 class OptunaDashboard:
@@ -276,13 +271,8 @@ class OptunaDashboard:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_session(self.proc.pid)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                pass
-            self.proc = None
+        _stop_child(self.proc)
+        self.proc = None
 
 
 # ------------------------------------------------------------------ starting together
@@ -290,6 +280,17 @@ class OptunaDashboard:
 #: How long the local stack may take to come up (CREDIT_STARTUP_TIMEOUT, --startup-timeout):
 #: generous, since a busy 2-core machine took 124-141 s for MLflow alone.
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
+
+
+def _stop_child(proc: subprocess.Popen | None) -> None:
+    """Stop a server we started in its own session, and reap it."""
+    if proc is None:
+        return
+    stop_session(proc.pid)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        pass
 
 
 def log_tail(path: Path | None, lines: int = 12) -> list[str]:
