@@ -141,9 +141,19 @@ def stopped_with_the_study(summaries, message: str) -> None:
             t.failure_kind = None
 
 
-def fail_unfinished_trials(storage, study_name: str) -> int:
-    """After the search has ended, no Optuna trial of the study may stay RUNNING."""
+#: Why a trial of a resumed study has no result: Tune saves its experiment every few
+#: seconds, and a trial it started after its last save is not in the saved state.
+LOST = ("TrialLost: the study's driver stopped before Tune saved this trial; the resumed "
+        "study ran another trial in its place")
+
+
+def fail_unfinished_trials(storage, study_name: str,
+                           known_trial_ids: set[str] | None = None) -> int:
+    """After the search has ended, no Optuna trial of the study may stay RUNNING. One
+    whose Tune trial Tune does not know (``known_trial_ids``) was lost: it says so."""
     import optuna
+
+    from service.settings import TUNE_TRIAL_ID
 
     try:
         study_id = storage.get_study_id_from_name(study_name)
@@ -153,5 +163,8 @@ def fail_unfinished_trials(storage, study_name: str) -> int:
     stale = storage.get_all_trials(study_id, deepcopy=False, states=states)
     for t in stale:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        tune_id = t.user_attrs.get(TUNE_TRIAL_ID)
+        if known_trial_ids is not None and tune_id not in known_trial_ids:
+            storage.set_trial_user_attr(trial_id, "failure", LOST)
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
     return len(stale)

@@ -27,16 +27,12 @@ from service.results import (
 )
 from service.settings import open_optuna_storage
 from service.spec import StudyError, StudySpec
-from service.tuner import (
-    ProgressFn,
-    _leave_ray,
-    _new_tuner,
-    _quiet_ray,
-    _StudyMonitor,
-    connect_ray,
-)
+from service.tuner import ProgressFn, _leave_ray, _new_tuner, _quiet_ray, connect_ray
 from trainables.metrics import finite_or_none
 
+#: Seconds between two saves of a study's Tune experiment state (Tune's default is
+#: at least 10 s).
+EXPERIMENT_SAVE_PERIOD_S = 2
 
 # ------------------------------------------------------------------------ the runner
 def run_study(spec: StudySpec, *, resume: bool = False,
@@ -45,8 +41,11 @@ def run_study(spec: StudySpec, *, resume: bool = False,
     start = time.perf_counter()
     _quiet_ray()
     records = _open_records(spec, resume)
+    monitor = None
     try:
-        monitor = _StudyMonitor(spec, progress)
+        from service.monitor import StudyMonitor  # imports Ray Tune
+
+        monitor = StudyMonitor(spec, progress)
         monitor.seen([], None)  # the study passed its checks: show it before Ray starts
         connect_ray()
         grid = _tuner(spec, records, monitor, resume).fit()
@@ -60,6 +59,9 @@ def run_study(spec: StudySpec, *, resume: bool = False,
     except BaseException as error:
         _abort(records, error)
         raise
+    finally:
+        if monitor is not None:
+            monitor.close()
 
 
 @dataclass
@@ -103,7 +105,7 @@ def _open_records(spec: StudySpec, resume: bool) -> _Records:
     return _Records(tracking_uri, experiment_id, parent.info.run_id, storage)
 
 
-def _tuner(spec: StudySpec, records: _Records, monitor: _StudyMonitor, resume: bool):
+def _tuner(spec: StudySpec, records: _Records, monitor, resume: bool):
     """A new Tuner, or (``resume``) the one saved in Tune's storage (``CREDIT_STORAGE``)."""
     from ray import tune  # heavy: only once the study passed its checks
 
@@ -115,6 +117,10 @@ def _tuner(spec: StudySpec, records: _Records, monitor: _StudyMonitor, resume: b
                                    records.parent_id, spec.name)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, callback_factory=factory), spec.resources.ray())
+    # Tune saves the experiment (its trials, the searcher) every few seconds; a trial it
+    # created since its last save is lost when the driver dies. Save often: trials last
+    # minutes, the state is a few kB.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SAVE_PERIOD_S))
     tune_store = tune_storage()
     if resume and can_restore(tune_store, spec.name):
         return tune.Tuner.restore(
@@ -128,7 +134,7 @@ def _tuner(spec: StudySpec, records: _Records, monitor: _StudyMonitor, resume: b
                       tune_store)
 
 
-def _outcome(spec: StudySpec, records: _Records, grid, monitor: _StudyMonitor,
+def _outcome(spec: StudySpec, records: _Records, grid, monitor,
              progress: ProgressFn | None) -> StudyResult:
     """The trials' summaries and the best one; stale runs closed; status and message."""
     from service import tracking as T
@@ -147,15 +153,18 @@ def _outcome(spec: StudySpec, records: _Records, grid, monitor: _StudyMonitor,
     if verdict:
         status, message = "FAILED", verdict
         stopped_with_the_study(summaries, verdict)
-    elif monitor.stopper.stop_all():
+    elif monitor.over_budget():
         status = "FAILED"
         message = (f"stopped: {len(monitor.failed)} failed trials exceed "
                    f"max_failed_trials={spec.max_failed_trials}")
-    fail_unfinished_trials(records.storage, spec.name)
+    # every trial of Tune's experiment (none seen: it did not end; nothing is judged lost)
+    known = {t.trial_id for t in monitor.trials} or None
+    fail_unfinished_trials(records.storage, spec.name, known)
     record_failures(records.tracking_uri, records.experiment_id, records.parent_id,
                     {t.trial_id: t.error for t in summaries if t.state == "FAILED"})
     pruned = {t.trial_id for t in summaries if t.state == "PRUNED"}
-    T.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, pruned)
+    T.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, pruned,
+                       known_trial_ids=known)
     result = _best(spec, spec.search_space(), records.storage, records.tracking_uri,
                    records.experiment_id, records.parent_id, summaries)
     if result.best_params is None:

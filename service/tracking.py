@@ -35,7 +35,7 @@ def run_name(study: str, role: str, trial_id: str, seed: int) -> str:
 STUDY_TAG = "credit.study"
 ROLE_TAG = "credit.role"  # study | trial | final | campaign
 TRIAL_TAG = "credit.trial_id"
-STATE_TAG = "credit.state"  # COMPLETE | FAILED | PRUNED | STALE
+STATE_TAG = "credit.state"  # COMPLETE | FAILED | PRUNED | STALE | LOST
 FAILURE_TAG = "credit.failure"
 
 
@@ -252,12 +252,16 @@ class TrialLoggerFactory:
 
 
 def close_stale_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
-                     pruned_trial_ids: set[str], active_trial_ids: set[str] = frozenset()) -> int:
-    """End every child run still RUNNING: KILLED, tagged PRUNED (early-stopped) or STALE.
+                     pruned_trial_ids: set[str], active_trial_ids: set[str] = frozenset(),
+                     known_trial_ids: set[str] | None = None) -> int:
+    """End every child run still RUNNING: KILLED, tagged PRUNED (early-stopped), LOST (its
+    trial is not among Tune's ``known_trial_ids``: see ``failures.LOST``) or STALE.
 
     Runs of ``active_trial_ids`` (still training elsewhere) are left alone.
     Returns the number of runs closed.
     """
+    from service.failures import LOST
+
     c = client(tracking_uri)
     closed = 0
     for run in child_runs(tracking_uri, experiment_id, parent_run_id):
@@ -266,7 +270,13 @@ def close_stale_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
         trial_id = run.data.tags.get(TRIAL_TAG)
         if trial_id in active_trial_ids:
             continue
-        state = "PRUNED" if trial_id in pruned_trial_ids else "STALE"
+        if trial_id in pruned_trial_ids:
+            state = "PRUNED"
+        elif known_trial_ids is not None and trial_id not in known_trial_ids:
+            state = "LOST"
+            c.set_tag(run.info.run_id, FAILURE_TAG, LOST)
+        else:
+            state = "STALE"
         c.set_tag(run.info.run_id, STATE_TAG, state)
         c.set_terminated(run.info.run_id, status="KILLED")
         closed += 1

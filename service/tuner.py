@@ -1,9 +1,9 @@
-"""The search machinery of a study: Ray connection, Optuna sampler and searcher, the
-driver-side monitor (counts, best so far, failure budget) and the Tune ``Tuner``."""
+"""The search machinery of a study: Ray connection, Optuna sampler and searcher
+(``service.searcher``), the driver-side monitor (``service.monitor``) and the Tune
+``Tuner``."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import threading
@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import SearchSpace
-from service.results import _error_text
-from service.settings import TUNE_TRIAL_ID, trial_counts
 from service.spec import SAMPLERS, EarlyStopping, StudySpec
 from trainables.errors import ConfigError
 
@@ -106,122 +104,12 @@ def _project_root() -> str:
 
 
 def _make_searcher(spec: StudySpec, space: SearchSpace, storage):
-    """OptunaSearch that keeps early-stopped trials out of the completed set.
+    """Optuna's ask-and-tell behind Tune's ``Searcher`` (early-stopped trials PRUNED)."""
+    from service.searcher import OptunaAskTell
 
-    It keeps OptunaSearch's own bookkeeping (``_ot_trials``, ``_completed_trials``,
-    ``_ot_study``): a public ask-and-tell ``Searcher`` (commit a23f001) made the resume
-    test fail in full-file runs (an extra trial after a restore), so it is not used yet.
-    """
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    epochs = spec.epochs
-
-    def told(number: int) -> bool:  # finished in storage (told before a driver restart)
-        study_id = storage.get_study_id_from_name(spec.name)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        return storage.get_trial(trial_id).state.is_finished()
-
-    class CreditOptunaSearch(OptunaSearch):
-        def suggest(self, trial_id: str):
-            params = super().suggest(trial_id)
-            if params is not None:
-                self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
-            return params
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            ot_trial = self._ot_trials[trial_id]
-            if told(ot_trial.number):
-                self._completed_trials.add(trial_id)
-                return
-            value = None if result is None else result.get(self.metric)
-            if error or value is None or not math.isfinite(float(value)):
-                state, value = optuna.trial.TrialState.FAIL, None
-            elif int(result.get("epoch", epochs)) < epochs:
-                state, value = optuna.trial.TrialState.PRUNED, None  # stopped by ASHA
-            else:
-                state = optuna.trial.TrialState.COMPLETE
-            self._ot_study.tell(ot_trial, value, state=state)
-            self._completed_trials.add(trial_id)
-
-    return CreditOptunaSearch(
-        space=space.to_optuna(), metric=spec.objective.metric, mode=spec.objective.mode,
-        sampler=make_sampler(spec.sampler, spec.seed), study_name=spec.name, storage=storage,
-    )
-
-
-class _StudyMonitor:
-    """Driver-side Tune callback + stopper: counts, best so far, the failure budget."""
-
-    def __init__(self, spec: StudySpec, progress: ProgressFn | None):
-        from ray.tune import Callback
-        from ray.tune.stopper import Stopper
-
-        self.spec = spec
-        self.progress = progress
-        self.failed: dict[str, str] = {}
-        self.best: float | None = None
-        self.trials: list = []  # Tune's trials, in the order of its ResultGrid
-        monitor = self
-
-        class _Callback(Callback):
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                monitor.seen(trials, result)
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                monitor.seen(trials, trial.last_result)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                monitor.failed[trial.trial_id] = _error_text(trial)
-                monitor.seen(trials, None)
-
-            def on_experiment_end(self, trials, **info):
-                monitor.trials = list(trials)
-
-        class _Stopper(Stopper):
-            def __call__(self, trial_id, result):
-                return False
-
-            def stop_all(self):
-                limit = monitor.spec.max_failed_trials
-                from service.failures import infrastructure_verdict
-
-                return (limit is not None and len(monitor.failed) > limit
-                        or infrastructure_verdict(monitor.failed, limit) is not None)
-
-        self.callback = _Callback()
-        self.stopper = _Stopper()
-
-    def seen(self, trials, result) -> None:
-        obj = self.spec.objective
-        if result and int(result.get("epoch", 0)) >= self.spec.epochs:
-            value = result.get(obj.metric)
-            if value is not None and math.isfinite(value):
-                better = self.best is None or (value < self.best if obj.mode == "min"
-                                               else value > self.best)
-                self.best = value if better else self.best
-        if self.progress is not None:
-            self.progress({"counts": _counts_from_tune(trials, self.spec.epochs),
-                           "best": self.best, "metric": obj.metric,
-                           "max_trials": self.spec.max_trials})
-
-
-
-def _counts_from_tune(trials, epochs: int) -> dict[str, int]:
-    counts = trial_counts()
-    for t in trials:
-        if t.status == "ERROR":
-            counts["failed"] += 1
-        elif t.status == "TERMINATED":
-            done = int((t.last_result or {}).get("epoch", 0))
-            counts["complete" if done >= epochs else "pruned"] += 1
-        elif t.status in ("RUNNING",):
-            counts["running"] += 1
-        else:
-            counts["pending"] += 1
-    return counts
+    return OptunaAskTell(space=space.to_optuna(), metric=spec.objective.metric,
+                         mode=spec.objective.mode, study_name=spec.name, storage=storage,
+                         sampler=spec.sampler, seed=spec.seed, epochs=spec.epochs)
 
 
 def _new_tuner(spec, space, storage, trainable, monitor, tune_store):
@@ -250,7 +138,9 @@ def _new_tuner(spec, space, storage, trainable, monitor, tune_store):
         run_config=tune.RunConfig(
             name=spec.name, **tune_store.run_config(), verbose=0,
             callbacks=[monitor.callback], stop=monitor.stopper,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two, not one: the experiment state saved last may still name the previous
+            # checkpoint when a crash comes right after the newest one replaced it.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         ),
     )

@@ -17,6 +17,8 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from service import tracking as T
+from service.failures import LOST
+from service.settings import TUNE_TRIAL_ID
 from service.spec import StudySpec
 from service.study import run_study
 
@@ -162,12 +164,12 @@ def test_final_evaluation_with_seeds(ray_cluster, tmp_path):
     assert parent.data.metrics["final/test_error_mean"] == pytest.approx(mean)
 
 
-def _count_complete(db: Path) -> int:
+def _count_trials(db: Path, where: str = "1") -> int:
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(db, timeout=5) as con:
-            return con.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0]
+            return con.execute(f"select count(*) from trials where {where}").fetchone()[0]
     except sqlite3.Error:
         return 0
 
@@ -179,35 +181,55 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path, credit_home):
             "--batches-per-epoch", "40", "--dataset", "mnist-5k", "--quiet",
             "--tracking-uri", stores["tracking_uri"], "--storage", stores["storage"]]
     env = dict(os.environ)
-    driver = subprocess.Popen(args, env=env, start_new_session=True,
+    # Tune saves the experiment when it starts, at its trials' checkpoints, and (here)
+    # not on a timer: a trial it started since its last save is lost with the driver.
+    driver = subprocess.Popen(args, env={**env, "TUNE_GLOBAL_CHECKPOINT_S": "600"},
+                              start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = tmp_path / "optuna.db"
     deadline = time.time() + 240
-    while _count_complete(db) < 2 and time.time() < deadline and driver.poll() is None:
+
+    def started() -> bool:
+        return _count_trials(db, "state='COMPLETE'") >= 2 and _count_trials(db) >= 3
+
+    while not started() and time.time() < deadline and driver.poll() is None:
         time.sleep(0.5)
     assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
-    assert _count_complete(db) >= 2
+    assert started()
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
 
     done = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True,
                           timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     spec = StudySpec(space="mnist-fc-backprop", max_trials=5, epochs=3, **stores)
     trials = _optuna_trials(spec)
     assert [t.state.name for t in trials].count("COMPLETE") == 5
+    # A trial Tune started after its last save of the experiment is lost with the driver;
+    # the resumed study ran another in its place. Such a trial says so, everywhere.
+    lost = [t for t in trials if t.state.name != "COMPLETE"]
+    assert all(t.state.name == "FAIL" and t.user_attrs["failure"] == LOST for t in lost)
     client = MlflowClient(stores["tracking_uri"])
     exp = client.get_experiment_by_name("credit-search")
     parent = T.find_runs(stores["tracking_uri"], exp.experiment_id,
                          f"tags.`{T.STUDY_TAG}` = 'resumed' and tags.`{T.ROLE_TAG}` = 'study'")
     assert len(parent) == 1
+    assert parent[0].info.status == "FINISHED"
     runs = [r for r in T.child_runs(stores["tracking_uri"], exp.experiment_id,
                                     parent[0].info.run_id)
             if r.data.tags.get(T.ROLE_TAG) == "trial"]
     trial_ids = [r.data.tags[T.TRIAL_TAG] for r in runs]
-    assert len(set(trial_ids)) == len(trial_ids) == 5  # no duplicate run for a trial
-    assert all(r.info.status != "RUNNING" for r in runs)
-    assert sum(r.info.status == "FINISHED" for r in runs) == 5
+    assert len(set(trial_ids)) == len(trial_ids)  # no duplicate run for a trial
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 5
+    assert {r.data.tags[T.TRIAL_TAG] for r in finished} == {
+        t.user_attrs[TUNE_TRIAL_ID] for t in trials if t.state.name == "COMPLETE"}
+    others = [r for r in runs if r.info.status != "FINISHED"]
+    assert len(others) <= len(lost)
+    for r in others:
+        assert r.info.status == "KILLED"
+        assert r.data.tags[T.STATE_TAG] == "LOST"
+        assert r.data.tags[T.FAILURE_TAG] == LOST
 
 
 def test_job_entrypoint_sigterm_ends_every_run_killed(ray_cluster, tmp_path, credit_home):
@@ -217,6 +239,10 @@ def test_job_entrypoint_sigterm_ends_every_run_killed(ray_cluster, tmp_path, cre
                      batches_per_epoch=40, dataset="mnist-5k", **stores)
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(spec.model_dump_json())
+    # The store exists before the driver starts: polling a sqlite store while another
+    # process creates it races MLflow's schema migrations ("table ... already exists").
+    T.ensure_experiment(stores["tracking_uri"], "credit-search",
+                        (tmp_path / "artifacts").as_uri())
     driver = subprocess.Popen([sys.executable, "-m", "service.study", str(spec_file)],
                               env=dict(os.environ), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)

@@ -75,3 +75,51 @@ def test_close_study_run_ends_parent_and_trials_once(store):
     assert ended.data.tags["credit.status"] == "CANCELLED"
     assert T.close_study_run(uri, "credit-search", "np-a", "KILLED", "again") == 0
     assert T.close_study_run(uri, "credit-search", "unknown", "FAILED", "x") == 0
+
+
+def test_stale_runs_close_pruned_lost_or_stale(store):
+    """A RUNNING child run at a study's end: PRUNED (early-stopped), LOST (Tune does not
+    know its trial: started after Tune's last save before a crash) or STALE."""
+    from service.failures import LOST
+
+    uri, experiment_id = store
+    c = T.client(uri)
+    parent = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    runs = {t: c.create_run(experiment_id, tags={T.PARENT_TAG: parent.info.run_id,
+                                                 T.ROLE_TAG: "trial", T.TRIAL_TAG: t})
+            for t in ("pruned", "lost", "stale", "active", "done")}
+    c.set_terminated(runs["done"].info.run_id, status="FINISHED")
+    closed = T.close_stale_runs(uri, experiment_id, parent.info.run_id, {"pruned"},
+                                active_trial_ids={"active"},
+                                known_trial_ids={"pruned", "stale", "active", "done"})
+    assert closed == 3
+    got = {t: c.get_run(r.info.run_id) for t, r in runs.items()}
+    assert {t: r.info.status for t, r in got.items()} == {
+        "pruned": "KILLED", "lost": "KILLED", "stale": "KILLED", "active": "RUNNING",
+        "done": "FINISHED"}
+    assert [got[t].data.tags.get(T.STATE_TAG) for t in ("pruned", "lost", "stale")] == [
+        "PRUNED", "LOST", "STALE"]
+    assert got["lost"].data.tags[T.FAILURE_TAG] == LOST
+    assert T.FAILURE_TAG not in got["stale"].data.tags
+
+
+def test_unfinished_optuna_trials_fail_and_a_lost_one_says_why(tmp_path):
+    import optuna
+
+    from service.failures import LOST, fail_unfinished_trials
+    from service.settings import TUNE_TRIAL_ID, open_optuna_storage
+
+    storage = open_optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    for tune_id in ("known", "lost"):
+        study.ask().set_user_attr(TUNE_TRIAL_ID, tune_id)
+    done = study.ask()
+    study.tell(done, 1.0)
+    assert fail_unfinished_trials(storage, "s", {"known"}) == 2
+    trials = {t.user_attrs.get(TUNE_TRIAL_ID): t for t in study.get_trials()}
+    assert [trials[k].state.name for k in ("known", "lost", None)] == ["FAIL", "FAIL",
+                                                                       "COMPLETE"]
+    assert trials["lost"].user_attrs["failure"] == LOST
+    assert "failure" not in trials["known"].user_attrs
+    assert fail_unfinished_trials(storage, "s", {"known"}) == 0
+    assert fail_unfinished_trials(storage, "never-ran") == 0

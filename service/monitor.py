@@ -1,0 +1,117 @@
+"""The driver's view of a running study: counts, best so far, failures, the failure
+budget — fed by a Tune callback and read by a Tune stopper.
+
+Tune saves its callbacks and stopper with the experiment, and a restored experiment
+(``--resume``) gets back those saved copies, not the driver's new objects. So the
+callback and the stopper hold only the study's name, and find the live monitor of this
+driver by it (:data:`LIVE`) each time they are called.
+
+Imported only where a study runs: it imports Ray Tune.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ray.tune import Callback
+from ray.tune.stopper import Stopper
+
+from service.results import _error_text
+from service.settings import trial_counts
+from service.spec import StudySpec
+from service.tuner import ProgressFn
+
+#: Study name → the monitor of the study this process drives.
+LIVE: dict[str, StudyMonitor] = {}
+
+
+class StudyMonitor:
+    """Counts, best so far and failures of the study this driver runs (one per study)."""
+
+    def __init__(self, spec: StudySpec, progress: ProgressFn | None):
+        self.spec = spec
+        self.progress = progress
+        self.failed: dict[str, str] = {}
+        self.best: float | None = None
+        self.trials: list = []  # Tune's trials, in the order of its ResultGrid
+        self.callback = MonitorCallback(spec.name)
+        self.stopper = FailureBudget(spec.name)
+        LIVE[spec.name] = self
+
+    def close(self) -> None:
+        if LIVE.get(self.spec.name) is self:
+            del LIVE[self.spec.name]
+
+    def seen(self, trials, result) -> None:
+        obj = self.spec.objective
+        if result and int(result.get("epoch", 0)) >= self.spec.epochs:
+            value = result.get(obj.metric)
+            if value is not None and math.isfinite(value):
+                better = self.best is None or (value < self.best if obj.mode == "min"
+                                               else value > self.best)
+                self.best = value if better else self.best
+        if self.progress is not None:
+            self.progress({"counts": counts_from_tune(trials, self.spec.epochs),
+                           "best": self.best, "metric": obj.metric,
+                           "max_trials": self.spec.max_trials})
+
+    def over_budget(self) -> bool:
+        """More failed trials than ``max_failed_trials``, or infrastructure failures."""
+        from service.failures import infrastructure_verdict
+
+        limit = self.spec.max_failed_trials
+        return (limit is not None and len(self.failed) > limit
+                or infrastructure_verdict(self.failed, limit) is not None)
+
+
+class MonitorCallback(Callback):
+    """Tune's events → the live monitor of study ``study``."""
+
+    def __init__(self, study: str):
+        self.study = study
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if (monitor := LIVE.get(self.study)) is not None:
+            monitor.seen(trials, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if (monitor := LIVE.get(self.study)) is not None:
+            monitor.seen(trials, trial.last_result)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if (monitor := LIVE.get(self.study)) is not None:
+            monitor.failed[trial.trial_id] = _error_text(trial)
+            monitor.seen(trials, None)
+
+    def on_experiment_end(self, trials, **info):
+        if (monitor := LIVE.get(self.study)) is not None:
+            monitor.trials = list(trials)
+
+
+class FailureBudget(Stopper):
+    """Stops the whole study once the live monitor of ``study`` is over its budget."""
+
+    def __init__(self, study: str):
+        self.study = study
+
+    def __call__(self, trial_id, result):
+        return False
+
+    def stop_all(self):
+        monitor = LIVE.get(self.study)
+        return monitor is not None and monitor.over_budget()
+
+
+def counts_from_tune(trials, epochs: int) -> dict[str, int]:
+    counts = trial_counts()
+    for t in trials:
+        if t.status == "ERROR":
+            counts["failed"] += 1
+        elif t.status == "TERMINATED":
+            done = int((t.last_result or {}).get("epoch", 0))
+            counts["complete" if done >= epochs else "pruned"] += 1
+        elif t.status in ("RUNNING",):
+            counts["running"] += 1
+        else:
+            counts["pending"] += 1
+    return counts

@@ -1,0 +1,105 @@
+"""Optuna as a Ray Tune searcher, through public APIs only (Optuna's ask-and-tell).
+
+Tune asks ``suggest`` for a trial's parameters and reports its end to
+``on_trial_complete``; Optuna's study (in its persistent storage) records every
+trial with the state it really ended in: COMPLETE with its objective only if it ran
+every epoch, PRUNED if ASHA stopped it early, FAIL if it raised or reported no finite
+value. (Ray's own ``OptunaSearch`` tells an early-stopped trial COMPLETE with its
+partial value, and keeps its state in private attributes.)
+
+The storage is the truth: each Optuna trial carries its Tune trial id (the user
+attribute ``TUNE_TRIAL_ID``), so a restored searcher finds its trials there, whatever
+state Tune saved with the experiment.
+
+Imported only where a study runs: it imports Ray Tune and Optuna.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Any
+
+import optuna
+from ray.tune.search import Searcher
+
+from service.settings import TUNE_TRIAL_ID
+
+
+class OptunaAskTell(Searcher):
+    """Tune ``Searcher`` over the Optuna study ``study_name`` in ``storage``.
+
+    The sampler (``sampler``, a name of ``SAMPLERS``) is seeded with ``seed`` plus the
+    number of trials the study already holds, so a resumed study does not draw the
+    same configurations again. Intermediate values are not reported: no pruner reads
+    them (ASHA stops trials on Tune's side).
+    """
+
+    def __init__(self, *, space: dict[str, Any], metric: str, mode: str, study_name: str,
+                 storage: Any, sampler: str, seed: int, epochs: int):
+        super().__init__(metric=metric, mode=mode)
+        self.space = space
+        self.study_name = study_name
+        self.storage = storage
+        self.sampler = sampler
+        self.seed = seed
+        self.epochs = epochs
+        self.numbers: dict[str, int] = {}  # Tune trial id → Optuna trial number
+        self._study: optuna.Study | None = None
+
+    @property
+    def study(self) -> optuna.Study:
+        from service.tuner import make_sampler
+
+        if self._study is None:
+            existing = 0
+            try:
+                existing = len(optuna.load_study(study_name=self.study_name,
+                                                 storage=self.storage).trials)
+            except KeyError:
+                pass
+            self._study = optuna.create_study(
+                study_name=self.study_name, storage=self.storage, load_if_exists=True,
+                sampler=make_sampler(self.sampler, self.seed + existing),
+                direction="minimize" if self.mode == "min" else "maximize")
+        return self._study
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        trial = self.study.ask(fixed_distributions=self.space)
+        trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+        self.numbers[trial_id] = trial.number
+        return dict(trial.params)
+
+    def number_of(self, trial_id: str) -> int | None:
+        """The Optuna trial number of Tune trial ``trial_id`` (from the storage when the
+        saved state does not hold it)."""
+        if trial_id not in self.numbers:
+            for t in self.study.get_trials(deepcopy=False):
+                if t.user_attrs.get(TUNE_TRIAL_ID) == trial_id:
+                    self.numbers[trial_id] = t.number
+        return self.numbers.get(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        number = self.number_of(trial_id)
+        if number is None:
+            return
+        value = None if result is None else result.get(self.metric)
+        if error or value is None or not math.isfinite(float(value)):
+            state, value = optuna.trial.TrialState.FAIL, None
+        elif int(result.get("epoch", self.epochs)) < self.epochs:
+            state, value = optuna.trial.TrialState.PRUNED, None  # stopped by ASHA
+        else:
+            state = optuna.trial.TrialState.COMPLETE
+        # skip_if_finished: a trial told before a driver restart keeps its state
+        self.study.tell(number, value, state=state, skip_if_finished=True)
+
+    def save(self, checkpoint_path: str) -> None:
+        state = {k: v for k, v in self.__dict__.items() if k != "_study"}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+        self._study = None
