@@ -190,6 +190,11 @@ class LocalRayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+#: The MLflow server's environment: no job runner (MLflow 3's GenAI jobs: eight
+#: ``huey_consumer`` processes that credit-search never uses, each a few % of a core).
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 class MlflowServer:
     """``mlflow server --workers 1`` on loopback: tracking REST API, UI, proxied artifacts."""
 
@@ -214,8 +219,9 @@ class MlflowServer:
                 "--host", "127.0.0.1", "--port", str(self.port), "--allowed-hosts", hosts]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(args, env=child_env(), start_new_session=True,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, env=child_env(**MLFLOW_SERVER_ENV),
+                                         start_new_session=True, stdout=out,
+                                         stderr=subprocess.STDOUT)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
