@@ -240,8 +240,6 @@ def run_campaign(
     and dataset unless given here.
     """
     from service import settings
-    from service import tracking as T
-    from service.spec import StudySpec
     from service.study import run_study
 
     arms = protocol_arms(experiment, protocol, noise_levels, only)
@@ -249,40 +247,14 @@ def run_campaign(
     name = name or f"paper-{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     common = dict(sampler=sampler, seed=seed, parallel_trials=parallel_trials,
                   data_dir=data_dir, tracking_uri=tracking_uri, storage=storage)
-
-    def spec_of(arm: Arm | FixedArm) -> StudySpec:
-        labels = {"arm": arm.key, "arm_label": arm.label, "campaign": name,
-                  "protocol": protocol}
-        if isinstance(arm, FixedArm):
-            cfg = arm.config
-            return StudySpec(
-                name=f"{name}-{arm.key}", space=fixed_arm_space(arm), max_trials=1,
-                final_seeds=max(seeds - 1, 0), epochs=epochs or cfg["epochs"],
-                batches_per_epoch=batches_per_epoch or cfg.get("batches_per_epoch"),
-                dataset=dataset or cfg.get("dataset"),
-                labels={**labels, "fixed": "1", "reference": f"{arm.reference:g}",
-                        "source": arm.source[:250]}, **common)
-        return StudySpec(name=f"{name}-{arm.key}", space=arm_space(arm), max_trials=trials,
-                         final_seeds=seeds, epochs=epochs or 20, dataset=dataset,
-                         batches_per_epoch=batches_per_epoch, labels=labels, **common)
-
     # Validate every arm's spec before anything is created.
-    specs = {arm.key: spec_of(arm) for arm in arms}
+    specs = {arm.key: _arm_spec(arm, name, protocol, trials=trials, seeds=seeds,
+                                epochs=epochs, dataset=dataset,
+                                batches_per_epoch=batches_per_epoch, **common)
+             for arm in arms}
     start = time.perf_counter()
-    experiment_id = T.ensure_experiment(tracking_uri, "credit-search",
-                                        settings.default_artifact_root()
-                                        if not tracking_uri.startswith("http") else None)
-    c = T.client(tracking_uri)
-    run = c.create_run(experiment_id, run_name=name,
-                       tags={T.ROLE_TAG: "campaign", "credit.campaign": name,
-                             "credit.experiment": experiment, "credit.protocol": protocol,
-                             "credit.arms": ",".join(a.key for a in arms)})
-    run_id = run.info.run_id
-    first = specs[arms[0].key]
-    T.log_params(c, run_id, {"experiment": experiment, "protocol": protocol,
-                             "trials": first.max_trials, "seeds": seeds,
-                             "epochs": first.epochs, "dataset": first.trial_config({}).dataset,
-                             "sampler": sampler, "arms": [a.key for a in arms]})
+    c, run_id = _open_campaign_run(name, experiment, protocol, arms, specs[arms[0].key],
+                                   seeds, tracking_uri)
     result = CampaignResult(run_id, experiment, tracking_uri)
     try:
         for arm in arms:
@@ -305,6 +277,51 @@ def run_campaign(
         c.set_terminated(run_id, status="KILLED")
         raise
     return result
+
+
+def _arm_spec(arm: Arm | FixedArm, campaign: str, protocol: str, *, trials: int, seeds: int,
+              epochs: int | None, dataset: str | None, batches_per_epoch: int | None,
+              **common):
+    """The study of one arm: a search (``Arm``) or the authors' fixed settings, one trial
+    and ``seeds - 1`` more seeds (``FixedArm``: its own epochs, batches, dataset unless
+    given)."""
+    from service.spec import StudySpec
+
+    labels = {"arm": arm.key, "arm_label": arm.label, "campaign": campaign,
+              "protocol": protocol}
+    if isinstance(arm, FixedArm):
+        cfg = arm.config
+        return StudySpec(
+            name=f"{campaign}-{arm.key}", space=fixed_arm_space(arm), max_trials=1,
+            final_seeds=max(seeds - 1, 0), epochs=epochs or cfg["epochs"],
+            batches_per_epoch=batches_per_epoch or cfg.get("batches_per_epoch"),
+            dataset=dataset or cfg.get("dataset"),
+            labels={**labels, "fixed": "1", "reference": f"{arm.reference:g}",
+                    "source": arm.source[:250]}, **common)
+    return StudySpec(name=f"{campaign}-{arm.key}", space=arm_space(arm), max_trials=trials,
+                     final_seeds=seeds, epochs=epochs or 20, dataset=dataset,
+                     batches_per_epoch=batches_per_epoch, labels=labels, **common)
+
+
+def _open_campaign_run(name: str, experiment: str, protocol: str, arms, first, seeds: int,
+                       tracking_uri: str):
+    """The campaign's MLflow run (the arms' studies nest under it): (client, run id)."""
+    from service import settings
+    from service import tracking as T
+
+    experiment_id = T.ensure_experiment(tracking_uri, "credit-search",
+                                        settings.default_artifact_root()
+                                        if not tracking_uri.startswith("http") else None)
+    c = T.client(tracking_uri)
+    run = c.create_run(experiment_id, run_name=name,
+                       tags={T.ROLE_TAG: "campaign", "credit.campaign": name,
+                             "credit.experiment": experiment, "credit.protocol": protocol,
+                             "credit.arms": ",".join(a.key for a in arms)})
+    T.log_params(c, run.info.run_id, {
+        "experiment": experiment, "protocol": protocol, "trials": first.max_trials,
+        "seeds": seeds, "epochs": first.epochs, "dataset": first.trial_config({}).dataset,
+        "sampler": first.sampler, "arms": [a.key for a in arms]})
+    return c, run.info.run_id
 
 
 def _log_arm(c, run_id: str, arm: Arm, res) -> None:
