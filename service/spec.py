@@ -46,7 +46,7 @@ class EarlyStopping(BaseModel):
     """ASHA (asynchronous successive halving) over epochs."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    grace_period: int = Field(1, ge=1)
+    grace_period: int = Field(1, ge=1, le=100_000)
     reduction_factor: int = Field(2, ge=2, le=10)
 
 
@@ -66,7 +66,7 @@ class StudySpec(BaseModel):
     max_trials: int = Field(20, ge=1, le=10_000, description="number of trials")
     parallel_trials: int = Field(1, ge=1, le=256, description="trials run at once")
     max_failed_trials: int | None = Field(
-        None, ge=0, description="stop the study after more failed trials than this"
+        None, ge=0, le=10_000, description="stop the study after more failed trials than this"
     )
     early_stopping: bool | EarlyStopping = Field(
         False, description="early-stop weak trials (ASHA)"
@@ -75,7 +75,7 @@ class StudySpec(BaseModel):
     dataset: str | None = Field(None, description="dataset; default: the experiment's")
     data_dir: str | None = Field(None, description="data directory; default: $CREDIT_DATA_DIR")
     batches_per_epoch: int | None = Field(
-        None, ge=1, description="batches per epoch; default: one pass"
+        None, ge=1, le=10_000_000, description="batches per epoch; default: one pass"
     )
     resources: Resources = Field(default_factory=Resources)
     final_seeds: int = Field(0, ge=0, le=100,

@@ -44,10 +44,12 @@ class TrainConfig(BaseModel):
     dataset: str | None = Field(None, description="dataset; default: the experiment's default")
     epochs: int = Field(10, ge=1, le=100_000, description="number of epochs")
     lr: float | None = Field(
-        None, ge=0, description="forward learning rate η (0 freezes W); default: the experiment's"
+        None, ge=0, le=10_000, description="forward learning rate η (0 freezes W); default: the "
+        "experiment's"
     )
-    noise_std: float = Field(0.01, gt=0, description="std c of the hidden-unit noise")
-    feedback_lr: float = Field(0.01, ge=0, description="feedback learning rate η_B (sgd solver)")
+    noise_std: float = Field(0.01, gt=0, le=10, description="std c of the hidden-unit noise")
+    feedback_lr: float = Field(0.01, ge=0, le=10_000,
+                               description="feedback learning rate η_B (sgd solver)")
     feedback_solver: Literal["sgd", "lstsq"] = Field(
         "sgd", description="how the feedback weights are learned"
     )
@@ -55,16 +57,19 @@ class TrainConfig(BaseModel):
         "sgd", description="optimizer of the forward weights"
     )
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="L2 weight decay")
     batch_size: int = Field(32, ge=1, le=65_536, description="mini-batch size")
     batches_per_epoch: int | None = Field(
-        None, ge=1, description="batches per epoch; default: one pass over the training set"
+        None, ge=1, le=10_000_000,
+        description="batches per epoch; default: one pass over the training set"
     )
     seed: int = Field(0, ge=0, lt=2**63, description="random seed (weights, data order, noise)")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     data_dir: str | None = Field(None, description="data directory; default: $CREDIT_DATA_DIR")
-    metrics_batch_size: int = Field(512, ge=1, description="fixed test batch for alignment metrics")
-    max_test_samples: int | None = Field(None, ge=1, description="evaluate on a test subset")
+    metrics_batch_size: int = Field(512, ge=1, le=65_536,
+                                    description="fixed test batch for alignment metrics")
+    max_test_samples: int | None = Field(None, ge=1, le=10_000_000,
+                                         description="evaluate on a test subset")
     hidden_width: int | None = Field(
         None, ge=1, le=4096,
         description="width of the autoencoder's wide hidden layers (default 200; the "

@@ -159,6 +159,14 @@ BAD_SPACES = {
     "noise-std-low-zero": (
         _valid(params={"noise_std": {"type": "float", "low": 0, "high": 0.1}}),
         "params.noise_std", "low=0.0 is out of range: must be > 0"),
+    "lr-high-1e9": (  # every rate, noise and count has an upper bound
+        _valid(params={"lr": {"type": "float", "low": 1, "high": 1e9, "log": True}}),
+        "params.lr", "high=1000000000.0 is out of range: must be <= 10000"),
+    "noise-std-high": (
+        _valid(params={"noise_std": {"type": "float", "low": 0.01, "high": 100}}),
+        "params.noise_std", "high=100.0 is out of range: must be <= 10"),
+    "fixed-feedback-lr-high": (_valid(fixed={"feedback_lr": 1e6}), "fixed.feedback_lr",
+                               "must be <= 10000"),
     "momentum-high-one": (
         _valid(fixed={}, params={"momentum": {"type": "float", "low": 0.5, "high": 1.0}}),
         "params.momentum", "high=1.0 is out of range: must be < 1"),
