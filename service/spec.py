@@ -15,6 +15,9 @@ from search_spaces import Objective, SearchSpace, load_space, parse_space
 from trainables.errors import CreditError
 
 STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: The shape of a study id (the API's UUIDs): no name may have it, so that a name and
+#: an id never find two different studies.
+STUDY_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 #: Optuna's samplers, by the name a study gives (``service.tuner`` builds them).
 Sampler = Literal["random", "tpe", "qmc", "cmaes"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
@@ -102,6 +105,8 @@ class StudySpec(BaseModel):
                 "must be 1-64 characters of lowercase letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
+        if STUDY_ID.match(v):
+            raise ValueError("must not have the shape of a study id (a UUID)")
         return v
 
     @field_validator("space", mode="before")

@@ -81,3 +81,14 @@ def test_flags_become_spec_fields_nested_ones_merged_into_the_file_value():
                       "objective": {"mode": "max", "metric": "test_error"}}
     assert set(study_options()) >= {"name", "sampler", "seed", "training_seed", "epochs"}
     assert not set(study_options()) & set(SERVER_FIELDS)
+
+
+def test_a_name_cannot_look_like_a_study_id():
+    """GET /studies/{ref} takes a name or an id: a name shaped like an id is refused."""
+    import uuid
+
+    with pytest.raises(ValidationError) as info:
+        _spec(name=str(uuid.uuid4()))
+    error = info.value.errors()[0]
+    assert error["loc"] == ("name",) and "study id" in error["msg"]
+    assert _spec(name="0a1b2c3d-run").name == "0a1b2c3d-run"
