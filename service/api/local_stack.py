@@ -136,7 +136,7 @@ class LocalRayHead:
 
     def env(self) -> dict[str, str]:
         return child_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
-                         RAY_USAGE_STATS_ENABLED="0")
+                         RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
 
     def start(self, timeout_s: float = 600.0) -> LocalRayHead:
         deadline = time.monotonic() + timeout_s
@@ -214,8 +214,9 @@ class MlflowServer:
                 "--host", "127.0.0.1", "--port", str(self.port), "--allowed-hosts", hosts]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(args, env=child_env(), start_new_session=True,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, env=child_env(MLFLOW_DISABLE_TELEMETRY="true"),
+                                         start_new_session=True, stdout=out,
+                                         stderr=subprocess.STDOUT)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
@@ -257,8 +258,8 @@ class OptunaDashboard:
                 "--port", str(self.port)]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(args, start_new_session=True, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, env=child_env(), start_new_session=True,
+                                         stdout=out, stderr=subprocess.STDOUT)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()

@@ -75,3 +75,31 @@ def test_close_study_run_ends_parent_and_trials_once(store):
     assert ended.data.tags["credit.status"] == "CANCELLED"
     assert T.close_study_run(uri, "credit-search", "np-a", "KILLED", "again") == 0
     assert T.close_study_run(uri, "credit-search", "unknown", "FAILED", "x") == 0
+
+
+def test_a_dead_drivers_runs_are_closed_on_the_next_start(store):
+    """Before: a crashed `credit search` left its parent and trial runs RUNNING for ever.
+    After: the next study started on this host closes them FAILED, with the reason;
+    a study whose driver is alive (this process) is left alone."""
+    import subprocess
+    import sys
+
+    uri, experiment_id = store
+    c = T.client(uri)
+    alive = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    dead_spec = StudySpec(name="np-dead", space="mnist-fc-node-perturbation", tracking_uri=uri)
+    dead = T.open_study_run(dead_spec, uri, experiment_id, resume=False)
+    trial = c.create_run(experiment_id, tags={T.PARENT_TAG: dead.info.run_id,
+                                              T.ROLE_TAG: "trial", T.TRIAL_TAG: "t0"})
+    # the dead study's driver: a process that has exited since
+    proc = subprocess.run([sys.executable, "-c", "from service import tracking as T; "
+                           "print(T.driver_id())"], capture_output=True, text=True, check=True)
+    c.set_tag(dead.info.run_id, T.DRIVER_TAG, proc.stdout.strip())
+
+    assert T.close_orphaned_runs(uri, experiment_id) == ["np-dead"]
+    closed = c.get_run(dead.info.run_id)
+    assert closed.info.status == "FAILED"
+    assert "is gone" in closed.data.tags[T.FAILURE_TAG]
+    assert c.get_run(trial.info.run_id).info.status == "KILLED"
+    assert c.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert T.close_orphaned_runs(uri, experiment_id) == []
