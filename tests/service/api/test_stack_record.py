@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -61,3 +62,28 @@ def test_a_crashed_stack_is_stopped_and_only_it(tmp_path, monkeypatch):
             for pid in session_members(proc.pid):
                 os.kill(pid, 9)
             proc.wait()
+
+
+def test_parts_started_together_are_all_recorded_even_one_that_failed(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, "this-test")
+    guard = StackGuard(tmp_path)
+    guard.claim()
+
+    def failing(timeout_s: float) -> None:
+        raise StackError("did not answer")  # its processes may run: recorded all the same
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            results = [pool.submit(guard.recording(role, start, lambda sid=sid: sid), 1.0)
+                       for role, start, sid in (("ray", lambda t: "up", 101),
+                                                ("mlflow", failing, 102),
+                                                ("optuna-dashboard", lambda t: "up", None))]
+        assert results[0].result() == "up"
+        with pytest.raises(StackError):
+            results[1].result()
+        record = json.loads((tmp_path / "stack.json").read_text())
+        # a part whose process never started (no session) is not recorded
+        assert sorted((p["role"], p["sid"]) for p in record["parts"]) == \
+            [("mlflow", 102), ("ray", 101)]
+    finally:
+        guard.release()
