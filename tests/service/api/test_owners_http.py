@@ -2,7 +2,8 @@
 session's Ray cluster and MLflow server).
 
 - ``CREDIT_API_TOKENS=alice:A,bob:B,carol:C:admin,LEGACY``: a study belongs to its
-  submitter; another principal gets 404 for it on every route; the admin and the
+  submitter; another principal gets 404 for it on every route (the export and the
+  page for people included); the admin and the
   unnamed token see all.
 - At the concurrent-studies limit, 100 parallel submissions are each answered 429
   (checked before any validation), none stored, none lost.
@@ -60,14 +61,19 @@ def test_the_ownership_matrix(owners_api):
         for ref in (a_id, "owned-by-alice"):
             for method, path in (("GET", ""), ("GET", "/trials"), ("GET", "/best"),
                                  ("GET", "/report"), ("GET", "/report/fig1.png"),
-                                 ("POST", "/cancel")):
+                                 ("GET", "/export?format=csv"), ("POST", "/cancel")):
                 r = bob.request(method, f"/studies/{ref}{path}")
                 assert r.status_code == 404, (method, path, r.text)
                 assert r.json()["detail"][0]["loc"][0] == "path"
+            assert bob.get(f"/pages/studies/{ref}").status_code == 404  # the page for people
+        assert "owned-by-alice" not in bob.get("/pages/studies").text
+        assert "owned-by-bob" in bob.get("/pages/studies").text
         # its owner and the admins see it
         for c in (alice, carol, legacy):
             assert c.get(f"/studies/{a_id}").status_code == 200
             assert c.get(f"/studies/{a_id}/trials").status_code == 200
+            assert c.get(f"/studies/{a_id}/export?format=json").status_code == 200
+            assert c.get(f"/pages/studies/{a_id}").status_code == 200
         assert bob.get(f"/studies/{b_id}").status_code == 200
         # cancels: bob cannot cancel alice's; the admin can cancel bob's; alice her own
         assert bob.post(f"/studies/{a_id}/cancel").status_code == 404
