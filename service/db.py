@@ -26,6 +26,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
     update,
@@ -70,6 +71,13 @@ class StudyRecord(Base):
     best_value: Mapped[float | None] = mapped_column(Float)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # StudyResult.to_dict()
     message: Mapped[str] = mapped_column(Text, default="")
+    #: the principal that submitted it ("" = an unnamed token: only admins and unnamed
+    #: tokens see it); rows stored before owners existed get "" (``migrate``)
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
+    #: its trials as ``GET /studies/{id}/trials`` serves them, kept by the sync
+    trials: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    #: records left to close once MLflow answers again: {"status", "reason"}
+    pending_close: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                     onupdate=utcnow)
@@ -88,7 +96,9 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_all(self) -> None:
+        """Make the table if missing, and add the columns a newer version has (``migrate``)."""
         Base.metadata.create_all(self.engine)
+        migrate(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -101,6 +111,27 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+#: Columns added since the first release, with the DDL that adds them to an old table.
+_ADDED_COLUMNS = {
+    "owner": "VARCHAR(64) NOT NULL DEFAULT ''",
+    "trials": "JSON",
+    "pending_close": "JSON",
+}
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Add to an existing ``studies`` table the columns it lacks (rows are kept, the new
+    columns take their defaults); the names of the columns added."""
+    present = {c["name"] for c in inspect(engine).get_columns("studies")}
+    added = []
+    with engine.begin() as conn:
+        for name, ddl in _ADDED_COLUMNS.items():
+            if name not in present:
+                conn.execute(text(f"ALTER TABLE studies ADD COLUMN {name} {ddl}"))
+                added.append(name)
+    return added
 
 
 def _engine(url: str) -> Engine:
@@ -142,10 +173,14 @@ def get_study_by_name(session: Session, name: str) -> StudyRecord | None:
 
 
 def list_studies(session: Session, statuses: Sequence[str] | None = None, offset: int = 0,
-                 limit: int = 100) -> tuple[list[StudyRecord], int]:
-    """A page of studies, newest first, and how many match in all."""
+                 limit: int = 100, owner: str | None = None) -> tuple[list[StudyRecord], int]:
+    """A page of studies, newest first, and how many match in all (only ``owner``'s
+    when given)."""
     query = select(StudyRecord)
     counting = select(func.count()).select_from(StudyRecord)
+    if owner is not None:
+        query = query.where(StudyRecord.owner == owner)
+        counting = counting.where(StudyRecord.owner == owner)
     if statuses:
         query = query.where(StudyRecord.status.in_(list(statuses)))
         counting = counting.where(StudyRecord.status.in_(list(statuses)))
@@ -162,6 +197,18 @@ def count_active(session: Session) -> int:
 def active_studies(session: Session) -> list[StudyRecord]:
     return list(session.scalars(select(StudyRecord).where(StudyRecord.status.in_(ACTIVE))
                                 .order_by(StudyRecord.created_at)).all())
+
+
+def pending_closes(session: Session) -> list[StudyRecord]:
+    """Ended studies whose MLflow/Optuna records could not be closed yet."""
+    return list(session.scalars(select(StudyRecord).where(
+        StudyRecord.pending_close.is_not(None), StudyRecord.status.not_in(ACTIVE))).all())
+
+
+def set_fields(session: Session, study_id: str, **fields: Any) -> None:
+    """Update a study whatever its status (for what is not its status: caches, marks)."""
+    session.execute(update(StudyRecord).where(StudyRecord.id == study_id).values(**fields))
+    session.commit()
 
 
 def update_active(session: Session, study_id: str, **fields: Any) -> bool:

@@ -100,6 +100,13 @@ def _open_records(spec: StudySpec, resume: bool) -> _Records:
         except StudyError:
             _leave_ray()
             raise
+    try:  # runs a crashed driver of this host left RUNNING end now, with the reason
+        for name in T.close_orphaned_runs(tracking_uri, experiment_id,
+                                          resuming=spec.name if resume else None):
+            print(f"credit: study {name!r}: its driver had died; its runs are closed as "
+                  "FAILED", file=sys.stderr)
+    except Exception as error:  # never a reason not to start this study
+        print(f"credit: could not close orphaned runs: {error}", file=sys.stderr)
     parent = T.open_study_run(spec, tracking_uri, experiment_id, resume)
     storage = open_optuna_storage(storage_url)
     return _Records(tracking_uri, experiment_id, parent.info.run_id, storage)

@@ -4,25 +4,50 @@ The child run is written by the trial itself (``MlflowTrialLogger``, a trainer
 callback), so a restored trial keeps logging to the run it started: its id is part
 of the trainer checkpoint. The driver closes whatever a killed or early-stopped
 trial left RUNNING (``close_stale_runs``).
+
+A trial's MLflow calls survive transient errors (``RetryingClient``: a server
+restarting, a dropped connection, a 5xx): each is retried with exponential backoff,
+a bounded number of times. MLflow's own telemetry is off in every process that
+imports this module (``MLFLOW_DISABLE_TELEMETRY``; it is also set in the environment
+of study drivers, their trials and the local MLflow server): under load it made a
+trial's ``log-batch`` fail (``'_MLFLOW_TELEMETRY_SESSION_ID'``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+#: Environment every process of ours runs MLflow with: no telemetry (read by MLflow
+#: when it decides whether to send any, so set before the first MLflow call).
+MLFLOW_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+for _key, _value in MLFLOW_ENV.items():
+    os.environ.setdefault(_key, _value)
 
-from trainables.errors import CreditError
-from trainables.trainer import Callback, Trainer
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from trainables.errors import CreditError  # noqa: E402
+from trainables.trainer import Callback, Trainer  # noqa: E402
 
 PARENT_TAG = "mlflow.parentRunId"
+STUDY_TAG = "credit.study"
+ROLE_TAG = "credit.role"  # study | trial | final | campaign
+TRIAL_TAG = "credit.trial_id"
+STATE_TAG = "credit.state"  # COMPLETE | FAILED | PRUNED | STALE | LOST
+FAILURE_TAG = "credit.failure"
+DRIVER_TAG = "credit.driver"  # host:pid:start of the process that runs the study
+
+
+log = logging.getLogger("credit.tracking")
 
 
 def run_name(study: str, role: str, trial_id: str, seed: int) -> str:
@@ -32,15 +57,60 @@ def run_name(study: str, role: str, trial_id: str, seed: int) -> str:
         return f"{study}/seed-{seed}"
     tail = trial_id.rsplit("_", 1)[-1]
     return f"{study}/{role}-{int(tail) if tail.isdigit() else trial_id}"
-STUDY_TAG = "credit.study"
-ROLE_TAG = "credit.role"  # study | trial | final | campaign
-TRIAL_TAG = "credit.trial_id"
-STATE_TAG = "credit.state"  # COMPLETE | FAILED | PRUNED | STALE | LOST
-FAILURE_TAG = "credit.failure"
 
 
 def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+# ------------------------------------------------------------------ transient errors
+#: Retries of one MLflow call: attempts in all, first wait, cap of the wait (seconds):
+#: 0.5 + 1 + 2 + 4 + 8 + 8 ≈ 24 s of waiting at most, beside MLflow's own HTTP retries.
+RETRY_ATTEMPTS, RETRY_FIRST_S, RETRY_MAX_S = 7, 0.5, 8.0
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an MLflow call's error may pass if the call is made again: a connection
+    or timeout error, a 5xx or 429 from the server; not a 4xx (a bad request stays bad)."""
+    if isinstance(error, MlflowException):
+        return error.get_http_status_code() >= 500 or error.get_http_status_code() == 429
+    return isinstance(error, (OSError, ConnectionError, TimeoutError)) or \
+        type(error).__module__.startswith(("requests", "urllib3"))
+
+
+def with_retries(fn: Callable[[], Any], what: str) -> Any:
+    """``fn()``, made again after a transient error (exponential backoff, bounded)."""
+    attempts, wait, max_s = RETRY_ATTEMPTS, RETRY_FIRST_S, RETRY_MAX_S
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as error:
+            if attempt == attempts or not is_transient(error):
+                raise
+            log.warning("MLflow %s failed (attempt %d of %d, again in %.1f s): %s", what,
+                        attempt, attempts, wait, " ".join(str(error).split())[:200])
+            time.sleep(wait)
+            wait = min(max_s, wait * 2)
+    raise AssertionError("unreachable")
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose every call is retried on transient errors
+    (``with_retries``). Calls that write are safe to repeat: params and tags are set
+    to the same values again, a metric point logged twice is the same point."""
+
+    def __init__(self, inner: MlflowClient):
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return with_retries(lambda: attr(*args, **kwargs), name)
+
+        return call
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
@@ -63,7 +133,7 @@ def _batched(items: list, size: int) -> Iterable[list]:
         yield items[i : i + size]
 
 
-def log_params(c: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+def log_params(c: MlflowClient | RetryingClient, run_id: str, params: dict[str, Any]) -> None:
     flat = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
     for chunk in _batched(flat, 100):
         c.log_batch(run_id, params=chunk)
@@ -74,7 +144,8 @@ def _param_value(value: Any) -> str:
     return text[:6000]
 
 
-def log_metrics(c: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+def log_metrics(c: MlflowClient | RetryingClient, run_id: str, metrics: dict[str, float],
+                step: int) -> None:
     now = int(time.time() * 1000)
     rows = [
         Metric(k, float(v), now, step)
@@ -137,12 +208,12 @@ class MlflowTrialLogger(Callback):
         self.role = role
         self.run_id: str | None = None
         self.closed = False
-        self._client: MlflowClient | None = None
+        self._client: RetryingClient | None = None
 
     @property
-    def client(self) -> MlflowClient:
+    def client(self) -> RetryingClient:
         if self._client is None:
-            self._client = client(self.tracking_uri)
+            self._client = RetryingClient(client(self.tracking_uri))
         return self._client
 
     # --------------------------------------------------------------- hooks
@@ -155,13 +226,21 @@ class MlflowTrialLogger(Callback):
             else:
                 self.client.update_run(self.run_id, status="RUNNING")
             return
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=run_name(self.study, self.role, self.trial_id, trainer.config.seed),
-            tags={PARENT_TAG: self.parent_run_id, STUDY_TAG: self.study,
-                  ROLE_TAG: self.role, TRIAL_TAG: self.trial_id},
-        )
-        self.run_id = run.info.run_id
+        attempts = 0
+
+        def create() -> str:
+            # a retry first looks for the run the lost answer may have created
+            nonlocal attempts
+            attempts += 1
+            found = self._existing_run() if attempts > 1 else None
+            return found or self.client.inner.create_run(
+                self.experiment_id,
+                run_name=run_name(self.study, self.role, self.trial_id, trainer.config.seed),
+                tags={PARENT_TAG: self.parent_run_id, STUDY_TAG: self.study,
+                      ROLE_TAG: self.role, TRIAL_TAG: self.trial_id},
+            ).info.run_id
+
+        self.run_id = with_retries(create, "create_run")
         log_params(self.client, self.run_id, trainer.config.model_dump())
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _where().items()])
         self._check_study_alive()
@@ -283,6 +362,59 @@ def close_stale_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
     return closed
 
 
+# --------------------------------------------------------------------- orphaned runs
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc), or None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def driver_id() -> str:
+    """This process, as a study's parent run records its driver: ``host:pid:start``."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _driver_gone(driver: str) -> bool:
+    """Whether the driver ``host:pid:start`` ran on this host and is gone (a PID reused
+    since has another start time). A driver of another host is never judged here."""
+    import socket
+
+    host, _, rest = driver.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return _start_ticks(int(pid)) != start
+
+
+def close_orphaned_runs(tracking_uri: str, experiment_id: str,
+                        resuming: str | None = None) -> list[str]:
+    """Close (FAILED, with the reason) every study's parent run still RUNNING whose
+    driver ran on this host and is gone, with its RUNNING trial runs; the studies'
+    names. Run by every study driver (``credit search`` included) as it starts, so a
+    crashed search does not leave its runs RUNNING in the store for ever. The study
+    being resumed (``resuming``) is left to its resume: its trials continue in their
+    runs."""
+    closed = []
+    for run in find_runs(tracking_uri, experiment_id,
+                         f"tags.`{ROLE_TAG}` = 'study' and attributes.status = 'RUNNING'"):
+        driver = run.data.tags.get(DRIVER_TAG)
+        study = run.data.tags.get(STUDY_TAG)
+        if not driver or not study or study == resuming or not _driver_gone(driver):
+            continue
+        reason = f"its driver ({driver}) is gone: it died before ending the study"
+        c = client(tracking_uri)
+        close_stale_runs(tracking_uri, experiment_id, run.info.run_id, set())
+        c.set_tag(run.info.run_id, FAILURE_TAG, reason)
+        c.set_tag(run.info.run_id, "credit.status", "FAILED")
+        c.set_terminated(run.info.run_id, status="FAILED")
+        closed.append(study)
+    return closed
+
+
 # ------------------------------------------------------------------ a study's parent run
 def study_filter(study: str) -> str:
     """MLflow filter of study ``study``'s parent run."""
@@ -316,8 +448,10 @@ def open_study_run(spec, tracking_uri: str, experiment_id: str, resume: bool):
             raise StudyError(f"no study named {spec.name!r} to resume")
         run = existing[0]
         c.update_run(run.info.run_id, status="RUNNING")
+        c.set_tag(run.info.run_id, DRIVER_TAG, driver_id())
         return run
-    tags = {STUDY_TAG: spec.name, ROLE_TAG: "study", "credit.experiment": space.experiment,
+    tags = {STUDY_TAG: spec.name, ROLE_TAG: "study", DRIVER_TAG: driver_id(),
+            "credit.experiment": space.experiment,
             "credit.rule": space.rule, "credit.space": space.name,
             **{f"credit.{k}": v for k, v in spec.labels.items()}}
     if spec.group_run_id:

@@ -1,9 +1,10 @@
 """The FastAPI app: ``create_app(settings)``.
 
-Request path, outermost first: bearer-token check (``TokenAuth``), body-size limit
-(``BodySizeLimit``), then FastAPI's routing and validation. Routes are thin: they
-call ``service.api.lifecycle`` and ``queries`` in a worker thread (every call there blocks on Ray,
-MLflow, Optuna or the database) and map its errors to status codes here, each 4xx
+Request path, outermost first: bearer-token check (``TokenAuth``), the concurrent-
+studies limit on submissions (``StudyLimit``), body-size limit (``BodySizeLimit``),
+then FastAPI's routing and validation. Routes are thin: they call
+``service.api.lifecycle`` and ``queries`` in a worker thread (every call there blocks
+on Ray, MLflow, Optuna or the database) and map its errors to status codes here, each 4xx
 with a body that names the field and the reason:
 
     {"detail": [{"loc": ["body", "max_trials"], "msg": "must be >= 1 (got 0)",
@@ -34,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import catalog as catalog_domain
 from service.api import errors, lifecycle
 from service.api.config import OPEN_PATHS, ApiSettings
+from service.api.principals import ANYONE, Principal
 from service.api.routes import catalog, docs, export, health, pages
 from service.api.routes import studies as study_routes
 from service.api.services import Services
@@ -77,9 +79,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(pages.fragments)
     _add_error_handlers(app)
-    # add_middleware wraps: the last added runs first (auth, then the size limit)
+    # add_middleware wraps: the last added runs first (auth, the study limit, the size limit)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(TokenAuth, tokens=settings.tokens)
+    app.add_middleware(StudyLimit, services=services)
+    app.add_middleware(TokenAuth, principals=settings.principals)
     return app
 
 
@@ -197,22 +200,26 @@ class TokenAuth:
     one; tokens are compared in constant time. With no token configured (the
     explicit ``insecure`` setting) every request is let in. It runs before anything
     reads the body, so an unauthenticated client learns nothing from validation.
+    The caller's ``Principal`` goes to the routes in ``scope["state"]["principal"]``.
     """
 
-    def __init__(self, app: ASGIApp, tokens: list[str]):
+    def __init__(self, app: ASGIApp, principals: dict[str, Principal]):
         self.app = app
-        self.tokens = [t.encode() for t in tokens]
+        self.tokens = [(t.encode(), p) for t, p in principals.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            name = _credential_param(scope.get("query_string", b""))
-            if name is not None:
-                await _send_json(send, 401, error_body(
-                    ["query", name], "credentials are accepted only in the Authorization "
-                    "header (Authorization: Bearer <token>), never in the URL",
-                    "unauthorized"), {"WWW-Authenticate": "Bearer"})
-                return
-        if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        name = _credential_param(scope.get("query_string", b""))
+        if name is not None:
+            await _send_json(send, 401, error_body(
+                ["query", name], "credentials are accepted only in the Authorization "
+                "header (Authorization: Bearer <token>), never in the URL",
+                "unauthorized"), {"WWW-Authenticate": "Bearer"})
+            return
+        scope.setdefault("state", {})["principal"] = ANYONE
+        if not self.tokens or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
@@ -225,13 +232,37 @@ class TokenAuth:
             return
         token = token.strip()
         # compare with every token, always: the time taken says nothing about which matched
-        matched = False
-        for known in self.tokens:
-            matched |= hmac.compare_digest(token, known)
-        if not matched:
+        matched = None
+        for known, principal in self.tokens:
+            if hmac.compare_digest(token, known):
+                matched = principal
+        if matched is None:
             await _send_json(send, 403, error_body(
                 ["header", "Authorization"], "the bearer token is not valid", "forbidden"))
             return
+        scope["state"]["principal"] = matched
+        await self.app(scope, receive, send)
+
+
+class StudyLimit:
+    """429 for ``POST /studies`` while the server runs its limit of studies, before the
+    body is read or validated: one count of the database, in the event loop, so a
+    flood of submissions at the limit is answered at once (no worker thread, no
+    validation, no MLflow or Optuna lookup). The submission checks again, under its
+    lock, when it stores the study."""
+
+    def __init__(self, app: ASGIApp, services: Services):
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and \
+                scope["path"].rstrip("/") == "/studies":
+            problem = lifecycle.room_problem(self.services)
+            if problem is not None:
+                await _send_json(send, 429, error_body(["body"], problem, "too_many_studies"),
+                                 {"Retry-After": "30"})
+                return
         await self.app(scope, receive, send)
 
 

@@ -34,7 +34,9 @@ class ApiSettings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the study records (sqlite in CREDIT_HOME)")
     api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
-        (), description="bearer tokens, comma-separated; a request needs one of them")
+        (), description="bearer tokens, comma-separated: TOKEN (sees every study), "
+                        "NAME:TOKEN (sees its own), NAME:TOKEN:admin (sees every study); "
+                        "a request needs one of them (service.api.principals)")
     insecure: bool = Field(
         False, description="allow running with no token at all (every request is let in)")
 
@@ -87,6 +89,14 @@ class ApiSettings(BaseSettings):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
 
+    @field_validator("api_tokens", mode="after")
+    @classmethod
+    def _check_principals(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        from service.api.principals import principals_of
+
+        principals_of([t.get_secret_value() for t in value])  # ValueError if malformed
+        return value
+
     @field_validator("home", mode="after")
     @classmethod
     def _resolve_home(cls, value: Path) -> Path:
@@ -110,11 +120,20 @@ class ApiSettings(BaseSettings):
     # ------------------------------------------------------------------ derived
     @property
     def tokens(self) -> list[str]:
-        return [t.get_secret_value() for t in self.api_tokens]
+        """The bearer tokens alone (without principal names or roles)."""
+        return list(self.principals)
+
+    @property
+    def principals(self):
+        """Token → ``Principal`` (``service.api.principals``)."""
+        from service.api.principals import principals_of
+
+        return principals_of([t.get_secret_value() for t in self.api_tokens])
 
     def job_env(self) -> dict[str, str]:
         """Environment of a study's driver (and its trials) on the cluster."""
-        env = {"CREDIT_HOME": str(self.home)}
+        # no MLflow telemetry in drivers and trials (service.tracking says why)
+        env = {"CREDIT_HOME": str(self.home), "MLFLOW_DISABLE_TELEMETRY": "true"}
         for key, value in (("CREDIT_DATA_DIR", self.data_dir),
                            ("CREDIT_RAY_NODE_IP", self.ray_node_ip),
                            ("CREDIT_STORAGE", self.storage),

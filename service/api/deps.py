@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 
+from service.api.principals import ANYONE, Principal
 from service.api.services import Services
 
 #: Documents the bearer token in the OpenAPI page. Enforcement is ``TokenAuth`` (a
@@ -20,3 +21,11 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_principal(request: Request) -> Principal:
+    """The caller, as ``TokenAuth`` identified it."""
+    return request.scope.get("state", {}).get("principal", ANYONE)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -11,15 +11,24 @@ Where each fact comes from:
 - Optuna storage: trials by state and the best COMPLETE value, live;
 - MLflow: the parent run (link, ``result.json``) and each trial's run.
 
-``sync_active`` (called every few seconds by the app) writes job state, counts and
-the final result into the rows; since it starts from the rows, a restarted API picks
-up every study still PENDING or RUNNING."""
+``sync_active`` (called every few seconds by the app) writes job state, counts, best,
+trials and the final result into the rows (the reads serve them from there); since it
+starts from the rows, a restarted API picks up every study still PENDING or RUNNING.
+
+The truth after a crash comes from the durable records, not from Ray: a study whose
+Ray job is unknown (the cluster was restarted) is settled by its MLflow parent run and
+``result.json`` (it finished: SUCCEEDED/FAILED with its real counts and best) and,
+while that run is still RUNNING, by whether its records still change (a driver alive
+elsewhere) or have stood still for ``lost_job_grace_s`` (its driver died: FAILED, with
+the reason). Records that could not be closed because MLflow was down are marked
+``pending_close`` and closed by the sync as soon as MLflow answers again."""
 
 from __future__ import annotations
 
 import json
 import logging
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,7 +40,16 @@ from service.api.errors import (
     StudyStateConflict,
     TooManyStudies,
 )
-from service.api.queries import _find_parent, aware, get_study, read_progress, spec_of, with_parent
+from service.api.principals import ANYONE, Principal
+from service.api.queries import (
+    _find_parent,
+    aware,
+    get_study,
+    live,
+    read_records,
+    spec_of,
+    with_parent,
+)
 from service.api.services import Services
 from service.api.validation import build_spec
 from service.db import StudyRecord
@@ -61,13 +79,35 @@ def _name_used_outside(svc: Services, name: str) -> str | None:
     return None
 
 
-def submit_study(svc: Services, body: Any) -> StudyRecord:
+def room_problem(svc: Services) -> str | None:
+    """Why no study may be submitted now (the server runs its limit), or None: one count
+    of the database, so it can run before anything else (``app.StudyLimit``)."""
+    limit = svc.settings.max_concurrent_studies
+    with svc.db.session() as session:
+        active = db.count_active(session)
+    if active >= limit:
+        return (f"{active} studies are pending or running; this server runs at most "
+                f"{limit} at once: retry when one has ended")
+    return None
+
+
+def _check_room(svc: Services) -> None:
+    """``TooManyStudies`` if the server already runs its limit of studies."""
+    problem = room_problem(svc)
+    if problem is not None:
+        raise TooManyStudies(problem)
+
+
+def submit_study(svc: Services, body: Any, principal: Principal = ANYONE) -> StudyRecord:
     """Validate, store and start a study as a Ray job; a rejected one leaves nothing.
 
-    The row is written first (its UNIQUE name settles races between parallel
-    submissions), then the job is submitted; if Ray refuses, the row is deleted
-    again, so a failed submission leaves neither a row nor a job.
+    The limit is checked first, before any expensive validation (MLflow and Optuna
+    lookups), and again under the lock when the row is written. The row is written
+    first (its UNIQUE name settles races between parallel submissions), then the job is
+    submitted; if Ray refuses, the row is deleted again, so a failed submission leaves
+    neither a row nor a job. The study belongs to ``principal``.
     """
+    _check_room(svc)
     spec = build_spec(svc, body)
     where = _name_used_outside(svc, spec.name)
     if where is not None:
@@ -75,7 +115,8 @@ def submit_study(svc: Services, body: Any) -> StudyRecord:
     study_id = str(uuid.uuid4())
     record = StudyRecord(id=study_id, name=spec.name, status=db.PENDING,
                          spec=json.loads(spec.model_dump_json()),
-                         job_id=f"credit-{spec.name}-{study_id[:8]}", message="")
+                         job_id=f"credit-{spec.name}-{study_id[:8]}", message="",
+                         owner=principal.name)
     limit = svc.settings.max_concurrent_studies
     with svc.submit_lock, svc.db.session() as session:
         active = db.count_active(session)
@@ -103,7 +144,8 @@ def submit_study(svc: Services, body: Any) -> StudyRecord:
 
 
 # ------------------------------------------------------------------------ cancel
-def cancel_study(svc: Services, ref: str, reason: str = "cancelled") -> tuple[StudyRecord, bool]:
+def cancel_study(svc: Services, ref: str, reason: str = "cancelled",
+                 principal: Principal = ANYONE) -> tuple[StudyRecord, bool]:
     """Stop the study's Ray job, wait for it to end, close its MLflow runs (KILLED) and
     unfinished Optuna trials, and mark it CANCELLED: ``(study, True)``.
 
@@ -112,7 +154,7 @@ def cancel_study(svc: Services, ref: str, reason: str = "cancelled") -> tuple[St
     the study CANCELLED once the job has stopped. ``StudyStateConflict`` if the study
     had ended already (or ends on its own while being cancelled).
     """
-    record = get_study(svc, ref)
+    record = get_study(svc, ref, principal)
     if not record.active:
         raise StudyStateConflict(f"study {record.name!r} has ended already ({record.status})")
     info = None
@@ -135,10 +177,7 @@ def cancel_study(svc: Services, ref: str, reason: str = "cancelled") -> tuple[St
                 f"{CANCEL_REQUESTED}: Ray has not stopped the job yet ({info.status}); "
                 "the study becomes CANCELLED when it does"))
         return get_study(svc, record.id), False
-    _close_records(record, "KILLED", reason)
-    fields = _final_progress(svc, record)
-    with svc.db.session() as session:
-        db.update_active(session, record.id, status=db.CANCELLED, message=reason, **fields)
+    _end(svc, record, {"status": db.CANCELLED, "message": reason}, close=("KILLED", reason))
     log.info("study %s cancelled", record.name)
     return get_study(svc, record.id), True
 
@@ -155,16 +194,53 @@ def cancel_active(svc: Services, reason: str) -> int:
     return len(records)
 
 
-def _close_records(record: StudyRecord, status: str, reason: str) -> None:
+def _close_records(record: StudyRecord, status: str, reason: str) -> bool:
     """End what the study left open: RUNNING MLflow runs → ``status``, unfinished Optuna
     trials → FAIL. A cancelled study's parent run ends KILLED whatever its driver wrote
-    on its way out (a driver stopped by SIGTERM may have ended it FAILED)."""
+    on its way out (a driver stopped by SIGTERM may have ended it FAILED). Whether it
+    could (False: a store is down; the caller marks the study ``pending_close``)."""
     try:
         close_study_records(spec_of(record), status=status, reason=reason)
         if status == "KILLED":
             _parent_killed(record, reason)
-    except Exception as error:  # the stores may be down; nothing more to do here
-        log.warning("could not close the records of study %s: %s", record.name, error)
+        return True
+    except Exception as error:  # the stores may be down: the sync tries again
+        log.warning("could not close the records of study %s (retried once MLflow "
+                    "answers): %s", record.name, error)
+        return False
+
+
+def _end(svc: Services, record: StudyRecord, fields: dict[str, Any],
+         close: tuple[str, str] | None = None) -> None:
+    """Mark an active study ended with ``fields`` (status, message, result...): its
+    records closed first if ``close`` = (MLflow status, reason) — or marked
+    ``pending_close`` if a store is down — then its counts, best and trials read again,
+    so the row tells what the records tell (no trial left counted RUNNING)."""
+    if close is not None and not _close_records(record, *close):
+        fields["pending_close"] = {"status": close[0], "reason": close[1]}
+    for key, value in _reads(svc, record).items():
+        fields.setdefault(key, value)  # the runner's own result (best_value) comes first
+    with svc.db.session() as session:
+        db.update_active(session, record.id, **fields)
+
+
+def close_pending(svc: Services) -> int:
+    """Close the records of every ended study marked ``pending_close`` (MLflow was down
+    when it ended), now that the stores may answer; how many were closed."""
+    with svc.db.session() as session:
+        records = [live(svc, r) for r in db.pending_closes(session)]
+    closed = 0
+    for record in records:
+        mark = record.pending_close or {}
+        if not _close_records(record, mark.get("status", "FAILED"),
+                              mark.get("reason") or record.message or "ended"):
+            break  # still down: the next round tries again
+        fields: dict[str, Any] = {"pending_close": None, **_reads(svc, with_parent(svc, record))}
+        with svc.db.session() as session:
+            db.set_fields(session, record.id, **fields)
+        log.info("records of study %s closed (%s)", record.name, mark.get("status"))
+        closed += 1
+    return closed
 
 
 def _parent_killed(record: StudyRecord, reason: str) -> None:
@@ -178,15 +254,13 @@ def _parent_killed(record: StudyRecord, reason: str) -> None:
     c.set_tag(parent_id, "credit.status", "CANCELLED")
 
 
-def _final_progress(svc: Services, record: StudyRecord) -> dict[str, Any]:
+def _reads(svc: Services, record: StudyRecord) -> dict[str, Any]:
+    """Counts, best and trials as the reads serve them ({} if Optuna does not answer)."""
     try:
-        progress = read_progress(svc, spec_of(record))
-    except Exception:
+        return read_records(svc, record)
+    except Exception as error:
+        log.warning("records of study %s unreadable: %s", record.name, error)
         return {}
-    if progress is None:
-        return {}
-    best = progress["best"]
-    return {"progress": progress, "best_value": None if best is None else best["value"]}
 
 
 def _load_result(record: StudyRecord) -> dict[str, Any] | None:
@@ -202,14 +276,19 @@ def _load_result(record: StudyRecord) -> dict[str, Any] | None:
 
 
 def sync_active(svc: Services) -> int:
-    """Bring every PENDING/RUNNING study's row up to date; how many were looked at."""
+    """Bring every PENDING/RUNNING study's row up to date, then close the records of
+    ended studies that MLflow could not take before; how many studies were looked at."""
     with svc.db.session() as session:
-        records = db.active_studies(session)
+        records = [live(svc, r) for r in db.active_studies(session)]
     for record in records:
         try:
             sync_study(svc, record)
         except Exception as error:  # one study's trouble must not stop the others
             log.warning("sync of study %s failed: %s", record.name, error)
+    try:
+        close_pending(svc)
+    except Exception as error:
+        log.warning("closing pending records failed: %s", error)
     return len(records)
 
 
@@ -221,25 +300,87 @@ def sync_study(svc: Services, record: StudyRecord) -> None:
         info = None
     except JobError:
         return  # the cluster is unreachable: try again next round
-    if info is None:
-        age = (db.utcnow() - aware(record.created_at)).total_seconds()
-        if age > svc.settings.lost_job_grace_s:
-            reason = ("its Ray job is gone (the cluster was restarted, or the job was "
-                      "deleted)")
-            _close_records(record, "FAILED", reason)
-            with svc.db.session() as session:
-                db.update_active(session, record.id, status=db.FAILED, message=reason)
-        return
     record = with_parent(svc, record)
     fields: dict[str, Any] = {"experiment_id": record.experiment_id,
                               "parent_run_id": record.parent_run_id}
-    fields.update(_final_progress(svc, record))
-    if info.status == "RUNNING":
-        fields["status"] = db.RUNNING
+    if info is None:
+        _reconcile_lost(svc, record, fields)
+        return
     if info.status in JOB_ENDED:
         fields.update(_outcome(svc, record, info))
+        close = fields.pop("close", None)
+        _end(svc, record, fields, close)
+        return
+    fields.update(_reads(svc, record))
+    if info.status == "RUNNING":
+        fields["status"] = db.RUNNING
     with svc.db.session() as session:
         db.update_active(session, record.id, **fields)
+
+
+def _reconcile_lost(svc: Services, record: StudyRecord, fields: dict[str, Any]) -> None:
+    """A study whose Ray job is unknown (a restarted cluster or API): settled by its
+    durable records. Its parent run ended → its result (or its failure); still RUNNING →
+    left RUNNING while its records change, FAILED once they have stood still for
+    ``lost_job_grace_s`` (its driver died); MLflow down → unchanged until it answers."""
+    grace = svc.settings.lost_job_grace_s
+    try:
+        parent = tracking.find_study_run(record.spec["tracking_uri"],
+                                         record.spec["experiment_name"], record.name)
+    except Exception as error:
+        log.warning("study %s: its Ray job is unknown and MLflow does not answer (%s); "
+                    "its state is settled once it does", record.name, error)
+        return
+    if parent is not None and parent.info.status != "RUNNING":
+        result = _load_result(record)
+        if result is not None:
+            fields.update(_result_fields(result))
+            _end(svc, record, fields, close=("FAILED", "its driver ended"))
+            return
+        reason = (parent.data.tags.get(tracking.FAILURE_TAG)
+                  or f"its driver ended its MLflow run {parent.info.status} without a result")
+        status = db.FAILED
+        if parent.info.status == "KILLED":  # stopped: by a cancel, or with its stack
+            status = db.CANCELLED if record.message.startswith(CANCEL_REQUESTED) else db.FAILED
+            reason = f"its driver was stopped before it finished ({reason})"
+        fields.update(status=status, message=reason)
+        _end(svc, record, fields, close=(parent.info.status, reason))
+        return
+    quiet = time.time() - _last_activity(svc, record, parent)
+    if quiet <= grace:
+        fields.update(_reads(svc, record))
+        with svc.db.session() as session:
+            db.update_active(session, record.id, **fields)
+        return
+    reason = (f"its driver is gone: its Ray job is unknown (the cluster or the API was "
+              f"restarted) and its records have not changed for {int(quiet)} s")
+    fields.update(status=db.FAILED, message=reason)
+    _end(svc, record, fields, close=("FAILED", reason))
+
+
+def _last_activity(svc: Services, record: StudyRecord, parent) -> float:
+    """When the study's records last changed (epoch seconds): its submission, its parent
+    run's start, its Optuna trials' starts and ends."""
+    times = [aware(record.created_at).timestamp()]
+    if parent is not None:
+        times.append(parent.info.start_time / 1000)
+    try:
+        storage = svc.optuna_storage()
+        study_id = storage.get_study_id_from_name(record.name)
+        for t in storage.get_all_trials(study_id, deepcopy=False):
+            # Optuna keeps naive local times: .timestamp() reads them as local, as written
+            times.extend(w.timestamp() for w in (t.datetime_start, t.datetime_complete) if w)
+    except KeyError:
+        pass
+    return max(times)
+
+
+def _result_fields(result: dict[str, Any]) -> dict[str, Any]:
+    status = db.SUCCEEDED if result.get("status") == "SUCCEEDED" else db.FAILED
+    fields = {"status": status, "result": result, "message": result.get("message") or ""}
+    if result.get("best_value") is not None:
+        fields["best_value"] = result["best_value"]
+    return fields
 
 
 def _outcome(svc: Services, record: StudyRecord, info) -> dict[str, Any]:
@@ -247,20 +388,17 @@ def _outcome(svc: Services, record: StudyRecord, info) -> dict[str, Any]:
     # cancel_study asked Ray to stop the job and could not wait for it
     requested = record.message.startswith(CANCEL_REQUESTED)
     if info.status == "STOPPED":
-        _close_records(record, "KILLED", "cancelled")
         return {"status": db.CANCELLED, "message": "cancelled" if requested
-                else info.message or "the Ray job was stopped"}
+                else info.message or "the Ray job was stopped", "close": ("KILLED", "cancelled")}
     result = _load_result(record)
     if result is not None:
-        status = db.SUCCEEDED if result.get("status") == "SUCCEEDED" else db.FAILED
-        fields = {"status": status, "result": result, "message": result.get("message") or ""}
-        if result.get("best_value") is not None:
-            fields["best_value"] = result["best_value"]
-        return fields
+        return _result_fields(result)
     if requested:  # it ended otherwise than by the stop, but was being cancelled
-        _close_records(record, "KILLED", "cancelled")
-        return {"status": db.CANCELLED, "message": "cancelled"}
+        return {"status": db.CANCELLED, "message": "cancelled", "close": ("KILLED", "cancelled")}
     # The driver died before recording a result: its own last error says why.
-    reason = exception_line(svc.jobs.logs(record.job_id)) or info.message or "the study failed"
-    _close_records(record, "FAILED", reason)
-    return {"status": db.FAILED, "message": reason}
+    try:
+        logs = svc.jobs.logs(record.job_id)
+    except JobError:
+        logs = ""
+    reason = exception_line(logs) or info.message or "the study failed"
+    return {"status": db.FAILED, "message": reason, "close": ("FAILED", reason)}

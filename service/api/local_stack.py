@@ -136,7 +136,7 @@ class LocalRayHead:
 
     def env(self) -> dict[str, str]:
         return child_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
-                         RAY_USAGE_STATS_ENABLED="0")
+                         RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
 
     def start(self, timeout_s: float = 600.0) -> LocalRayHead:
         deadline = time.monotonic() + timeout_s
@@ -192,7 +192,8 @@ class LocalRayHead:
 
 #: The MLflow server's environment: no job runner (MLflow 3's GenAI jobs: eight
 #: ``huey_consumer`` processes that credit-search never uses, each a few % of a core).
-MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                     "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 class MlflowServer:
@@ -263,8 +264,8 @@ class OptunaDashboard:
                 "--port", str(self.port)]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(args, start_new_session=True, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, env=child_env(), start_new_session=True,
+                                         stdout=out, stderr=subprocess.STDOUT)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()

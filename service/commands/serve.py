@@ -153,11 +153,19 @@ def _serve_local(args: argparse.Namespace) -> int:
         StackError,
         start_together,
     )
+    from service.api.stack_record import StackGuard
     from service.discovery import remove_server, server_file, write_secret, write_server
 
-    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     base = _settings(args, insecure=True)  # tokens are settled below
     home = base.home
+    guard = StackGuard(home)  # one stack per CREDIT_HOME; a crashed one's processes stop
+    try:
+        for line in guard.claim():
+            print(f"stopped the {line}", file=sys.stderr, flush=True)
+    except StackError as error:
+        print(f"credit: error: {error}", file=sys.stderr)
+        return 1
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     token = None if base.tokens or args.insecure else ensure_api_token(home)
@@ -174,9 +182,15 @@ def _serve_local(args: argparse.Namespace) -> int:
         print(f"starting Ray (head on {NODE_IP}, dashboard {head.dashboard_url}), MLflow "
               f"({mlflow.url}) and the Optuna dashboard ({optuna.url}) together; deadline "
               f"{timeout:.0f} s, logs in {logs}", file=sys.stderr, flush=True)
-        start_together([("Ray", head.start, head.log_file),
-                        ("MLflow", mlflow.start, mlflow.log_file),
-                        ("Optuna dashboard", optuna.start, optuna.log_file)],
+        start_together([("Ray", guard.recording("ray", head.start, lambda: head.sid),
+                         head.log_file),
+                        ("MLflow", guard.recording("mlflow", mlflow.start,
+                                                   lambda: mlflow.proc and mlflow.proc.pid),
+                         mlflow.log_file),
+                        ("Optuna dashboard",
+                         guard.recording("optuna-dashboard", optuna.start,
+                                         lambda: optuna.proc and optuna.proc.pid),
+                         optuna.log_file)],
                        timeout, lambda line: print(line, file=sys.stderr, flush=True))
         ray_token_file = write_secret(home / "ray_token", head.token)
         overrides = dict(ray_dashboard_url=head.dashboard_url, ray_auth_token=head.token,
@@ -235,6 +249,7 @@ def _serve_local(args: argparse.Namespace) -> int:
         optuna.stop()
         mlflow.stop()
         head.stop()
+        guard.release()
         for s, handler in previous.items():
             signal.signal(s, handler)
         print("stopped: API, MLflow, the Optuna dashboard and the Ray head.",

@@ -1,4 +1,5 @@
-"""Latency of ``GET /studies/{id}`` while a study runs, under N concurrent clients.
+"""Latency of ``GET /studies/{id}`` and ``GET /studies`` while a study runs, under N
+concurrent clients, beside ``GET /healthz`` (the floor of the stack) in the same run.
 
     python -m tests.bench.bench_api [--clients 1,8,32] [--duration 10]
 
@@ -6,8 +7,10 @@ Starts the whole local stack (``credit serve --local``: a private Ray head, an
 MLflow server and the API, on loopback, in a temporary CREDIT_HOME), submits a study
 that keeps the cluster busy, and once it runs, N clients (asyncio + httpx, one
 connection each) request ``GET /studies/{id}`` back to back for ``--duration``
-seconds per N. Prints p50 / p95 / p99 latency and throughput per N, then stops the
-stack. Everything shares this machine's cores: the load generator, the API, the
+seconds per N — and the same for ``GET /studies`` and ``GET /healthz``. Prints p50 /
+p95 / p99 latency and throughput per route and N, and the ratio of the p95 of
+``GET /studies/{id}`` to that of ``/healthz`` (target: at most 2), then stops the stack.
+Everything shares this machine's cores: the load generator, the API, the
 study's driver and its trials.
 """
 
@@ -110,18 +113,26 @@ def main(argv: list[str] | None = None) -> int:
             while httpx.get(url, headers=headers).json()["status"] != "RUNNING":
                 time.sleep(0.5)
             time.sleep(10)  # trials started: the cluster is busy
-            rows = [asyncio.run(load(url, headers, n, args.duration)) for n in counts]
+            routes = {"/healthz": base + "/healthz", "/studies/{id}": url,
+                      "/studies": base + "/studies"}
+            rows = [(route, asyncio.run(load(target, headers, n, args.duration)))
+                    for n in counts for route, target in routes.items()]
             final = httpx.get(url, headers=headers).json()
             c = final["counts"]
-            print(f"\nGET /studies/{{id}} while study 'bench' runs ({c['running']} trials "
-                  f"running, {c['complete']} complete); {args.duration:g} s per row; "
+            print(f"\nwhile study 'bench' runs ({c['running']} trials running, "
+                  f"{c['complete']} complete); {args.duration:g} s per row; "
                   f"{os.cpu_count()} CPUs shared by clients, API, driver and trials")
-            print(f"{'clients':>8} {'requests':>9} {'errors':>7} {'p50 ms':>8} {'p95 ms':>8} "
-                  f"{'p99 ms':>8} {'req/s':>8}")
-            for r in rows:
-                print(f"{r['clients']:>8} {r['requests']:>9} {r['errors']:>7} "
+            print(f"{'route':>14} {'clients':>8} {'requests':>9} {'errors':>7} {'p50 ms':>8} "
+                  f"{'p95 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+            for route, r in rows:
+                print(f"{route:>14} {r['clients']:>8} {r['requests']:>9} {r['errors']:>7} "
                       f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} "
                       f"{r['rps']:>8.0f}")
+            p95 = {(route, r["clients"]): r["p95_ms"] for route, r in rows}
+            for n in counts:
+                ratio = p95[("/studies/{id}", n)] / p95[("/healthz", n)]
+                print(f"{n:>3} clients: p95 /studies/{{id}} / p95 /healthz = {ratio:.2f} "
+                      f"({'ok' if ratio <= 2 else 'over the target of 2'})")
             httpx.post(f"{url}/cancel", headers=headers, timeout=120)
         finally:
             stack.send_signal(signal.SIGTERM)

@@ -123,3 +123,34 @@ def test_unfinished_optuna_trials_fail_and_a_lost_one_says_why(tmp_path):
     assert "failure" not in trials["known"].user_attrs
     assert fail_unfinished_trials(storage, "s", {"known"}) == 0
     assert fail_unfinished_trials(storage, "never-ran") == 0
+
+
+def test_a_dead_drivers_runs_are_closed_on_the_next_start(store):
+    """Before: a crashed `credit search` left its parent and trial runs RUNNING for ever.
+    After: the next study started on this host closes them FAILED, with the reason;
+    a study whose driver is alive (this process) is left alone."""
+    import subprocess
+    import sys
+
+    uri, experiment_id = store
+    c = T.client(uri)
+    alive = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    dead_spec = StudySpec(name="np-dead", space="mnist-fc-node-perturbation", tracking_uri=uri)
+    dead = T.open_study_run(dead_spec, uri, experiment_id, resume=False)
+    trial = c.create_run(experiment_id, tags={T.PARENT_TAG: dead.info.run_id,
+                                              T.ROLE_TAG: "trial", T.TRIAL_TAG: "t0"})
+    # the dead study's driver: a process that has exited since
+    proc = subprocess.run([sys.executable, "-c", "from service import tracking as T; "
+                           "print(T.driver_id())"], capture_output=True, text=True, check=True)
+    c.set_tag(dead.info.run_id, T.DRIVER_TAG, proc.stdout.strip())
+
+    # `--resume` of the dead study leaves it to the resume (its trials continue)
+    assert T.close_orphaned_runs(uri, experiment_id, resuming="np-dead") == []
+    assert c.get_run(dead.info.run_id).info.status == "RUNNING"
+    assert T.close_orphaned_runs(uri, experiment_id) == ["np-dead"]
+    closed = c.get_run(dead.info.run_id)
+    assert closed.info.status == "FAILED"
+    assert "is gone" in closed.data.tags[T.FAILURE_TAG]
+    assert c.get_run(trial.info.run_id).info.status == "KILLED"
+    assert c.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert T.close_orphaned_runs(uri, experiment_id) == []

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 
 from service.api import queries
-from service.api.deps import Authenticated, ServicesDep
+from service.api.deps import Authenticated, PrincipalDep, ServicesDep
 from service.api.routes.studies import StudyRef
 from service.api.schemas import ErrorPublic
 from service.export import export_rows, render
@@ -21,13 +21,13 @@ _MEDIA = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 @router.get("/{study}/export", response_class=Response,
             responses={200: {"content": {"text/csv": {}, "application/json": {}}},
                        404: {"model": ErrorPublic}})
-def export_study(study: StudyRef, services: ServicesDep,
+def export_study(study: StudyRef, services: ServicesDep, principal: PrincipalDep,
                  format: Annotated[Literal["csv", "json"], Query(
                      description="csv or json")] = "csv") -> Response:
     """One row per trial: parameters, state, objective value, failure reason, MLflow run
     and its link. `format=csv` (a header row, `param.<name>` columns) or `json`."""
-    record = queries.get_study(services, study)
-    trials = queries.study_trials(services, record.id)
+    record = queries.get_study(services, study, principal)
+    trials = queries.study_trials(services, record.id, principal)
     objective = dict(record.spec.get("objective") or {})
     body = render(export_rows(record.name, objective, trials), format, objective)
     return Response(body, media_type=_MEDIA[format], headers={

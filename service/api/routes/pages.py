@@ -18,7 +18,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from service.api import queries
-from service.api.deps import Authenticated, ServicesDep
+from service.api.deps import Authenticated, PrincipalDep, ServicesDep
 from service.api.routes.studies import StudyRef, to_public
 
 router = APIRouter(include_in_schema=False)
@@ -126,8 +126,8 @@ def index() -> HTMLResponse:
 
 
 @fragments.get("/studies", response_class=HTMLResponse)
-def studies_fragment(services: ServicesDep) -> HTMLResponse:
-    records, count = queries.list_studies(services, None, 0, 200)
+def studies_fragment(services: ServicesDep, principal: PrincipalDep) -> HTMLResponse:
+    records, count = queries.list_studies(services, None, 0, 200, principal)
     rows = []
     for record in records:
         s = to_public(services, record)
@@ -154,10 +154,11 @@ def studies_fragment(services: ServicesDep) -> HTMLResponse:
 
 
 @fragments.get("/studies/{study}", response_class=HTMLResponse)
-def study_fragment(study: StudyRef, services: ServicesDep) -> HTMLResponse:
-    record = queries.get_study(services, study)
+def study_fragment(study: StudyRef, services: ServicesDep,
+                   principal: PrincipalDep) -> HTMLResponse:
+    record = queries.get_study(services, study, principal)
     s = to_public(services, record)
-    trials = queries.study_trials(services, record.id)
+    trials = queries.study_trials(services, record.id, principal)
     names = sorted({k for t in trials for k in t["params"]})
     best = "" if s.best is None else (
         f"<p>best {_e(s.objective.get('metric'))}: <b>{_num(s.best.value)}</b> with "

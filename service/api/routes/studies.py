@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
 from service.api import lifecycle, queries
-from service.api.deps import Authenticated, ServicesDep
+from service.api.deps import Authenticated, PrincipalDep, ServicesDep
 from service.api.schemas import (
     BestPublic,
     ErrorPublic,
@@ -81,52 +81,54 @@ def to_public(services: Services, record: StudyRecord) -> StudyPublic:
                         422: {"model": ErrorPublic, "description": "invalid study"},
                         429: {"model": ErrorPublic, "description": "too many studies"},
                         503: {"model": ErrorPublic, "description": "Ray unreachable"}})
-def submit_study(body: StudyCreate, services: ServicesDep) -> Any:
+def submit_study(body: StudyCreate, services: ServicesDep, principal: PrincipalDep) -> Any:
     """Submit a study: it is validated, stored and started as a Ray job.
 
     Everything but `name` and `space` has a default. `space` is a preset name (see
     `GET /search-spaces`) or an inline search space. A rejected request creates
     nothing: no record, no job.
     """
-    record = lifecycle.submit_study(services, body)
+    record = lifecycle.submit_study(services, body, principal)
     return to_public(services, record)
 
 
 @router.get("", response_model=StudiesPublic)
-def list_studies(services: ServicesDep,
+def list_studies(services: ServicesDep, principal: PrincipalDep,
                  status: Annotated[list[StudyStatus] | None, Query(
                      description="only studies in these states (repeat for several)")] = None,
                  offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
                  limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Any:
     """Studies, newest first, a page at a time; `count` is the total matching."""
-    records, count = queries.list_studies(services, status, offset, limit)
+    records, count = queries.list_studies(services, status, offset, limit, principal)
     return StudiesPublic(data=[to_public(services, r) for r in records], count=count)
 
 
 @router.get("/{study}", response_model=StudyPublic,
             responses={404: {"model": ErrorPublic}})
-def get_study(study: StudyRef, services: ServicesDep) -> Any:
+def get_study(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -> Any:
     """A study: status, trial counts (complete/running/failed/pruned), best so far, links.
 
     Read from the study's record alone (the sync keeps it current), so it is cheap."""
-    return to_public(services, queries.get_study(services, study))
+    return to_public(services, queries.get_study(services, study, principal))
 
 
 @router.get("/{study}/trials", response_model=TrialsPublic,
             responses={404: {"model": ErrorPublic}})
-def get_trials(study: StudyRef, services: ServicesDep) -> Any:
-    """Every trial: state, parameters, value, and its MLflow run."""
-    trials = queries.study_trials(services, study)
+def get_trials(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -> Any:
+    """Every trial: state, parameters, value, and its MLflow run (as the sync last read
+    them, a few seconds old at most)."""
+    trials = queries.study_trials(services, study, principal)
     return TrialsPublic(data=trials, count=len(trials))
 
 
 @router.get("/{study}/best", response_model=BestPublic,
             responses={404: {"model": ErrorPublic},
                        409: {"model": ErrorPublic, "description": "no trial completed yet"}})
-def get_best(study: StudyRef, services: ServicesDep) -> Any:
+def get_best(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -> Any:
     """The best configuration, its metrics and its MLflow run; 409 while no trial has
-    completed. `final` says whether the study has ended."""
-    return BestPublic(**queries.best_of(services, study))
+    completed. `final` says whether the study has really finished (ended, and no trial
+    of it still counted running)."""
+    return BestPublic(**queries.best_of(services, study, principal))
 
 
 @router.post("/{study}/cancel", response_model=StudyPublic,
@@ -134,11 +136,12 @@ def get_best(study: StudyRef, services: ServicesDep) -> Any:
                               "description": "stop requested; Ray has not stopped the job yet"},
                         404: {"model": ErrorPublic},
                         409: {"model": ErrorPublic, "description": "the study has ended"}})
-def cancel_study(study: StudyRef, services: ServicesDep, response: Response) -> Any:
+def cancel_study(study: StudyRef, services: ServicesDep, principal: PrincipalDep,
+                 response: Response) -> Any:
     """Cancel a study: its Ray job is stopped, its MLflow runs end KILLED, its
     unfinished trials FAIL; the study is CANCELLED (200). 202 if Ray has not stopped
     the job in time: the study becomes CANCELLED as soon as it has."""
-    record, done = lifecycle.cancel_study(services, study)
+    record, done = lifecycle.cancel_study(services, study, principal=principal)
     if not done:
         response.status_code = 202
     return to_public(services, record)
@@ -146,18 +149,22 @@ def cancel_study(study: StudyRef, services: ServicesDep, response: Response) -> 
 
 @router.get("/{study}/report", response_class=FileResponse,
             responses={200: {"content": {"text/html": {}}}, 404: {"model": ErrorPublic},
-                       409: {"model": ErrorPublic, "description": "the study has not ended"}})
-def get_report(study: StudyRef, services: ServicesDep) -> Any:
+                       409: {"model": ErrorPublic, "description": "the study has not ended"},
+                       503: {"model": ErrorPublic, "description": "MLflow does not answer"}})
+def get_report(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -> Any:
     """The study's report: its figures (Fig. 1 for mnist-fc, Fig. 2 for the autoencoder,
     accuracy for CIFAR-10) and a table beside the paper's numbers, as one self-contained
     HTML page, redrawn from its MLflow runs alone; 409 until the study has ended."""
-    return FileResponse(queries.study_report(services, study), media_type="text/html")
+    return FileResponse(queries.study_report(services, study, principal=principal),
+                        media_type="text/html")
 
 
 @router.get("/{study}/report/{figure}", response_class=FileResponse,
             responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorPublic},
-                       409: {"model": ErrorPublic, "description": "the study has not ended"}})
-def get_report_figure(study: StudyRef, services: ServicesDep,
+                       409: {"model": ErrorPublic, "description": "the study has not ended"},
+                       503: {"model": ErrorPublic, "description": "MLflow does not answer"}})
+def get_report_figure(study: StudyRef, services: ServicesDep, principal: PrincipalDep,
                       figure: Annotated[str, Path(pattern=r"^[a-z0-9_]+\.png$")]) -> Any:
     """One figure of the study's report, as PNG (e.g. `fig1.png`)."""
-    return FileResponse(queries.study_report(services, study, figure), media_type="image/png")
+    return FileResponse(queries.study_report(services, study, figure, principal),
+                        media_type="image/png")

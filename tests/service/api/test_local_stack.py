@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.api.local_stack import LocalRayHead, MlflowServer, session_members
+from service.api.local_stack import LocalRayHead, MlflowServer, OptunaDashboard, session_members
 from service.settings import SECRET_VARS, child_env
 
 
@@ -20,6 +20,7 @@ def test_child_env_drops_the_api_tokens(monkeypatch):
     assert not set(SECRET_VARS) & set(env) and env["EXTRA"] == "1"
     ray_env = LocalRayHead(num_cpus=1, temp_dir=Path("/tmp/unused")).env()
     assert "CREDIT_API_TOKENS" not in ray_env and ray_env["RAY_AUTH_MODE"] == "token"
+    assert ray_env["MLFLOW_DISABLE_TELEMETRY"] == "true"
 
 
 def test_the_mlflow_server_process_has_no_api_tokens(monkeypatch, tmp_path):
@@ -33,5 +34,21 @@ def test_the_mlflow_server_process_has_no_api_tokens(monkeypatch, tmp_path):
             environ = _environ(pid)
             assert "CREDIT_API_TOKENS" not in environ, pid
             assert "secret-a" not in " ".join(environ.values())
+            assert environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
     finally:
         server.stop()
+
+
+def test_the_optuna_dashboard_process_has_no_api_tokens(monkeypatch, tmp_path):
+    monkeypatch.setenv("CREDIT_API_TOKENS", "secret-a,secret-b")
+    dashboard = OptunaDashboard(f"sqlite:///{tmp_path / 'optuna.db'}",
+                                log_file=tmp_path / "optuna.log").start()
+    try:
+        pids = session_members(dashboard.proc.pid)
+        assert pids
+        for pid in pids:
+            environ = _environ(pid)
+            assert "CREDIT_API_TOKENS" not in environ, pid
+            assert "secret-a" not in " ".join(environ.values())
+    finally:
+        dashboard.stop()

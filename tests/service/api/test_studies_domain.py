@@ -74,7 +74,7 @@ def test_a_study_whose_job_vanished_ends_failed(services):
     lifecycle.sync_active(services)
     record = queries.get_study(services, "lost")
     assert record.status == db.FAILED
-    assert "Ray job is gone" in record.message
+    assert "driver is gone" in record.message and "Ray job is unknown" in record.message
 
 
 def test_the_concurrency_limit_counts_pending_and_running(services):
