@@ -151,10 +151,9 @@ def _serve_local(args: argparse.Namespace) -> int:
         MlflowServer,
         OptunaDashboard,
         StackError,
-        start_together,
     )
     from service.api.stack_record import StackGuard
-    from service.discovery import remove_server, server_file, write_secret, write_server
+    from service.discovery import remove_server, write_secret, write_server
 
     base = _settings(args, insecure=True)  # tokens are settled below
     home = base.home
@@ -182,16 +181,7 @@ def _serve_local(args: argparse.Namespace) -> int:
         print(f"starting Ray (head on {NODE_IP}, dashboard {head.dashboard_url}), MLflow "
               f"({mlflow.url}) and the Optuna dashboard ({optuna.url}) together; deadline "
               f"{timeout:.0f} s, logs in {logs}", file=sys.stderr, flush=True)
-        start_together([("Ray", guard.recording("ray", head.start, lambda: head.sid),
-                         head.log_file),
-                        ("MLflow", guard.recording("mlflow", mlflow.start,
-                                                   lambda: mlflow.proc and mlflow.proc.pid),
-                         mlflow.log_file),
-                        ("Optuna dashboard",
-                         guard.recording("optuna-dashboard", optuna.start,
-                                         lambda: optuna.proc and optuna.proc.pid),
-                         optuna.log_file)],
-                       timeout, lambda line: print(line, file=sys.stderr, flush=True))
+        _start_parts(guard, head, mlflow, optuna, timeout)
         ray_token_file = write_secret(home / "ray_token", head.token)
         overrides = dict(ray_dashboard_url=head.dashboard_url, ray_auth_token=head.token,
                          ray_node_ip=NODE_IP, mlflow_tracking_uri=mlflow.url,
@@ -214,17 +204,8 @@ def _serve_local(args: argparse.Namespace) -> int:
                             "mlflow_ui": mlflow.url, "optuna_dashboard": optuna.url,
                             "ray_dashboard": head.dashboard_url,
                             "ray_token_file": str(ray_token_file)})
-        print(f"\ncredit-search is up (CREDIT_HOME={home})\n"
-              f"  API        {url}   ({where})\n"
-              f"  API docs   {url}/docs\n"
-              f"  MLflow UI  {mlflow.url}\n"
-              f"  Optuna     {optuna.url}/dashboard   (the study storage)\n"
-              f"  Ray        {head.dashboard_url}   (dashboard; its token is in "
-              f"{ray_token_file})\n"
-              f"'credit studies ...' in another shell with the same CREDIT_HOME finds this "
-              f"server ({server_file(home)}).\n"
-              f"Ctrl-C stops the API, the studies still running, MLflow and this Ray head.\n",
-              file=sys.stderr, flush=True)
+        _print_up(home, url, where, mlflow.url, optuna.url, head.dashboard_url,
+                  ray_token_file)
         server.run()
         if not server.started:
             raise StackError(f"the API did not start on {args.host}:{args.port} "
@@ -232,29 +213,72 @@ def _serve_local(args: argparse.Namespace) -> int:
     except _Stop:
         pass
     except StackError as error:
-        lines = getattr(error, "log_lines", [])
-        if lines:
-            print(f"last lines of {error.log_file}:", file=sys.stderr)
-            for line in lines:
-                print(f"  | {line}", file=sys.stderr)
-        print(f"credit: error: {error}", file=sys.stderr)
+        _print_stack_error(error)
         return 1
     finally:
         remove_server(home)
         for s in previous:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(s, lambda *_: print("stopping, please wait ...", file=sys.stderr))
-        print("stopping ...", file=sys.stderr, flush=True)
-        if services is not None:
-            _cancel_running(services)
-        optuna.stop()
-        mlflow.stop()
-        head.stop()
-        guard.release()
+        _stop_stack(services, optuna, mlflow, head, guard)
         for s, handler in previous.items():
             signal.signal(s, handler)
-        print("stopped: API, MLflow, the Optuna dashboard and the Ray head.",
-              file=sys.stderr, flush=True)
     return 0
+
+
+def _stop_stack(services, optuna, mlflow, head, guard) -> None:
+    """The studies still running are cancelled, then every part we started stops."""
+    print("stopping ...", file=sys.stderr, flush=True)
+    if services is not None:
+        _cancel_running(services)
+    optuna.stop()
+    mlflow.stop()
+    head.stop()
+    guard.release()
+    print("stopped: API, MLflow, the Optuna dashboard and the Ray head.",
+          file=sys.stderr, flush=True)
+
+
+def _start_parts(guard, head, mlflow, optuna, timeout: float) -> None:
+    """Ray, MLflow and the Optuna dashboard, started at once; each recorded in the
+    stack record as it starts (a failed one too)."""
+    from service.api.local_stack import start_together
+
+    start_together([("Ray", guard.recording("ray", head.start, lambda: head.sid),
+                     head.log_file),
+                    ("MLflow", guard.recording("mlflow", mlflow.start,
+                                               lambda: mlflow.proc and mlflow.proc.pid),
+                     mlflow.log_file),
+                    ("Optuna dashboard",
+                     guard.recording("optuna-dashboard", optuna.start,
+                                     lambda: optuna.proc and optuna.proc.pid),
+                     optuna.log_file)],
+                   timeout, lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def _print_up(home, url: str, where: str, mlflow_url: str, optuna_url: str,
+              ray_dashboard_url: str, ray_token_file) -> None:
+    from service.discovery import server_file
+
+    print(f"\ncredit-search is up (CREDIT_HOME={home})\n"
+          f"  API        {url}   ({where})\n"
+          f"  API docs   {url}/docs\n"
+          f"  MLflow UI  {mlflow_url}\n"
+          f"  Optuna     {optuna_url}/dashboard   (the study storage)\n"
+          f"  Ray        {ray_dashboard_url}   (dashboard; its token is in "
+          f"{ray_token_file})\n"
+          f"'credit studies ...' in another shell with the same CREDIT_HOME finds this "
+          f"server ({server_file(home)}).\n"
+          f"Ctrl-C stops the API, the studies still running, MLflow and this Ray head.\n",
+          file=sys.stderr, flush=True)
+
+
+def _print_stack_error(error) -> None:
+    lines = getattr(error, "log_lines", [])
+    if lines:
+        print(f"last lines of {error.log_file}:", file=sys.stderr)
+        for line in lines:
+            print(f"  | {line}", file=sys.stderr)
+    print(f"credit: error: {error}", file=sys.stderr)
 
 
 def _cancel_running(services) -> None:
