@@ -95,17 +95,23 @@ def _alive(pid: int) -> bool:
 
 def stop_session(sid: int, grace_s: float = 10.0) -> None:
     """SIGTERM to every process of session ``sid``; SIGKILL to those left after ``grace_s``."""
+    stop_processes(lambda: session_members(sid), grace_s)
+
+
+def stop_processes(members: Callable[[], list[int]], grace_s: float = 10.0) -> None:
+    """SIGTERM to the processes ``members()`` lists; SIGKILL to those left after
+    ``grace_s`` (``members`` is asked again before each signal and while waiting)."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        members = session_members(sid)
-        if not members:
+        pids = members()
+        if not pids:
             return
-        for pid in members:
+        for pid in pids:
             try:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and session_members(sid):
+        while time.monotonic() < deadline and members():
             time.sleep(0.2)
 
 

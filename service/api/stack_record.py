@@ -19,15 +19,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from service.api.local_stack import StackError, session_members
+from service.api.local_stack import StackError, session_members, stop_processes
 
 RECORD, LOCK = "stack.json", "stack.lock"
 
@@ -51,18 +49,7 @@ def ours(sid: int, stack_id: str) -> list[int]:
 def stop_ours(sid: int, stack_id: str, grace_s: float = 10.0) -> int:
     """SIGTERM, then SIGKILL after ``grace_s``, to ``ours(sid, stack_id)``; how many."""
     first = ours(sid, stack_id)
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        pids = ours(sid, stack_id)
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and ours(sid, stack_id):
-            time.sleep(0.2)
+    stop_processes(lambda: ours(sid, stack_id), grace_s)
     return len(first)
 
 
