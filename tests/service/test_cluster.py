@@ -1,8 +1,9 @@
 """A study on a real two-host cluster: the head and the worker are separate network
 namespaces, and the worker has its own mount namespace (it cannot see the head's
 CREDIT_HOME). PostgreSQL, an MLflow server on it, the Ray head and ``credit serve``
-run on the head host; the trials are pinned to the worker host by a custom resource;
-Tune's checkpoints go to storage both hosts share at the same path."""
+run on the head host, with an S3 server (SeaweedFS) that holds Tune's checkpoints and
+experiment state (``CREDIT_STORAGE=s3://...``); the trials are pinned to the worker host
+by a custom resource."""
 
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ def cluster():
     try:
         c.make_hosts()
         c.start_postgres()
+        c.start_s3()
         c.start_mlflow(wait=False)  # its first start on PostgreSQL migrates: meanwhile, Ray
         c.start_ray()
         c.wait_mlflow()
         c.start_api()
         yield c
     except Exception as error:
-        logs = {n: c.log(n, 1500) for n in ("postgres", "mlflow", "ray-worker", "api")}
+        logs = {n: c.log(n, 1500) for n in ("postgres", "s3", "mlflow", "ray-worker", "api")}
         pytest.fail(f"cluster set-up failed: {error}\n{logs}")
     finally:
         c.close()
@@ -76,6 +78,16 @@ def artifacts(url: str, run_id: str, path: str) -> list[str]:
     return [f["path"] for f in r.get("files", [])]
 
 
+def s3_files(cluster: Cluster, under: str) -> list[str]:
+    """Every file under ``under`` in the cluster's S3 storage (read over S3 from here)."""
+    import pyarrow.fs as pafs
+
+    fs, root = cluster.s3_fs()
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{under}", recursive=True,
+                                               allow_not_found=True))
+    return [i.path for i in infos if i.type == pafs.FileType.File]
+
+
 def test_the_worker_host_has_its_own_disk_and_address(cluster):
     assert (cluster.home / "service.db").exists() is False  # the service DB is PostgreSQL
     marker = cluster.home / "head-only"
@@ -83,9 +95,16 @@ def test_the_worker_host_has_its_own_disk_and_address(cluster):
     seen = subprocess.run(cluster.on("worker", ["ls", str(cluster.home)]), capture_output=True,
                           text=True)
     assert seen.returncode != 0 and "head-only" not in seen.stdout
-    shared = subprocess.run(cluster.on("worker", ["ls", str(cluster.shared)]),
-                            capture_output=True, text=True)
-    assert shared.returncode == 0
+    seen = subprocess.run(cluster.on("worker", ["ls", str(cluster.head_dir / "s3")]),  # S3 data
+                          capture_output=True, text=True)
+    assert seen.returncode != 0
+    # ...which the worker reaches over S3 only
+    probe = ("import sys; from service.storage import tune_storage; "
+             "fs, root = tune_storage().pyarrow_fs(); "
+             "sys.stdout.write(str(fs.get_file_info(root.split('/')[0]).type))")
+    r = subprocess.run(cluster.on("worker", [sys.executable, "-c", probe]),
+                       env=cluster.api_env(), capture_output=True, text=True, timeout=60)
+    assert r.stdout == "FileType.Directory", r.stderr[-2000:]
     addresses = subprocess.run(cluster.on("worker", ["ip", "-4", "-o", "addr"]),
                                capture_output=True, text=True).stdout
     assert cluster.worker_ip in addresses and cluster.head_ip not in addresses
@@ -94,7 +113,7 @@ def test_the_worker_host_has_its_own_disk_and_address(cluster):
 def test_study_runs_its_trials_on_the_worker_host(cluster):
     """Over HTTP: a study whose trials are pinned to the worker succeeds; every child run,
     metric and plot is in MLflow (on PostgreSQL), every trial in Optuna on PostgreSQL,
-    the checkpoints in the shared storage, and each trial ran on the worker's address."""
+    the checkpoints in the S3 storage, and each trial ran on the worker's address."""
     with cluster.client() as c:
         r = c.post("/studies", json={"name": "on-worker", "space": "mnist-fc-backprop",
                                      "max_trials": 2, "parallel_trials": 2,
@@ -124,9 +143,10 @@ def test_study_runs_its_trials_on_the_worker_host(cluster):
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert {t.user_attrs["tune_trial_id"] for t in study.trials} == \
         {t["trial_id"] for t in trials["data"]}
-    # checkpoints went to the shared storage, written from the worker
-    checkpoints = list((cluster.shared / "ray_results" / "on-worker").glob("*/checkpoint_*"))
-    assert len(checkpoints) >= 2
+    # checkpoints went to the S3 server, written from the worker, one trial directory each
+    checkpoints = {p.split("/checkpoint_")[0] for p in s3_files(cluster, "on-worker")
+                   if "/checkpoint_" in p}
+    assert len(checkpoints) == 2, s3_files(cluster, "on-worker")
 
 
 def test_serve_refuses_a_cluster_it_sees_is_misconfigured(cluster):
@@ -205,11 +225,11 @@ def _history(url: str, run_id: str, key: str) -> list[int]:
 @pytest.mark.slow  # passed 1 of 2 full runs: the resumed study once ended 1 (cause open)
 def test_driver_killed_and_resumed_continues_checkpointed_trials_on_the_worker(cluster):
     """The driver (`credit search` on the head) is SIGKILLed while its two trials train on
-    the worker; `--resume` restores them from the shared storage onto the worker: each
+    the worker; `--resume` restores them from the S3 storage onto the worker: each
     trial keeps its one MLflow run, its epochs logged once each, nothing left RUNNING."""
     env = cluster.env(RAY_ADDRESS=f"{cluster.head_ip}:{cluster.ray_port}",
                       CREDIT_RAY_NODE_IP=cluster.head_ip,
-                      CREDIT_STORAGE=str(cluster.shared / "ray_results"))
+                      CREDIT_STORAGE=cluster.s3_storage, CREDIT_S3_ENDPOINT=cluster.s3_endpoint)
     driver = subprocess.Popen(_search(cluster, "resumed"), env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
