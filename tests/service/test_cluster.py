@@ -60,12 +60,12 @@ def wait_status(client: httpx.Client, study: str, timeout_s: float = 300.0) -> d
 
 def mlflow_runs(url: str, study: str) -> list[dict]:
     exp = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name",
-                    params={"experiment_name": "credit-search"}).json().get("experiment")
+                    params={"experiment_name": "credit-search"}, timeout=60).json().get("experiment")
     if exp is None:
         return []
     page = httpx.post(f"{url}/api/2.0/mlflow/runs/search", json={
         "experiment_ids": [exp["experiment_id"]], "max_results": 1000,
-        "filter": f"tags.`credit.study` = '{study}'"}).json()
+        "filter": f"tags.`credit.study` = '{study}'"}, timeout=60).json()
     return [{"info": r["info"],
              "tags": {t["key"]: t["value"] for t in r["data"].get("tags", [])},
              "metrics": {m["key"]: m["value"] for m in r["data"].get("metrics", [])}}
@@ -74,7 +74,7 @@ def mlflow_runs(url: str, study: str) -> list[dict]:
 
 def artifacts(url: str, run_id: str, path: str) -> list[str]:
     r = httpx.get(f"{url}/api/2.0/mlflow/artifacts/list",
-                  params={"run_id": run_id, "path": path}).json()
+                  params={"run_id": run_id, "path": path}, timeout=60).json()
     return [f["path"] for f in r.get("files", [])]
 
 
@@ -218,7 +218,8 @@ def _search(cluster: Cluster, name: str, *extra: str) -> list[str]:
 
 def _history(url: str, run_id: str, key: str) -> list[int]:
     r = httpx.get(f"{url}/api/2.0/mlflow/metrics/get-history",
-                  params={"run_id": run_id, "metric_key": key, "max_results": 10000}).json()
+                  params={"run_id": run_id, "metric_key": key, "max_results": 10000},
+                  timeout=60).json()
     return sorted(int(m["step"]) for m in r.get("metrics", []))
 
 
