@@ -59,8 +59,8 @@ def wait_status(client: httpx.Client, study: str, timeout_s: float = 300.0) -> d
 
 
 def mlflow_runs(url: str, study: str) -> list[dict]:
-    exp = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name",
-                    params={"experiment_name": "credit-search"}, timeout=60).json().get("experiment")
+    exp = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", timeout=60,
+                    params={"experiment_name": "credit-search"}).json().get("experiment")
     if exp is None:
         return []
     page = httpx.post(f"{url}/api/2.0/mlflow/runs/search", json={
