@@ -124,7 +124,8 @@ class Cluster:
         fs = pafs.S3FileSystem(endpoint_override=f"{self.head_ip}:{self.s3_port}",
                                scheme="http", access_key=S3_KEYS["AWS_ACCESS_KEY_ID"],
                                secret_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
-                               region=S3_KEYS["AWS_REGION"])
+                               region=S3_KEYS["AWS_REGION"], request_timeout=60,
+                               connect_timeout=10)
         return fs, f"{S3_BUCKET}/ray_results"
 
     # ---------------------------------------------------------------- urls

@@ -244,7 +244,8 @@ def test_driver_killed_and_resumed_continues_checkpointed_trials_on_the_worker(c
         else:
             raise AssertionError(f"no checkpointed trials to kill: {driver.stderr.read()}")
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     before = {x["tags"]["credit.trial_id"]: x["metrics"]["epoch"] for x in trials}
     r = subprocess.run(_search(cluster, "resumed", "--resume"), env=env, capture_output=True,
