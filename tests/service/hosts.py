@@ -256,8 +256,16 @@ class Cluster:
         import pyarrow.fs as pafs
 
         fs, _ = self.s3_fs()
-        wait_until(lambda: fs.get_file_info(S3_BUCKET).type == pafs.FileType.Directory, 120,
-                   "the S3 server", alive=lambda: proc.poll() is None)
+
+        def writable() -> bool:  # the bucket, and a volume to write in (grown on demand)
+            if fs.get_file_info(S3_BUCKET).type != pafs.FileType.Directory:
+                return False
+            with fs.open_output_stream(f"{S3_BUCKET}/.ready") as f:
+                f.write(b"ok")
+            fs.delete_file(f"{S3_BUCKET}/.ready")
+            return True
+
+        wait_until(writable, 180, "the S3 server", alive=lambda: proc.poll() is None)
 
     def wait_mlflow(self) -> None:
         wait_until(lambda: httpx.get(f"{self.mlflow_url}/health", timeout=2).status_code == 200,
