@@ -252,7 +252,10 @@ class Cluster:
         proc = self.start("s3", "head", [
             str(WEED), "mini", f"-dir={data}", f"-ip={self.head_ip}",
             f"-s3.port={self.s3_port}", f"-bucket={S3_BUCKET}", "-admin.ui=false",
-            "-webdav=false"])
+            "-webdav=false",
+            # one master: bootstrap it as the leader (the default raft once stayed "not
+            # current leader" for minutes on a loaded machine; no volume, no upload)
+            "-master.raftHashicorp", "-master.raftBootstrap"])
         import pyarrow.fs as pafs
 
         fs, _ = self.s3_fs()
