@@ -250,12 +250,12 @@ class Cluster:
         data = self.head_dir / "s3"
         data.mkdir(exist_ok=True)
         proc = self.start("s3", "head", [
-            str(WEED), "mini", f"-dir={data}", f"-ip={self.head_ip}",
+            # its master, volume and filer talk over the head's loopback; every port also
+            # listens on the head's address, S3 for the worker (with -ip=<head address>
+            # its one master stayed "not current leader": no volume, no upload, for minutes)
+            str(WEED), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=0.0.0.0",
             f"-s3.port={self.s3_port}", f"-bucket={S3_BUCKET}", "-admin.ui=false",
-            "-webdav=false",
-            # one master: bootstrap it as the leader (the default raft once stayed "not
-            # current leader" for minutes on a loaded machine; no volume, no upload)
-            "-master.raftHashicorp", "-master.raftBootstrap"])
+            "-webdav=false"])
         import pyarrow.fs as pafs
 
         fs, _ = self.s3_fs()
