@@ -250,7 +250,7 @@ def test_driver_killed_and_resumed_continues_checkpointed_trials_on_the_worker(c
     before = {x["tags"]["credit.trial_id"]: x["metrics"]["epoch"] for x in trials}
     r = subprocess.run(_search(cluster, "resumed", "--resume"), env=env, capture_output=True,
                        text=True, timeout=400)
-    assert r.returncode == 0, (r.stdout[:3000], r.stderr[-3000:])
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"  # the study's line
     assert "study resumed: SUCCEEDED" in r.stdout
     runs = mlflow_runs(cluster.mlflow_url, "resumed")
     assert "RUNNING" not in {x["info"]["status"] for x in runs}
