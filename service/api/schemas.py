@@ -120,7 +120,7 @@ def _utc(when: dt.datetime | None) -> dt.datetime | None:
 
 
 class TrialPublic(BaseModel):
-    """A trial; its times are ISO 8601 in UTC, with the offset (``+00:00``)."""
+    """A trial; its times are ISO 8601 in UTC, with the offset (``Z``)."""
 
     number: int
     trial_id: str | None = Field(None, description="Ray Tune trial id")

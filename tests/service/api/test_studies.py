@@ -119,7 +119,7 @@ def test_study_succeeds_and_its_best_matches_optuna_and_mlflow(api, mlflow_serve
 
 def test_timestamps_are_utc_with_an_offset(api, finished):
     """Trial times (Optuna's, naive local time) and study times come as ISO 8601 with
-    ``+00:00``, the same instants Optuna and the database keep."""
+    ``Z`` (UTC), the same instants Optuna and the database keep."""
     created, final = finished
     with api.client() as c:
         trials = c.get(f"/studies/{created['id']}/trials").json()["data"]
@@ -129,12 +129,13 @@ def test_timestamps_are_utc_with_an_offset(api, finished):
     for trial in trials:
         for field, kept in (("started_at", by_number[trial["number"]].datetime_start),
                             ("completed_at", by_number[trial["number"]].datetime_complete)):
-            assert trial[field].endswith("+00:00"), trial
+            assert trial[field].endswith("Z"), trial  # UTC, as pydantic writes it
             when = dt.datetime.fromisoformat(trial[field])
             assert when.utcoffset() == dt.timedelta(0)
             assert when == kept.astimezone(dt.UTC)  # naive: local time, as Optuna wrote it
     for study_body in [created, final, *listed]:
         for field in ("created_at", "updated_at"):
+            assert study_body[field].endswith("Z"), study_body
             assert dt.datetime.fromisoformat(study_body[field]).utcoffset() == dt.timedelta(0)
     assert dt.datetime.fromisoformat(final["updated_at"]) >= \
         dt.datetime.fromisoformat(created["created_at"])
