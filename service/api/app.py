@@ -227,7 +227,7 @@ class TokenAuth:
     The caller's ``Principal`` goes to the routes in ``scope["state"]["principal"]``,
     and ``scope["state"]["authenticated"]`` says whether a valid token came (or none is
     needed): an open path (``/healthz``) answers an anonymous caller with less. On an
-    open path a token is optional, but one that is sent must be valid (403).
+    open path a token is optional, but a bearer token that is sent must be valid (403).
     """
 
     def __init__(self, app: ASGIApp, principals: dict[str, Principal]):
@@ -248,11 +248,12 @@ class TokenAuth:
         state = scope.setdefault("state", {})
         state["principal"] = ANYONE
         state["authenticated"] = not self.tokens
-        header = dict(scope["headers"]).get(b"authorization")
-        if not self.tokens or (scope["path"] in OPEN_PATHS and not (header or b"").strip()):
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.strip().partition(b" ")
+        if not self.tokens or (scope["path"] in OPEN_PATHS and scheme.lower() != b"bearer"):
+            # open: anyone, and a header of another scheme (a proxy's Basic) is not ours
             await self.app(scope, receive, send)
             return
-        scheme, _, token = (header or b"").partition(b" ")
         if scheme.lower() != b"bearer" or not token.strip():
             await _send_json(send, 401, error_body(
                 ["header", "Authorization"], "a bearer token is required "

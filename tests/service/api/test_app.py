@@ -107,7 +107,10 @@ def test_healthz_without_a_token_says_only_ok(queue_api, mlflow_server):
     assert r.json() == {"status": "ok"}
     for secret in ("sqlite", str(queue_api.home), mlflow_server, "127.0.0.1", "Ray"):
         assert secret not in r.text
-    # a token that is sent must be valid, even here
+    # a proxy's credential of another scheme is not ours: still the verdict alone
+    r = httpx.get(queue_api.url + "/healthz", headers={"Authorization": "Basic dTpw"})
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+    # a bearer token that is sent must be valid, even here
     r = httpx.get(queue_api.url + "/healthz", headers={"Authorization": "Bearer not-a-token"})
     assert r.status_code == 403
     assert r.json()["detail"][0]["loc"] == ["header", "Authorization"]
