@@ -2,10 +2,10 @@
 
 Request path, outermost first: bearer-token check (``TokenAuth``), the concurrent-
 studies limit on submissions (``StudyLimit``), body-size limit (``BodySizeLimit``),
-then FastAPI's routing and validation. Routes are thin: they call
-``service.api.lifecycle`` and ``queries`` in a worker thread (every call there blocks
-on Ray, MLflow, Optuna or the database) and map its errors to status codes here, each 4xx
-with a body that names the field and the reason:
+UTF-8 JSON bodies only (``JsonBody``), then FastAPI's routing and validation. Routes
+are thin: they call ``service.api.lifecycle`` and ``queries`` in a worker thread (every
+call there blocks on Ray, MLflow, Optuna or the database) and map its errors to status
+codes here, each 4xx with a body that names the field and the reason:
 
     {"detail": [{"loc": ["body", "max_trials"], "msg": "must be >= 1 (got 0)",
                  "type": "greater_than_equal"}]}
@@ -27,9 +27,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import catalog as catalog_domain
@@ -79,7 +80,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(pages.fragments)
     _add_error_handlers(app)
-    # add_middleware wraps: the last added runs first (auth, the study limit, the size limit)
+    # add_middleware wraps: the last added runs first (auth, the study limit, the size
+    # limit, the body's encoding)
+    app.add_middleware(JsonBody)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(StudyLimit, services=services)
     app.add_middleware(TokenAuth, principals=settings.principals)
@@ -120,13 +123,18 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # every method of the path, not one route's
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=headers)
         if not isinstance(detail, list):  # no such route (404), wrong method (405)
             detail = [{"loc": ["path"], "msg": f"{detail}: {request.method} {request.url.path}",
                        "type": "http_error"}]
         return JSONResponse({"detail": detail}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers or None)
 
     app.add_exception_handler(errors.StudyNotFound,
                               problem(404, ["path", "study"], "not_found"))
@@ -139,6 +147,22 @@ def _add_error_handlers(app: FastAPI) -> None:
                               problem(429, ["body"], "too_many_studies", {"Retry-After": "30"}))
     app.add_exception_handler(errors.BackendUnavailable,
                               problem(503, [], "backend_unavailable", {"Retry-After": "10"}))
+
+
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of the app answers at ``scope``'s path (Starlette's 405
+    names the methods of the first route whose path matched only), and OPTIONS: each
+    method is tried against the routes as the router itself would match it."""
+    methods = ["OPTIONS"]
+    for method in _METHOD_ORDER:
+        probe = {**scope, "method": method}
+        if method != "OPTIONS" and any(route.matches(probe)[0] == Match.FULL
+                                       for route in app.router.routes):
+            methods.append(method)
+    return sorted(methods, key=_METHOD_ORDER.index)
 
 
 # -------------------------------------------------------------------- middleware
@@ -200,7 +224,10 @@ class TokenAuth:
     one; tokens are compared in constant time. With no token configured (the
     explicit ``insecure`` setting) every request is let in. It runs before anything
     reads the body, so an unauthenticated client learns nothing from validation.
-    The caller's ``Principal`` goes to the routes in ``scope["state"]["principal"]``.
+    The caller's ``Principal`` goes to the routes in ``scope["state"]["principal"]``,
+    and ``scope["state"]["authenticated"]`` says whether a valid token came (or none is
+    needed): an open path (``/healthz``) answers an anonymous caller with less. On an
+    open path a token is optional, but a bearer token that is sent must be valid (403).
     """
 
     def __init__(self, app: ASGIApp, principals: dict[str, Principal]):
@@ -218,12 +245,15 @@ class TokenAuth:
                 "header (Authorization: Bearer <token>), never in the URL",
                 "unauthorized"), {"WWW-Authenticate": "Bearer"})
             return
-        scope.setdefault("state", {})["principal"] = ANYONE
-        if not self.tokens or scope["path"] in OPEN_PATHS:
+        state = scope.setdefault("state", {})
+        state["principal"] = ANYONE
+        state["authenticated"] = not self.tokens
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.strip().partition(b" ")
+        if not self.tokens or (scope["path"] in OPEN_PATHS and scheme.lower() != b"bearer"):
+            # open: anyone, and a header of another scheme (a proxy's Basic) is not ours
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not token.strip():
             await _send_json(send, 401, error_body(
                 ["header", "Authorization"], "a bearer token is required "
@@ -240,7 +270,8 @@ class TokenAuth:
             await _send_json(send, 403, error_body(
                 ["header", "Authorization"], "the bearer token is not valid", "forbidden"))
             return
-        scope["state"]["principal"] = matched
+        state["principal"] = matched
+        state["authenticated"] = True
         await self.app(scope, receive, send)
 
 
@@ -306,3 +337,115 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+#: How deeply a request body's JSON may nest (an inline search space, the deepest a
+#: study has, nests 4 levels).
+MAX_JSON_DEPTH = 32
+_BOMS = ((b"\xef\xbb\xbf", "UTF-8 with a byte-order mark"),
+         (b"\xff\xfe", "UTF-16 or UTF-32 (a byte-order mark)"),
+         (b"\xfe\xff", "UTF-16 (a byte-order mark)"),
+         (b"\x00\x00\xfe\xff", "UTF-32 (a byte-order mark)"))
+
+
+def _json_depth(value: Any) -> int:
+    """How deeply ``value`` nests (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((v, depth) for v in (item.values() if isinstance(item, dict)
+                                                  else item))
+    return deepest
+
+
+def body_problem(body: bytes, content_type: bytes | None) -> tuple[int, list[Any], str] | None:
+    """Why a request body is not UTF-8 JSON of a sane depth: (status, loc, reason), or
+    None. Malformed JSON is left to FastAPI (422 with the position)."""
+    if content_type is not None:
+        media, _, params = content_type.decode("latin-1").partition(";")
+        media = media.strip().lower()
+        if not (media == "application/json" or
+                (media.startswith("application/") and media.endswith("+json"))):
+            return 415, ["header", "Content-Type"], \
+                f"the body must be application/json (got {media or 'nothing'!r})"
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "charset" and \
+                    value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+                return 415, ["header", "Content-Type"], \
+                    f"the body must be UTF-8 JSON (got charset={value.strip()})"
+    for bom, what in _BOMS:
+        if body.startswith(bom):
+            return 400, ["body"], f"the body must be JSON in UTF-8 without a byte-order " \
+                                  f"mark (RFC 8259); it is {what}"
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return 400, ["body"], f"the body must be JSON in UTF-8 (RFC 8259); byte " \
+                              f"{error.start} is not UTF-8"
+    if "\x00" in text:
+        return 400, ["body"], "the body must be JSON in UTF-8 (RFC 8259); it has NUL " \
+                              "bytes (UTF-16 or UTF-32?)"
+    try:
+        depth = _json_depth(json.loads(text))
+    except RecursionError:
+        depth = MAX_JSON_DEPTH + 1
+    except ValueError:
+        return None  # not JSON: FastAPI answers 422 with the position
+    if depth > MAX_JSON_DEPTH:
+        return 400, ["body"], f"the body's JSON nests deeper than {MAX_JSON_DEPTH} levels"
+    return None
+
+
+class JsonBody:
+    """A request body must be JSON in UTF-8 (RFC 8259), nested at most
+    ``MAX_JSON_DEPTH`` deep: 415 naming the Content-Type header for another media type
+    or charset, 400 naming the body for bytes that are not UTF-8 (UTF-16 and UTF-32,
+    with or without a byte-order mark, are refused, never guessed at) or JSON nested
+    too deep. A request without a Content-Type is taken as JSON (FastAPI's rule).
+
+    It reads the whole body (``BodySizeLimit``, outside it, bounds it) and hands the
+    same bytes on."""
+
+    METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in self.METHODS:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        try:
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":  # the client left
+                    return
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+        except _BodyTooLarge as error:
+            await _send_json(send, 413, {"detail": error.detail})
+            return
+        body = b"".join(chunks)
+        if body:
+            problem = body_problem(body, dict(scope["headers"]).get(b"content-type"))
+            if problem is not None:
+                status, loc, reason = problem
+                await _send_json(send, status, error_body(
+                    loc, reason, "unsupported_media_type" if status == 415 else "invalid_body"))
+                return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -147,7 +147,10 @@ def live_trials(svc: Services, record: StudyRecord) -> tuple[list[dict[str, Any]
 
 
 def _iso(when) -> str | None:
-    return None if when is None else when.isoformat()
+    """ISO 8601 in UTC with its offset; a naive time is Optuna's, in local time."""
+    import datetime as dt
+
+    return None if when is None else when.astimezone(dt.UTC).isoformat()
 
 
 def read_records(svc: Services, record: StudyRecord) -> dict[str, Any]:
@@ -321,4 +324,4 @@ def _mlflow_answers(uri: str) -> bool:
 def aware(when):
     import datetime as dt
 
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+    return (when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)

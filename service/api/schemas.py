@@ -113,7 +113,15 @@ class StudiesPublic(BaseModel):
     count: int = Field(description="studies matching the filter, on all pages")
 
 
+def _utc(when: dt.datetime | None) -> dt.datetime | None:
+    """In UTC, with its offset. A naive time is Optuna's (local time), as rows stored it
+    before the sync wrote offsets."""
+    return None if when is None else when.astimezone(dt.UTC)
+
+
 class TrialPublic(BaseModel):
+    """A trial; its times are ISO 8601 in UTC, with the offset (``Z``)."""
+
     number: int
     trial_id: str | None = Field(None, description="Ray Tune trial id")
     state: Literal["COMPLETE", "RUNNING", "FAILED", "PRUNED", "PENDING"]
@@ -128,6 +136,8 @@ class TrialPublic(BaseModel):
     failure_kind: Literal["infrastructure", "trial"] | None = Field(
         None, description="infrastructure (storage, tracking, a dead node) or trial "
                           "(the configuration itself failed, e.g. diverged)")
+
+    _aware = field_validator("started_at", "completed_at")(_utc)
 
 
 class TrialsPublic(BaseModel):
@@ -194,9 +204,12 @@ class CheckPublic(BaseModel):
 
 
 class HealthPublic(BaseModel):
+    """The verdict; ``checks`` and ``mlflow_ui_url`` only for a caller with a valid token."""
+
     status: Literal["ok", "degraded"]
-    checks: dict[str, CheckPublic]
-    mlflow_ui_url: str | None = None
+    checks: dict[str, CheckPublic] | None = Field(
+        None, description="each dependency: ok, and its address or error (with a token)")
+    mlflow_ui_url: str | None = Field(None, description="the MLflow UI (with a token)")
 
 
 class ErrorItem(BaseModel):

@@ -76,8 +76,11 @@ def to_public(services: Services, record: StudyRecord) -> StudyPublic:
 
 
 @router.post("", status_code=201, response_model=StudyPublic,
-             responses={409: {"model": ErrorPublic, "description": "name taken"},
+             responses={400: {"model": ErrorPublic,
+                              "description": "the body is not UTF-8, or nests too deep"},
+                        409: {"model": ErrorPublic, "description": "name taken"},
                         413: {"model": ErrorPublic, "description": "body too large"},
+                        415: {"model": ErrorPublic, "description": "not application/json"},
                         422: {"model": ErrorPublic, "description": "invalid study"},
                         429: {"model": ErrorPublic, "description": "too many studies"},
                         503: {"model": ErrorPublic, "description": "Ray unreachable"}})

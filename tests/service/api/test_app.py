@@ -91,12 +91,29 @@ def test_health_and_docs_need_no_token(queue_api, path):
 
 
 def test_healthz_reports_database_ray_and_mlflow(queue_api, mlflow_server):
-    body = httpx.get(queue_api.url + "/healthz").json()
-    assert body["status"] == "ok"
+    r = httpx.get(queue_api.url + "/healthz", headers={"Authorization": f"Bearer {TOKEN}"})
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "ok"
     assert set(body["checks"]) == {"database", "ray", "mlflow"}
     assert all(check["ok"] for check in body["checks"].values())
     assert "Ray 2.60.0" in body["checks"]["ray"]["detail"]
     assert body["mlflow_ui_url"] == mlflow_server
+
+
+def test_healthz_without_a_token_says_only_ok(queue_api, mlflow_server):
+    """A probe learns the verdict, not where the database, Ray or MLflow live."""
+    r = httpx.get(queue_api.url + "/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok"}
+    for secret in ("sqlite", str(queue_api.home), mlflow_server, "127.0.0.1", "Ray"):
+        assert secret not in r.text
+    # a proxy's credential of another scheme is not ours: still the verdict alone
+    r = httpx.get(queue_api.url + "/healthz", headers={"Authorization": "Basic dTpw"})
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+    # a bearer token that is sent must be valid, even here
+    r = httpx.get(queue_api.url + "/healthz", headers={"Authorization": "Bearer not-a-token"})
+    assert r.status_code == 403
+    assert r.json()["detail"][0]["loc"] == ["header", "Authorization"]
 
 
 def test_healthz_is_503_when_ray_is_unreachable(tmp_path):
@@ -105,17 +122,43 @@ def test_healthz_is_503_when_ray_is_unreachable(tmp_path):
     settings = ApiSettings(home=tmp_path, api_tokens="t", ray_dashboard_url="http://127.0.0.1:9",
                            mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
 
-    async def get():
+    async def get(headers):
         transport = httpx.ASGITransport(app=create_app(settings))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            return await c.get("/healthz")
+            return await c.get("/healthz", headers=headers)
 
-    r = asyncio.run(get())
+    r = asyncio.run(get({"Authorization": "Bearer t"}))
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "degraded"
     assert body["checks"]["ray"]["ok"] is False and body["checks"]["database"]["ok"] is True
     assert "127.0.0.1:9" in body["checks"]["ray"]["detail"]
+    r = asyncio.run(get({}))
+    assert (r.status_code, r.json()) == (503, {"status": "degraded"})
+
+
+# (method, path, every method the path answers, as Allow must list them)
+ALLOW = {
+    "OPTIONS /studies": ("OPTIONS", "/studies", "GET, POST, OPTIONS"),
+    "DELETE /studies": ("DELETE", "/studies", "GET, POST, OPTIONS"),
+    "PUT /studies/x": ("PUT", "/studies/x", "GET, OPTIONS"),
+    "GET /studies/x/cancel": ("GET", "/studies/x/cancel", "POST, OPTIONS"),
+    "POST /studies/x/trials": ("POST", "/studies/x/trials", "GET, OPTIONS"),
+    "POST /search-spaces": ("POST", "/search-spaces", "GET, OPTIONS"),
+}
+
+
+@pytest.mark.parametrize("method, path, allow", ALLOW.values(), ids=ALLOW)
+def test_allow_lists_every_method_of_the_path(queue_api, method, path, allow):
+    with queue_api.client() as c:
+        r = c.request(method, path)
+    assert r.headers["Allow"] == allow
+    if method == "OPTIONS":
+        assert r.status_code == 204 and r.content == b""
+    else:
+        assert r.status_code == 405
+        assert r.json()["detail"][0]["loc"] == ["path"]
+        assert f"{method} {path}" in r.json()["detail"][0]["msg"]
 
 
 def test_search_spaces_and_experiments(queue_api):

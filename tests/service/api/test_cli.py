@@ -211,6 +211,7 @@ def test_serve_local_starts_and_stops_the_whole_stack(tmp_path):
         listed = credit("studies", "list", env=shell)
         assert listed.returncode == 0, listed.stderr
         headers = {"Authorization": f"Bearer {token}"}
+        health = httpx.get(url + "/healthz", headers=headers, timeout=10).json()  # + details
         r = httpx.post(url + "/studies", headers=headers, json={
             "name": "local", "space": "mnist-fc-backprop", "max_trials": 1, **TINY}, timeout=60)
         assert r.status_code == 201, r.text

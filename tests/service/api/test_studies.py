@@ -4,6 +4,7 @@ cancelled; parallel submissions are neither lost nor doubled."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -114,6 +115,30 @@ def test_study_succeeds_and_its_best_matches_optuna_and_mlflow(api, mlflow_serve
     assert {t["mlflow_run_id"] for t in trials["data"]} == set(by_id)
     assert sorted(t["value"] for t in trials["data"]) == \
         sorted(t.value for t in study.trials)
+
+
+def test_timestamps_are_utc_with_an_offset(api, finished):
+    """Trial times (Optuna's, naive local time) and study times come as ISO 8601 with
+    ``Z`` (UTC), the same instants Optuna and the database keep."""
+    created, final = finished
+    with api.client() as c:
+        trials = c.get(f"/studies/{created['id']}/trials").json()["data"]
+        listed = c.get("/studies", params={"limit": 200}).json()["data"]
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{api.home / 'optuna.db'}")
+    by_number = {t.number: t for t in study.trials}
+    for trial in trials:
+        for field, kept in (("started_at", by_number[trial["number"]].datetime_start),
+                            ("completed_at", by_number[trial["number"]].datetime_complete)):
+            assert trial[field].endswith("Z"), trial  # UTC, as pydantic writes it
+            when = dt.datetime.fromisoformat(trial[field])
+            assert when.utcoffset() == dt.timedelta(0)
+            assert when == kept.astimezone(dt.UTC)  # naive: local time, as Optuna wrote it
+    for study_body in [created, final, *listed]:
+        for field in ("created_at", "updated_at"):
+            assert study_body[field].endswith("Z"), study_body
+            assert dt.datetime.fromisoformat(study_body[field]).utcoffset() == dt.timedelta(0)
+    assert dt.datetime.fromisoformat(final["updated_at"]) >= \
+        dt.datetime.fromisoformat(created["created_at"])
 
 
 def test_list_pages_and_filters_by_status(api, finished):

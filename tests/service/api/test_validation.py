@@ -155,6 +155,64 @@ def test_unparseable_body_is_422(queue_api, nothing_created, raw, loc):
     nothing_created()
 
 
+_STUDY = json.dumps({"name": "encoded", "space": "mnist-fc-backprop", "epochs": 1})
+# (raw body, a word of the reason): each refused 400 naming the body, never guessed at
+NOT_UTF8 = {
+    "UTF-16 with a byte-order mark": (_STUDY.encode("utf-16"), "byte-order mark"),
+    "UTF-16 without one": (_STUDY.encode("utf-16-le"), "UTF-16"),
+    "UTF-16 big-endian without one": (_STUDY.encode("utf-16-be"), "UTF-16"),
+    "UTF-32": (_STUDY.encode("utf-32"), "byte-order mark"),
+    "UTF-8 with a byte-order mark": (_STUDY.encode("utf-8-sig"), "byte-order mark"),
+    "Latin-1": (_STUDY.replace("encoded", "enc\u00f6ded").encode("latin-1"), "not UTF-8"),
+    "invalid bytes": (b'{"name": "\xff\xfe", "space": "mnist-fc-backprop"}', "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("raw, reason", NOT_UTF8.values(), ids=NOT_UTF8)
+def test_body_that_is_not_utf8_is_400_naming_the_body(queue_api, nothing_created, raw, reason):
+    with queue_api.client() as c:
+        r = c.post("/studies", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    [detail] = r.json()["detail"]
+    assert detail["loc"] == ["body"] and "UTF-8" in detail["msg"] and reason in detail["msg"]
+    nothing_created()
+
+
+def test_utf8_that_is_not_ascii_reaches_validation(queue_api, nothing_created):
+    """The control: real UTF-8 passes the encoding check; the name is then refused."""
+    with queue_api.client() as c:
+        r = c.post("/studies", content=_STUDY.replace("encoded", "enc\u00f6ded").encode(),
+                   headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "name"]
+    nothing_created()
+
+
+@pytest.mark.parametrize("depth", [33, 4000])  # 4000: past json's recursion limit
+def test_deeply_nested_body_is_400_naming_the_body(queue_api, nothing_created, depth):
+    deep = '{"name": "deep", "space": "mnist-fc-backprop", "resources": ' + \
+        "[" * depth + "]" * depth + "}"
+    with queue_api.client() as c:
+        r = c.post("/studies", content=deep.encode(),
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    [detail] = r.json()["detail"]
+    assert detail["loc"] == ["body"] and "deeper than 32" in detail["msg"]
+    nothing_created()
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "application/json; charset=utf-16"])
+def test_body_that_is_not_json_by_its_type_is_415(queue_api, nothing_created, content_type):
+    with queue_api.client() as c:
+        r = c.post("/studies", content=_STUDY.encode(), headers={"Content-Type": content_type})
+    assert r.status_code == 415, r.text
+    [detail] = r.json()["detail"]
+    assert detail["loc"] == ["header", "Content-Type"]
+    assert content_type.split(";")[-1].strip().split("=")[-1] in detail["msg"]
+    nothing_created()
+
+
 def test_oversized_body_is_413(queue_api, nothing_created):
     big = _body({"space": inline(description="x" * 20_000)})
     with queue_api.client() as c:
