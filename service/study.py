@@ -27,12 +27,16 @@ from service.results import (
 )
 from service.settings import open_optuna_storage
 from service.spec import StudyError, StudySpec
-from service.tuner import ProgressFn, _leave_ray, _new_tuner, _quiet_ray, connect_ray
+from service.tuner import (
+    EXPERIMENT_SAVE_PERIOD_S,
+    ProgressFn,
+    _leave_ray,
+    _new_tuner,
+    _quiet_ray,
+    connect_ray,
+)
 from trainables.metrics import finite_or_none
 
-#: Seconds between two saves of a study's Tune experiment state (Tune's default is
-#: at least 10 s).
-EXPERIMENT_SAVE_PERIOD_S = 2
 
 # ------------------------------------------------------------------------ the runner
 def run_study(spec: StudySpec, *, resume: bool = False,

@@ -30,6 +30,15 @@ _SAMPLER_FACTORIES = {
 assert tuple(_SAMPLER_FACTORIES) == SAMPLERS
 
 
+#: Seconds between two saves (and uploads to the storage) of a study's Tune experiment
+#: state: its trials and their latest checkpoints, the searcher. Tune's defaults: 10 s
+#: (saves) and 300 s (uploads).
+EXPERIMENT_SAVE_PERIOD_S = 2
+#: Checkpoints kept per trial: a trial may write this many since the last upload of the
+#: experiment state before the one that state names is deleted.
+CHECKPOINTS_KEPT = 5
+
+
 def make_sampler(name: str, seed: int):
     """The Optuna sampler of that name (one of ``SAMPLERS``)."""
     import optuna
@@ -138,9 +147,12 @@ def _new_tuner(spec, space, storage, trainable, monitor, tune_store):
         run_config=tune.RunConfig(
             name=spec.name, **tune_store.run_config(), verbose=0,
             callbacks=[monitor.callback], stop=monitor.stopper,
-            # Two, not one: the experiment state saved last may still name the previous
-            # checkpoint when a crash comes right after the newest one replaced it.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # The experiment state a restore reads names each trial's checkpoint as of
+            # its last upload to the storage: upload it every few seconds (Tune's default
+            # is 5 minutes), and keep enough checkpoints that the one it names still
+            # exists after a crash (Tune deletes a trial's oldest beyond num_to_keep).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            sync_config=tune.SyncConfig(sync_period=EXPERIMENT_SAVE_PERIOD_S),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         ),
     )

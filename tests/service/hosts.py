@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from service.api.local_stack import MLFLOW_SERVER_ENV
 from tests.service.conftest import stop_cluster
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -240,7 +241,7 @@ class Cluster:
             "--artifacts-destination", str(artifacts),
             "--host", self.head_ip, "--port", str(self.mlflow_port),
             "--allowed-hosts", f"{self.head_ip}:{self.mlflow_port}",
-        ])
+        ], env=self.env(**MLFLOW_SERVER_ENV))
         if wait:
             self.wait_mlflow()
 
