@@ -148,9 +148,11 @@ LOST = ("TrialLost: the study's driver stopped before Tune saved this trial; the
 
 
 def fail_unfinished_trials(storage, study_name: str,
-                           known_trial_ids: set[str] | None = None) -> int:
+                           known_trial_ids: set[str] | None = None,
+                           lost_only: bool = False) -> int:
     """After the search has ended, no Optuna trial of the study may stay RUNNING. One
-    whose Tune trial Tune does not know (``known_trial_ids``) was lost: it says so."""
+    whose Tune trial Tune does not know (``known_trial_ids``) was lost: it says so.
+    ``lost_only``: only those (a resumed search, whose known trials go on)."""
     import optuna
 
     from service.settings import TUNE_TRIAL_ID
@@ -161,10 +163,15 @@ def fail_unfinished_trials(storage, study_name: str,
         return 0
     states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     stale = storage.get_all_trials(study_id, deepcopy=False, states=states)
+    failed = 0
     for t in stale:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        tune_id = t.user_attrs.get(TUNE_TRIAL_ID)
-        if known_trial_ids is not None and tune_id not in known_trial_ids:
+        lost = known_trial_ids is not None and t.user_attrs.get(TUNE_TRIAL_ID) not in \
+            known_trial_ids
+        if lost_only and not lost:
+            continue
+        if lost:
             storage.set_trial_user_attr(trial_id, "failure", LOST)
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-    return len(stale)
+        failed += 1
+    return failed

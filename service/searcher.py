@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
+from service.failures import LOST, fail_unfinished_trials
 from service.settings import TUNE_TRIAL_ID
 
 
@@ -33,10 +34,16 @@ class OptunaAskTell(Searcher):
     number of trials the study already holds, so a resumed study does not draw the
     same configurations again. Intermediate values are not reported: no pruner reads
     them (ASHA stops trials on Tune's side).
+
+    The budget, ``max_trials``, is counted in Optuna's storage, not in Tune's saved
+    state: after a crash, a trial Tune started since its last save is not in that
+    state. Restored, the searcher marks such a trial that never finished lost (FAIL,
+    ``failure`` = ``LOST``: a new trial replaces it); one that finished counts.
     """
 
     def __init__(self, *, space: dict[str, Any], metric: str, mode: str, study_name: str,
-                 storage: Any, sampler: str, seed: int, epochs: int):
+                 storage: Any, sampler: str, seed: int, epochs: int,
+                 max_trials: int | None = None):
         super().__init__(metric=metric, mode=mode)
         self.space = space
         self.study_name = study_name
@@ -44,6 +51,7 @@ class OptunaAskTell(Searcher):
         self.sampler = sampler
         self.seed = seed
         self.epochs = epochs
+        self.max_trials = max_trials
         self.numbers: dict[str, int] = {}  # Tune trial id → Optuna trial number
         self._study: optuna.Study | None = None
 
@@ -64,7 +72,9 @@ class OptunaAskTell(Searcher):
                 direction="minimize" if self.mode == "min" else "maximize")
         return self._study
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.max_trials is not None and self._spent() >= self.max_trials:
+            return Searcher.FINISHED
         trial = self.study.ask(fixed_distributions=self.space)
         trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
         self.numbers[trial_id] = trial.number
@@ -103,3 +113,14 @@ class OptunaAskTell(Searcher):
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
         self._study = None
+        self._mark_lost()
+
+    def _spent(self) -> int:
+        """Trials of the budget: every trial of the study but the lost ones."""
+        return sum(t.user_attrs.get("failure") != LOST
+                   for t in self.study.get_trials(deepcopy=False))
+
+    def _mark_lost(self) -> None:
+        """Unfinished trials that the restored state does not know: lost in a crash."""
+        fail_unfinished_trials(self.storage, self.study_name, set(self.numbers),
+                               lost_only=True)

@@ -118,7 +118,8 @@ def _make_searcher(spec: StudySpec, space: SearchSpace, storage):
 
     return OptunaAskTell(space=space.to_optuna(), metric=spec.objective.metric,
                          mode=spec.objective.mode, study_name=spec.name, storage=storage,
-                         sampler=spec.sampler, seed=spec.seed, epochs=spec.epochs)
+                         sampler=spec.sampler, seed=spec.seed, epochs=spec.epochs,
+                         max_trials=spec.max_trials)
 
 
 def _new_tuner(spec, space, storage, trainable, monitor, tune_store):
