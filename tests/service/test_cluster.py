@@ -17,6 +17,7 @@ import httpx
 import optuna
 import pytest
 
+from tests.service.api.helpers import wait_status
 from tests.service.hosts import Cluster, unavailable, worker_raylet_pid
 
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -45,17 +46,8 @@ def cluster():
         c.close()
 
 
-def wait_status(client: httpx.Client, study: str, timeout_s: float = 300.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    body: dict = {}
-    while time.monotonic() < deadline:
-        r = client.get(f"/studies/{study}")
-        if r.status_code == 200:
-            body = r.json()
-            if body["status"] in ENDED:
-                return body
-        time.sleep(0.5)
-    raise AssertionError(f"study {study} has not ended after {timeout_s} s: {body}")
+def wait_ended(client: httpx.Client, study: str, timeout_s: float = 300.0) -> dict:
+    return wait_status(client, study, ENDED, timeout_s)
 
 
 def mlflow_runs(url: str, study: str) -> list[dict]:
@@ -119,7 +111,7 @@ def test_study_runs_its_trials_on_the_worker_host(cluster):
                                      "max_trials": 2, "parallel_trials": 2,
                                      "resources": ON_WORKER, **TINY})
         assert r.status_code == 201, r.text
-        final = wait_status(c, r.json()["id"])
+        final = wait_ended(c, r.json()["id"])
         trials = c.get(f"/studies/{final['id']}/trials").json()
     assert final["status"] == "SUCCEEDED", (final, cluster.log("api"))
     assert final["counts"]["complete"] == 2
@@ -195,7 +187,7 @@ def test_unshared_storage_over_http_fails_the_study_with_one_line(cluster):
             r = c.post("/studies", json={"name": "http-unshared", "space": "mnist-fc-backprop",
                                          "max_trials": 1, "resources": ON_WORKER, **TINY})
             assert r.status_code == 201, r.text
-            final = wait_status(c, r.json()["id"])
+            final = wait_ended(c, r.json()["id"])
             trials = c.get(f"/studies/{final['id']}/trials").json()
     finally:
         cluster.stop_proc("api-unshared")
@@ -296,7 +288,7 @@ def test_worker_raylet_killed_fails_the_study_with_an_infrastructure_reason(clus
         pid = worker_raylet_pid(cluster)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        final = wait_status(c, study)
+        final = wait_ended(c, study)
         trials = c.get(f"/studies/{study}/trials").json()["data"]
     cluster.stop_proc("ray-worker")
     assert final["status"] == "FAILED", final

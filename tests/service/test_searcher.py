@@ -1,6 +1,10 @@
 """``service.searcher.OptunaAskTell``: Optuna's storage is the truth of a search — its
 states, its budget, and the trials a crash lost (a real sqlite Optuna storage; no Ray
-cluster: Tune's calls are made as Tune makes them)."""
+cluster: Tune's calls are made as Tune makes them).
+
+Ray is imported in the tests, once the session's Ray cluster fixture has set the auth
+token: Ray reads it once per process (imported at collection, every later test of the
+session failed to join its cluster with InvalidAuthToken)."""
 
 from __future__ import annotations
 
@@ -10,15 +14,12 @@ import pytest
 from service.failures import LOST
 from service.settings import TUNE_TRIAL_ID, open_optuna_storage
 
-pytest.importorskip("ray.tune")
-from ray.tune.search import Searcher  # noqa: E402
-
-from service.searcher import OptunaAskTell  # noqa: E402
-
 SPACE = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
 
 
 def _searcher(storage, max_trials=3):
+    from service.searcher import OptunaAskTell
+
     return OptunaAskTell(space=SPACE, metric="test_error", mode="min", study_name="s",
                          storage=storage, sampler="random", seed=0, epochs=2,
                          max_trials=max_trials)
@@ -29,7 +30,9 @@ def _trials(storage):
     return {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.get_trials()}
 
 
-def test_states_told_as_the_trials_ended(tmp_path):
+def test_states_told_as_the_trials_ended(ray_cluster, tmp_path):
+    from ray.tune.search import Searcher
+
     storage = open_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
     s = _searcher(storage)
     for tid in ("a", "b", "c"):
@@ -44,7 +47,9 @@ def test_states_told_as_the_trials_ended(tmp_path):
     assert s.suggest("d") == Searcher.FINISHED  # the budget of 3 is spent
 
 
-def test_a_restore_marks_trials_started_after_the_save_lost(tmp_path):
+def test_a_restore_marks_trials_started_after_the_save_lost(ray_cluster, tmp_path):
+    from ray.tune.search import Searcher
+
     storage = open_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
     s = _searcher(storage)
     s.suggest("a")
