@@ -175,3 +175,16 @@ def fail_unfinished_trials(storage, study_name: str,
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         failed += 1
     return failed
+
+
+def lost_trial_ids(storage, study_name: str) -> set[str]:
+    """The Tune trial ids of the study's trials marked lost (``LOST``)."""
+    from service.settings import TUNE_TRIAL_ID
+
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return set()
+    return {t.user_attrs.get(TUNE_TRIAL_ID) for t in
+            storage.get_all_trials(study_id, deepcopy=False)
+            if t.user_attrs.get("failure") == LOST}

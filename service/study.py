@@ -152,6 +152,7 @@ def _outcome(spec: StudySpec, records: _Records, grid, monitor,
     from service.failures import (
         fail_unfinished_trials,
         infrastructure_verdict,
+        lost_trial_ids,
         record_failures,
         stopped_with_the_study,
     )
@@ -176,6 +177,8 @@ def _outcome(spec: StudySpec, records: _Records, grid, monitor,
     pruned = {t.trial_id for t in summaries if t.state == "PRUNED"}
     T.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, pruned,
                        known_trial_ids=known)
+    T.mark_lost_runs(records.tracking_uri, records.experiment_id, records.parent_id,
+                     lost_trial_ids(records.storage, spec.name))
     result = _best(spec, spec.search_space(), records.storage, records.tracking_uri,
                    records.experiment_id, records.parent_id, summaries)
     if result.best_params is None:

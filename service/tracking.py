@@ -415,6 +415,23 @@ def close_orphaned_runs(tracking_uri: str, experiment_id: str,
     return closed
 
 
+def mark_lost_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
+                   lost_trial_ids: set[str]) -> int:
+    """Tag the runs of lost trials LOST with the reason, also one that finished its
+    epochs before its driver could record it (its result is not counted)."""
+    from service.failures import LOST
+
+    c = client(tracking_uri)
+    marked = 0
+    for run in child_runs(tracking_uri, experiment_id, parent_run_id):
+        if run.data.tags.get(TRIAL_TAG) in lost_trial_ids \
+                and run.data.tags.get(STATE_TAG) != "LOST":
+            c.set_tag(run.info.run_id, STATE_TAG, "LOST")
+            c.set_tag(run.info.run_id, FAILURE_TAG, LOST)
+            marked += 1
+    return marked
+
+
 # ------------------------------------------------------------------ a study's parent run
 def study_filter(study: str) -> str:
     """MLflow filter of study ``study``'s parent run."""

@@ -220,14 +220,14 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path, credit_home):
             if r.data.tags.get(T.ROLE_TAG) == "trial"]
     trial_ids = [r.data.tags[T.TRIAL_TAG] for r in runs]
     assert len(set(trial_ids)) == len(trial_ids)  # no duplicate run for a trial
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert len(finished) == 5
-    assert {r.data.tags[T.TRIAL_TAG] for r in finished} == {
+    counted = [r for r in runs if r.data.tags.get(T.STATE_TAG) == "COMPLETE"]
+    assert len(counted) == 5 and all(r.info.status == "FINISHED" for r in counted)
+    assert {r.data.tags[T.TRIAL_TAG] for r in counted} == {
         t.user_attrs[TUNE_TRIAL_ID] for t in trials if t.state.name == "COMPLETE"}
-    others = [r for r in runs if r.info.status != "FINISHED"]
+    others = [r for r in runs if r not in counted]
     assert len(others) <= len(lost)
-    for r in others:
-        assert r.info.status == "KILLED"
+    for r in others:  # killed with the driver, or finished before it could be recorded
+        assert r.info.status in ("KILLED", "FINISHED")
         assert r.data.tags[T.STATE_TAG] == "LOST"
         assert r.data.tags[T.FAILURE_TAG] == LOST
 

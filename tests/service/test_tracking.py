@@ -154,3 +154,22 @@ def test_a_dead_drivers_runs_are_closed_on_the_next_start(store):
     assert c.get_run(trial.info.run_id).info.status == "KILLED"
     assert c.get_run(alive.info.run_id).info.status == "RUNNING"
     assert T.close_orphaned_runs(uri, experiment_id) == []
+
+
+def test_a_lost_trial_that_finished_is_marked_lost_not_counted(store):
+    from service.failures import LOST
+
+    uri, experiment_id = store
+    c = T.client(uri)
+    parent = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    runs = {t: c.create_run(experiment_id, tags={T.PARENT_TAG: parent.info.run_id,
+                                                 T.ROLE_TAG: "trial", T.TRIAL_TAG: t,
+                                                 T.STATE_TAG: "COMPLETE"})
+            for t in ("lost", "kept")}
+    for r in runs.values():
+        c.set_terminated(r.info.run_id, status="FINISHED")
+    assert T.mark_lost_runs(uri, experiment_id, parent.info.run_id, {"lost"}) == 1
+    assert T.mark_lost_runs(uri, experiment_id, parent.info.run_id, {"lost"}) == 0
+    lost, kept = (c.get_run(runs[t].info.run_id).data.tags for t in ("lost", "kept"))
+    assert lost[T.STATE_TAG] == "LOST" and lost[T.FAILURE_TAG] == LOST
+    assert kept[T.STATE_TAG] == "COMPLETE" and T.FAILURE_TAG not in kept
