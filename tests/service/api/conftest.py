@@ -11,12 +11,11 @@ Two API servers share the cluster and the MLflow server:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from service.api.local_stack import NODE_IP, MlflowServer
-from tests.service.api.helpers import OTHER_TOKEN, TOKEN, ApiServer, free_port
+from service.api.local_stack import MlflowServer
+from tests.service.api.helpers import free_port, start_api
 
 
 @pytest.fixture(scope="session")
@@ -28,29 +27,11 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
-def _api_env(home: Path, dashboard: str, mlflow_url: str, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDIT_")}
-    env.update({
-        "CREDIT_HOME": str(home),
-        "CREDIT_API_TOKENS": f"{TOKEN},{OTHER_TOKEN}",
-        "CREDIT_RAY_DASHBOARD_URL": dashboard,
-        "CREDIT_RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"],
-        "CREDIT_RAY_NODE_IP": NODE_IP,
-        "CREDIT_MLFLOW_TRACKING_URI": mlflow_url,
-        "CREDIT_SYNC_INTERVAL_S": "1",
-        "CREDIT_LOST_JOB_GRACE_S": "600",
-    })
-    env.update({f"CREDIT_{k.upper()}": v for k, v in settings.items()})
-    return env
-
-
 @pytest.fixture(scope="session")
 def api(ray_dashboard, mlflow_server, tmp_path_factory):
     """The API whose studies run, on the shared cluster and MLflow server."""
-    home = tmp_path_factory.mktemp("api-home")
-    server = ApiServer(home, _api_env(home, ray_dashboard, mlflow_server,
-                                      max_concurrent_studies="4", max_trials_per_study="50"),
-                       home / "serve.log").start()
+    server = start_api(tmp_path_factory, "api-home", ray_dashboard, mlflow_server,
+                       max_concurrent_studies="4", max_trials_per_study="50")
     yield server
     server.stop()
 
@@ -58,11 +39,9 @@ def api(ray_dashboard, mlflow_server, tmp_path_factory):
 @pytest.fixture(scope="session")
 def queue_api(ray_dashboard, mlflow_server, tmp_path_factory):
     """An API for many studies at once (cancelled soon after submission)."""
-    home = tmp_path_factory.mktemp("queue-api-home")
-    server = ApiServer(home, _api_env(home, ray_dashboard, mlflow_server,
-                                      max_concurrent_studies="20", max_trials_per_study="50",
-                                      max_body_bytes="8192"),
-                       home / "serve.log").start()
+    server = start_api(tmp_path_factory, "queue-api-home", ray_dashboard, mlflow_server,
+                       max_concurrent_studies="20", max_trials_per_study="50",
+                       max_body_bytes="8192")
     yield server
     server.stop()
 

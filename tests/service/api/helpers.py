@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from service.api.local_stack import stop_session, wait_http
+from service.api.local_stack import NODE_IP, stop_session, wait_http
 
 TOKEN = "test-token-0123456789"
 OTHER_TOKEN = "second-token-abcdef"
@@ -91,3 +91,28 @@ def wait_status(client: httpx.Client, study: str, statuses: tuple[str, ...],
                 return body
         time.sleep(0.5)
     raise AssertionError(f"study {study} not {statuses} after {timeout_s} s: {body}")
+
+
+def api_env(home: Path, dashboard: str, mlflow_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a test API server on the session's Ray cluster and MLflow."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDIT_")}
+    env.update({
+        "CREDIT_HOME": str(home),
+        "CREDIT_API_TOKENS": f"{TOKEN},{OTHER_TOKEN}",
+        "CREDIT_RAY_DASHBOARD_URL": dashboard,
+        "CREDIT_RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"],
+        "CREDIT_RAY_NODE_IP": NODE_IP,
+        "CREDIT_MLFLOW_TRACKING_URI": mlflow_url,
+        "CREDIT_SYNC_INTERVAL_S": "1",
+        "CREDIT_LOST_JOB_GRACE_S": "600",
+    })
+    env.update({f"CREDIT_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def start_api(tmp_path_factory, name: str, ray_dashboard: str, mlflow_url: str,
+              **settings: str) -> ApiServer:
+    """A real ``credit serve`` in its own home, on the shared cluster and MLflow server."""
+    home = tmp_path_factory.mktemp(name)
+    return ApiServer(home, api_env(home, ray_dashboard, mlflow_url, **settings),
+                     home / "serve.log").start()

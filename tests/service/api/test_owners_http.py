@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 from service import db
-from tests.service.api.conftest import _api_env
-from tests.service.api.helpers import TINY, ApiServer
+from tests.service.api.helpers import TINY, ApiServer, api_env
 
 ALICE, BOB, CAROL, LEGACY = "alice-token-0123", "bob-token-4567", "carol-token-89ab", "legacy-0"
 
@@ -28,7 +27,7 @@ ALICE, BOB, CAROL, LEGACY = "alice-token-0123", "bob-token-4567", "carol-token-8
 @pytest.fixture(scope="module")
 def owners_api(ray_dashboard, mlflow_server, tmp_path_factory):
     home = tmp_path_factory.mktemp("owners-home")
-    env = _api_env(home, ray_dashboard, mlflow_server, max_concurrent_studies="4")
+    env = api_env(home, ray_dashboard, mlflow_server, max_concurrent_studies="4")
     env["CREDIT_API_TOKENS"] = f"alice:{ALICE},bob:{BOB},carol:{CAROL}:admin,{LEGACY}"
     server = ApiServer(home, env, home / "serve.log").start()
     yield server
@@ -96,7 +95,7 @@ def full_api(ray_dashboard, mlflow_server, tmp_path_factory):
             spec={"name": "the-one", "space": "mnist-fc-backprop", "tracking_uri":
                   mlflow_server, "experiment_name": "credit-search"}, message=""))
     database.dispose()
-    env = _api_env(home, ray_dashboard, mlflow_server, max_concurrent_studies="1")
+    env = api_env(home, ray_dashboard, mlflow_server, max_concurrent_studies="1")
     server = ApiServer(home, env, home / "serve.log").start()
     yield server
     server.stop()

@@ -24,19 +24,16 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from service.api import ApiSettings, create_app
-from tests.service.api.conftest import _api_env
-from tests.service.api.helpers import TOKEN, ApiServer
+from tests.service.api.helpers import TOKEN, start_api
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def fuzz_api(ray_dashboard, mlflow_server, tmp_path_factory):
-    home = tmp_path_factory.mktemp("fuzz-api-home")
-    server = ApiServer(home, _api_env(home, ray_dashboard, mlflow_server,
-                                      max_concurrent_studies="2", max_trials_per_study="2",
-                                      max_body_bytes="16384"),
-                       home / "serve.log").start()
+    server = start_api(tmp_path_factory, "fuzz-api-home", ray_dashboard, mlflow_server,
+                       max_concurrent_studies="2", max_trials_per_study="2",
+                       max_body_bytes="16384")
     yield server
     with server.client() as c:  # whatever a generated body started
         for study in c.get("/studies", params={"limit": 200}).json()["data"]:
