@@ -143,6 +143,8 @@ def stopped_with_the_study(summaries, message: str) -> None:
 
 #: Why a trial of a resumed study has no result: Tune saves its experiment every few
 #: seconds, and a trial it started after its last save is not in the saved state.
+#: The Optuna user attribute that holds why a trial failed (so far: ``LOST``).
+FAILURE_ATTR = "failure"
 LOST = ("TrialLost: the study's driver stopped before Tune saved this trial; the resumed "
         "study ran another trial in its place")
 
@@ -171,7 +173,7 @@ def fail_unfinished_trials(storage, study_name: str,
         if lost_only and not lost:
             continue
         if lost:
-            storage.set_trial_user_attr(trial_id, "failure", LOST)
+            storage.set_trial_user_attr(trial_id, FAILURE_ATTR, LOST)
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         failed += 1
     return failed
@@ -187,4 +189,4 @@ def lost_trial_ids(storage, study_name: str) -> set[str]:
         return set()
     return {t.user_attrs.get(TUNE_TRIAL_ID) for t in
             storage.get_all_trials(study_id, deepcopy=False)
-            if t.user_attrs.get("failure") == LOST}
+            if t.user_attrs.get(FAILURE_ATTR) == LOST}

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
-from service.failures import LOST, fail_unfinished_trials
+from service.failures import FAILURE_ATTR, LOST, fail_unfinished_trials
 from service.settings import TUNE_TRIAL_ID
 
 
@@ -117,7 +117,7 @@ class OptunaAskTell(Searcher):
 
     def _spent(self) -> int:
         """Trials of the budget: every trial of the study but the lost ones."""
-        return sum(t.user_attrs.get("failure") != LOST
+        return sum(t.user_attrs.get(FAILURE_ATTR) != LOST
                    for t in self.study.get_trials(deepcopy=False))
 
     def _mark_lost(self) -> None:
