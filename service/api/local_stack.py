@@ -98,20 +98,29 @@ def stop_session(sid: int, grace_s: float = 10.0) -> None:
     stop_processes(lambda: session_members(sid), grace_s)
 
 
-def stop_processes(members: Callable[[], list[int]], grace_s: float = 10.0) -> None:
+def stop_processes(members: Callable[[], list[int]], grace_s: float = 10.0,
+                   kill_wait_s: float = 10.0) -> None:
     """SIGTERM to the processes ``members()`` lists; SIGKILL to those left after
-    ``grace_s`` (``members`` is asked again before each signal and while waiting)."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        pids = members()
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+    ``grace_s``. ``members`` is asked again every 0.2 s, and a process that appears
+    meanwhile (forked by one being stopped: a raylet starting a worker, a server
+    replacing one) gets the same signal, so none is left behind by a race."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, kill_wait_s)):
+        signalled: set[int] = set()
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and members():
+        while True:
+            pids = members()
+            if not pids:
+                return
+            if time.monotonic() >= deadline:
+                break
+            for pid in pids:
+                if pid in signalled and sig != signal.SIGKILL:
+                    continue
+                signalled.add(pid)
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
             time.sleep(0.2)
 
 

@@ -45,6 +45,13 @@ def _start(home: Path, port: int) -> subprocess.Popen:
     raise AssertionError("the local stack did not come up")
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "(gone)"
+
+
 def _wait(c: httpx.Client, url: str, predicate, timeout_s: float = 400) -> dict:
     deadline = time.monotonic() + timeout_s
     body: dict = {}
@@ -82,7 +89,8 @@ def test_api_sigkilled_mid_study_then_restarted(tmp_path):
         assert all(session_members(sid) for sid in old_sids)
 
         second = _start(home, port)
-        assert all(session_members(sid) == [] for sid in old_sids)  # one stack
+        left = {pid: _cmdline(pid) for sid in old_sids for pid in session_members(sid)}
+        assert left == {}, left  # one stack
         new = json.loads((home / "stack.json").read_text())
         assert new["stack_id"] != old["stack_id"]
         assert sorted(p["role"] for p in new["parts"]) == ["mlflow", "optuna-dashboard", "ray"]

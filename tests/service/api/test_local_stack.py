@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from service.api.local_stack import LocalRayHead, MlflowServer, OptunaDashboard, session_members
@@ -52,3 +53,39 @@ def test_the_optuna_dashboard_process_has_no_api_tokens(monkeypatch, tmp_path):
             assert "secret-a" not in " ".join(environ.values())
     finally:
         dashboard.stop()
+
+
+#: a session leader that ignores SIGTERM and forks a sleeping child every 5 ms, as a
+#: raylet starts workers or a server replaces its dead workers while being stopped
+FORKER = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(300)
+        os._exit(0)
+    time.sleep(0.005)
+"""
+
+
+def test_stopping_a_session_leaves_nothing_forked_meanwhile():
+    import subprocess
+    import sys
+    import time
+
+    from service.api.local_stack import stop_session
+
+    proc = subprocess.Popen([sys.executable, "-c", FORKER], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(session_members(proc.pid)) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(session_members(proc.pid)) >= 20
+        stop_session(proc.pid, grace_s=1.0)
+        proc.wait(timeout=10)
+        time.sleep(0.5)
+        assert session_members(proc.pid) == []
+    finally:
+        for pid in session_members(proc.pid):
+            os.kill(pid, 9)
