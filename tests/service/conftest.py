@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.service.processes import stop_cluster
 
 VENV_BIN = Path(sys.executable).parent
 NODE_IP = "127.0.0.2"  # loopback, and not rewritten by Ray (see ray_cluster)
@@ -103,39 +104,3 @@ def _node_ports(head: bool) -> list[str]:
     if head:
         ports.append(f"--ray-client-server-port={_free_port()}")
     return ports
-
-
-def stop_cluster(temp_dir: Path) -> None:
-    """Stop the Ray processes of ONE cluster: those whose command line names its temp dir.
-
-    Never ``ray stop``: it kills every Ray process of the machine, other users' clusters
-    (and a study running beside the tests) included.
-    """
-    mine = [pid for pid, cmd in _processes() if str(temp_dir) in cmd and pid != os.getpid()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in mine:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 10
-        while time.time() < deadline and any(_alive(pid) for pid in mine):
-            time.sleep(0.2)
-
-
-def _processes():
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            yield int(entry.name), cmd
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

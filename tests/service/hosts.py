@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from service.api.local_stack import MLFLOW_SERVER_ENV
-from tests.service.conftest import stop_cluster
+from tests.service.processes import processes, stop_cluster
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = Path(sys.executable).parent
@@ -350,9 +350,7 @@ class Cluster:
 
 
 def worker_raylet_pid(cluster: Cluster) -> int | None:
-    from tests.service.conftest import _processes
-
-    for pid, cmd in _processes():
+    for pid, cmd in processes():
         if "raylet" in cmd.split(" ")[0] and f"--node_ip_address={cluster.worker_ip}" in cmd:
             return pid
     return None

@@ -1,0 +1,41 @@
+"""Finding and stopping the test clusters' processes by what their command lines name
+(shared by the test session's Ray cluster and the namespace cluster of ``hosts.py``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from service.api.local_stack import stop_processes
+
+
+def processes() -> Iterator[tuple[int, str]]:
+    """``(pid, command line)`` of every process of the machine."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            yield int(entry.name), cmd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop_cluster(temp_dir: Path) -> None:
+    """Stop the Ray processes of ONE cluster: those whose command line names its temp dir.
+
+    Never ``ray stop``: it kills every Ray process of the machine, other users' clusters
+    (and a study running beside the tests) included.
+    """
+    def mine() -> list[int]:
+        return [pid for pid, cmd in processes()
+                if str(temp_dir) in cmd and pid != os.getpid() and _alive(pid)]
+    stop_processes(mine, grace_s=10.0)
