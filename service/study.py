@@ -82,6 +82,7 @@ def _open_records(spec: StudySpec, resume: bool) -> _Records:
     """MLflow first, in the driver (a new sqlite store must be created by one process):
     the experiment and the study's parent run; then the Optuna storage."""
     from service import settings
+    from service import study_runs as R
     from service import tracking as T
 
     tracking_uri = spec.tracking_uri or settings.default_tracking_uri()
@@ -105,13 +106,13 @@ def _open_records(spec: StudySpec, resume: bool) -> _Records:
             _leave_ray()
             raise
     try:  # runs a crashed driver of this host left RUNNING end now, with the reason
-        for name in T.close_orphaned_runs(tracking_uri, experiment_id,
+        for name in R.close_orphaned_runs(tracking_uri, experiment_id,
                                           resuming=spec.name if resume else None):
             print(f"credit: study {name!r}: its driver had died; its runs are closed as "
                   "FAILED", file=sys.stderr)
     except Exception as error:  # never a reason not to start this study
         print(f"credit: could not close orphaned runs: {error}", file=sys.stderr)
-    parent = T.open_study_run(spec, tracking_uri, experiment_id, resume)
+    parent = R.open_study_run(spec, tracking_uri, experiment_id, resume)
     storage = open_optuna_storage(storage_url)
     return _Records(tracking_uri, experiment_id, parent.info.run_id, storage)
 
@@ -148,7 +149,7 @@ def _tuner(spec: StudySpec, records: _Records, monitor, resume: bool):
 def _outcome(spec: StudySpec, records: _Records, grid, monitor,
              progress: ProgressFn | None) -> StudyResult:
     """The trials' summaries and the best one; stale runs closed; status and message."""
-    from service import tracking as T
+    from service import study_runs as R
     from service.failures import (
         fail_unfinished_trials,
         infrastructure_verdict,
@@ -175,9 +176,9 @@ def _outcome(spec: StudySpec, records: _Records, grid, monitor,
     record_failures(records.tracking_uri, records.experiment_id, records.parent_id,
                     {t.trial_id: t.error for t in summaries if t.state == "FAILED"})
     pruned = {t.trial_id for t in summaries if t.state == "PRUNED"}
-    T.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, pruned,
+    R.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, pruned,
                        known_trial_ids=known)
-    T.mark_lost_runs(records.tracking_uri, records.experiment_id, records.parent_id,
+    R.mark_lost_runs(records.tracking_uri, records.experiment_id, records.parent_id,
                      lost_trial_ids(records.storage, spec.name))
     result = _best(spec, spec.search_space(), records.storage, records.tracking_uri,
                    records.experiment_id, records.parent_id, summaries)
@@ -206,6 +207,7 @@ def _abort(records: _Records, error: BaseException) -> None:
     """The study stopped (KILLED) or failed: the parent run first (a trial starting from
     now on closes itself), then this driver's trials end (Ray kills the actors of a
     driver that leaves), then the runs they left open."""
+    from service import study_runs as R
     from service import tracking as T
 
     c = T.client(records.tracking_uri)
@@ -215,7 +217,7 @@ def _abort(records: _Records, error: BaseException) -> None:
     stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
     c.set_terminated(records.parent_id, status="KILLED" if stopped else "FAILED")
     _leave_ray()
-    T.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, set())
+    R.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, set())
 
 
 def _is_local(uri: str) -> bool:
@@ -230,10 +232,10 @@ def close_study_records(spec: StudySpec, status: str = "KILLED", reason: str = "
     import optuna
 
     from service import settings
-    from service import tracking as T
+    from service import study_runs as R
 
     tracking_uri = spec.tracking_uri or settings.default_tracking_uri()
-    closed = T.close_study_run(tracking_uri, spec.experiment_name, spec.name, status, reason)
+    closed = R.close_study_run(tracking_uri, spec.experiment_name, spec.name, status, reason)
     storage = open_optuna_storage(spec.storage or settings.default_optuna_storage())
     try:
         study_id = storage.get_study_id_from_name(spec.name)

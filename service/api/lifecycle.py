@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from service import db, tracking
+from service import db, study_runs, tracking
 from service.api.errors import (
     BackendUnavailable,
     NameTaken,
@@ -72,7 +72,7 @@ def _name_used_outside(svc: Services, name: str) -> str | None:
         pass
     uri = svc.settings.mlflow_tracking_uri
     try:
-        if tracking.find_study_run(uri, svc.settings.experiment_name, name) is not None:
+        if study_runs.find_study_run(uri, svc.settings.experiment_name, name) is not None:
             return "MLflow"
     except Exception as error:  # MLflow down: the runner would fail; say so now
         raise BackendUnavailable(f"MLflow ({uri}) unreachable: {error}") from None
@@ -325,7 +325,7 @@ def _reconcile_lost(svc: Services, record: StudyRecord, fields: dict[str, Any]) 
     ``lost_job_grace_s`` (its driver died); MLflow down → unchanged until it answers."""
     grace = svc.settings.lost_job_grace_s
     try:
-        parent = tracking.find_study_run(record.spec["tracking_uri"],
+        parent = study_runs.find_study_run(record.spec["tracking_uri"],
                                          record.spec["experiment_name"], record.name)
     except Exception as error:
         log.warning("study %s: its Ray job is unknown and MLflow does not answer (%s); "

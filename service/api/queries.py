@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from service import db, tracking
+from service import db, study_runs, tracking
 from service.api.errors import (
     BackendUnavailable,
     StudyNotFound,
@@ -246,7 +246,7 @@ def best_of(svc: Services, ref: str, principal: Principal = ANYONE) -> dict[str,
 
 # -------------------------------------------------------------------------- sync
 def _find_parent(record: StudyRecord) -> tuple[str | None, str | None]:
-    run = tracking.find_study_run(record.spec["tracking_uri"], record.spec["experiment_name"],
+    run = study_runs.find_study_run(record.spec["tracking_uri"], record.spec["experiment_name"],
                                   record.name)
     return (None, None) if run is None else (run.info.experiment_id, run.info.run_id)
 

@@ -149,25 +149,26 @@ def driver_timers() -> Timers:
     from ray import tune
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
     from ray.tune.execution.tune_controller import TuneController
-    from ray.tune.search.optuna import OptunaSearch
 
     import service.study as S
+    from service import study_runs as R
     from service import tracking as T
+    from service.searcher import OptunaAskTell
 
     timers = Timers()
     for owner, attr, label in (
         (T, "ensure_experiment", "MLflow experiment (exists)"),
-        (T, "open_study_run", "parent MLflow run"),
+        (R, "open_study_run", "parent MLflow run"),
         (S, "open_optuna_storage", "Optuna storage (open)"),
         (S, "connect_ray", "connect_ray"),
         (S, "_new_tuner", "Tuner construction"),
         (tune.Tuner, "fit", "Tuner.fit (all trials)"),
-        (OptunaSearch, "suggest", "  Optuna suggest (ask)"),
+        (OptunaAskTell, "suggest", "  Optuna suggest (ask)"),
         (optuna.study.Study, "tell", "  Optuna tell"),
         (_ExperimentCheckpointManager, "sync_up_experiment_state",
          "  experiment-state snapshots (save + sync)"),
         (TuneController, "save_to_dir", "    of which written (save_to_dir)"),
-        (T, "close_stale_runs", "close stale MLflow runs"),
+        (R, "close_stale_runs", "close stale MLflow runs"),
         (S, "_trial_summaries", "trial summaries"),
         (S, "_best", "best trial (Optuna + MLflow search)"),
         (S, "_record_best", "record best on parent run"),

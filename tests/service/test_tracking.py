@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from service import study_runs as R
 from service import tracking as T
 from service.spec import StudyError, StudySpec
 
@@ -27,7 +28,7 @@ def test_ensure_experiment_is_idempotent(store, tmp_path):
 
 def test_open_study_run_records_tags_params_and_spec(store):
     uri, experiment_id = store
-    run = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    run = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
     stored = T.client(uri).get_run(run.info.run_id)
     assert stored.data.tags[T.STUDY_TAG] == "np-a" and stored.data.tags[T.ROLE_TAG] == "study"
     assert stored.data.tags["credit.arm"] == "np"
@@ -39,24 +40,24 @@ def test_open_study_run_records_tags_params_and_spec(store):
 
 def test_a_taken_name_is_refused_and_resume_finds_the_run(store):
     uri, experiment_id = store
-    run = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    run = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
     T.client(uri).set_terminated(run.info.run_id, status="FAILED")
     with pytest.raises(StudyError, match="is taken"):
-        T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
-    again = T.open_study_run(_spec(uri), uri, experiment_id, resume=True)
+        R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    again = R.open_study_run(_spec(uri), uri, experiment_id, resume=True)
     assert again.info.run_id == run.info.run_id
     assert T.client(uri).get_run(run.info.run_id).info.status == "RUNNING"
     other = _spec(uri).model_copy(update={"name": "never-ran"})
     with pytest.raises(StudyError, match="no study named"):
-        T.open_study_run(other, uri, experiment_id, resume=True)
+        R.open_study_run(other, uri, experiment_id, resume=True)
 
 
 def test_find_study_run(store):
     uri, experiment_id = store
-    assert T.find_study_run(uri, "credit-search", "np-a") is None
-    assert T.find_study_run(uri, "no-such-experiment", "np-a") is None
-    run = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
-    found = T.find_study_run(uri, "credit-search", "np-a")
+    assert R.find_study_run(uri, "credit-search", "np-a") is None
+    assert R.find_study_run(uri, "no-such-experiment", "np-a") is None
+    run = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    found = R.find_study_run(uri, "credit-search", "np-a")
     assert found.info.run_id == run.info.run_id
     assert found.info.experiment_id == experiment_id
 
@@ -64,17 +65,17 @@ def test_find_study_run(store):
 def test_close_study_run_ends_parent_and_trials_once(store):
     uri, experiment_id = store
     c = T.client(uri)
-    parent = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    parent = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
     trial = c.create_run(experiment_id, tags={T.PARENT_TAG: parent.info.run_id,
                                               T.ROLE_TAG: "trial", T.TRIAL_TAG: "t1"})
-    assert T.close_study_run(uri, "credit-search", "np-a", "KILLED", "cancelled") == 2
+    assert R.close_study_run(uri, "credit-search", "np-a", "KILLED", "cancelled") == 2
     assert c.get_run(trial.info.run_id).info.status == "KILLED"
     ended = c.get_run(parent.info.run_id)
     assert ended.info.status == "KILLED"
     assert ended.data.tags[T.FAILURE_TAG] == "cancelled"
     assert ended.data.tags["credit.status"] == "CANCELLED"
-    assert T.close_study_run(uri, "credit-search", "np-a", "KILLED", "again") == 0
-    assert T.close_study_run(uri, "credit-search", "unknown", "FAILED", "x") == 0
+    assert R.close_study_run(uri, "credit-search", "np-a", "KILLED", "again") == 0
+    assert R.close_study_run(uri, "credit-search", "unknown", "FAILED", "x") == 0
 
 
 def test_stale_runs_close_pruned_lost_or_stale(store):
@@ -84,12 +85,12 @@ def test_stale_runs_close_pruned_lost_or_stale(store):
 
     uri, experiment_id = store
     c = T.client(uri)
-    parent = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    parent = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
     runs = {t: c.create_run(experiment_id, tags={T.PARENT_TAG: parent.info.run_id,
                                                  T.ROLE_TAG: "trial", T.TRIAL_TAG: t})
             for t in ("pruned", "lost", "stale", "active", "done")}
     c.set_terminated(runs["done"].info.run_id, status="FINISHED")
-    closed = T.close_stale_runs(uri, experiment_id, parent.info.run_id, {"pruned"},
+    closed = R.close_stale_runs(uri, experiment_id, parent.info.run_id, {"pruned"},
                                 active_trial_ids={"active"},
                                 known_trial_ids={"pruned", "stale", "active", "done"})
     assert closed == 3
@@ -134,26 +135,26 @@ def test_a_dead_drivers_runs_are_closed_on_the_next_start(store):
 
     uri, experiment_id = store
     c = T.client(uri)
-    alive = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    alive = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
     dead_spec = StudySpec(name="np-dead", space="mnist-fc-node-perturbation", tracking_uri=uri)
-    dead = T.open_study_run(dead_spec, uri, experiment_id, resume=False)
+    dead = R.open_study_run(dead_spec, uri, experiment_id, resume=False)
     trial = c.create_run(experiment_id, tags={T.PARENT_TAG: dead.info.run_id,
                                               T.ROLE_TAG: "trial", T.TRIAL_TAG: "t0"})
     # the dead study's driver: a process that has exited since
-    proc = subprocess.run([sys.executable, "-c", "from service import tracking as T; "
-                           "print(T.driver_id())"], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", "from service import study_runs as R; "
+                           "print(R.driver_id())"], capture_output=True, text=True, check=True)
     c.set_tag(dead.info.run_id, T.DRIVER_TAG, proc.stdout.strip())
 
     # `--resume` of the dead study leaves it to the resume (its trials continue)
-    assert T.close_orphaned_runs(uri, experiment_id, resuming="np-dead") == []
+    assert R.close_orphaned_runs(uri, experiment_id, resuming="np-dead") == []
     assert c.get_run(dead.info.run_id).info.status == "RUNNING"
-    assert T.close_orphaned_runs(uri, experiment_id) == ["np-dead"]
+    assert R.close_orphaned_runs(uri, experiment_id) == ["np-dead"]
     closed = c.get_run(dead.info.run_id)
     assert closed.info.status == "FAILED"
     assert "is gone" in closed.data.tags[T.FAILURE_TAG]
     assert c.get_run(trial.info.run_id).info.status == "KILLED"
     assert c.get_run(alive.info.run_id).info.status == "RUNNING"
-    assert T.close_orphaned_runs(uri, experiment_id) == []
+    assert R.close_orphaned_runs(uri, experiment_id) == []
 
 
 def test_a_lost_trial_that_finished_is_marked_lost_not_counted(store):
@@ -161,15 +162,15 @@ def test_a_lost_trial_that_finished_is_marked_lost_not_counted(store):
 
     uri, experiment_id = store
     c = T.client(uri)
-    parent = T.open_study_run(_spec(uri), uri, experiment_id, resume=False)
+    parent = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
     runs = {t: c.create_run(experiment_id, tags={T.PARENT_TAG: parent.info.run_id,
                                                  T.ROLE_TAG: "trial", T.TRIAL_TAG: t,
                                                  T.STATE_TAG: "COMPLETE"})
             for t in ("lost", "kept")}
     for r in runs.values():
         c.set_terminated(r.info.run_id, status="FINISHED")
-    assert T.mark_lost_runs(uri, experiment_id, parent.info.run_id, {"lost"}) == 1
-    assert T.mark_lost_runs(uri, experiment_id, parent.info.run_id, {"lost"}) == 0
+    assert R.mark_lost_runs(uri, experiment_id, parent.info.run_id, {"lost"}) == 1
+    assert R.mark_lost_runs(uri, experiment_id, parent.info.run_id, {"lost"}) == 0
     lost, kept = (c.get_run(runs[t].info.run_id).data.tags for t in ("lost", "kept"))
     assert lost[T.STATE_TAG] == "LOST" and lost[T.FAILURE_TAG] == LOST
     assert kept[T.STATE_TAG] == "COMPLETE" and T.FAILURE_TAG not in kept

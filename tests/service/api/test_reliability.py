@@ -18,6 +18,7 @@ import optuna
 import pytest
 
 from service import db
+from service import study_runs as R
 from service import tracking as T
 from service.api import errors, lifecycle, queries, validation
 from service.api.config import ApiSettings
@@ -72,7 +73,7 @@ def _study(svc: Services, name: str, owner: str = "", age_s: float = 0.0):
                                                   max_trials=4))
     experiment_id = T.ensure_experiment(spec.tracking_uri, spec.experiment_name,
                                         (svc.settings.home / "mlartifacts").as_uri())
-    parent = T.open_study_run(spec, spec.tracking_uri, experiment_id, resume=False)
+    parent = R.open_study_run(spec, spec.tracking_uri, experiment_id, resume=False)
     study = optuna.create_study(study_name=name, storage=svc.optuna_storage(),
                                 direction="minimize")
     record = db.StudyRecord(id=str(uuid.uuid4()), name=name, status=db.RUNNING,

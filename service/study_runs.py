@@ -1,0 +1,203 @@
+"""A study's runs in MLflow as a whole: its parent run (opened, found, closed from
+outside its driver), and the runs a crash or an early stop leaves RUNNING — closed with
+the reason (PRUNED, LOST, STALE), including those of a study whose driver died.
+
+The records themselves (client, retries, a trial's own run) are ``service.tracking``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from service.tracking import (
+    DRIVER_TAG,
+    FAILURE_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    STATE_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    child_runs,
+    client,
+    find_runs,
+    log_params,
+)
+
+
+# ------------------------------------------------------------------ a study's parent run
+def parent_run_filter(study: str) -> str:
+    """MLflow filter of study ``study``'s parent run (``links.study_filter``: all its runs)."""
+    return f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'study'"
+
+
+def find_study_run(tracking_uri: str, experiment_name: str, study: str):
+    """The parent run of study ``study`` in experiment ``experiment_name``, or None
+    (``run.info.experiment_id`` names its experiment)."""
+    exp = client(tracking_uri).get_experiment_by_name(experiment_name)
+    if exp is None:
+        return None
+    runs = find_runs(tracking_uri, exp.experiment_id, parent_run_filter(study))
+    return runs[0] if runs else None
+
+
+def open_study_run(spec, tracking_uri: str, experiment_id: str, resume: bool):
+    """The study's parent run: created (tags, params, ``study_spec.json``), or, with
+    ``resume``, found and set RUNNING again. ``StudyError`` if the name is taken (or,
+    resuming, unknown)."""
+    from service.spec import StudyError
+
+    space = spec.search_space()
+    c = client(tracking_uri)
+    existing = find_runs(tracking_uri, experiment_id, parent_run_filter(spec.name))
+    if existing and not resume:
+        raise StudyError(f"study name {spec.name!r} is taken (MLflow run "
+                         f"{existing[0].info.run_id}); choose another name or resume it")
+    if resume:
+        if not existing:
+            raise StudyError(f"no study named {spec.name!r} to resume")
+        run = existing[0]
+        c.update_run(run.info.run_id, status="RUNNING")
+        c.set_tag(run.info.run_id, DRIVER_TAG, driver_id())
+        return run
+    tags = {STUDY_TAG: spec.name, ROLE_TAG: "study", DRIVER_TAG: driver_id(),
+            "credit.experiment": space.experiment,
+            "credit.rule": space.rule, "credit.space": space.name,
+            **{f"credit.{k}": v for k, v in spec.labels.items()}}
+    if spec.group_run_id:
+        tags[PARENT_TAG] = spec.group_run_id
+    run = c.create_run(experiment_id, run_name=spec.name, tags=tags)
+    log_params(c, run.info.run_id, {
+        "space": space.name, "experiment": space.experiment, "rule": space.rule,
+        "sampler": spec.sampler, "seed": spec.seed,
+        "training_seed": spec.trial_settings()["seed"], "objective": spec.objective.metric,
+        "mode": spec.objective.mode, "max_trials": spec.max_trials,
+        "parallel_trials": spec.parallel_trials, "epochs": spec.epochs,
+        "early_stopping": bool(spec.early_stopping), "final_seeds": spec.final_seeds,
+        "dataset": spec.trial_config({}).dataset,
+    })
+    c.log_dict(run.info.run_id, json.loads(spec.model_dump_json()), "study_spec.json")
+    return run
+
+
+def close_study_run(tracking_uri: str, experiment_name: str, study: str, status: str,
+                    reason: str) -> int:
+    """End a study's runs from outside its driver: its RUNNING trial runs and, if still
+    RUNNING, the parent run → ``status`` (KILLED: the study was cancelled), with the
+    reason. Idempotent; returns how many runs it closed."""
+    parent = find_study_run(tracking_uri, experiment_name, study)
+    if parent is None:
+        return 0
+    run_id = parent.info.run_id
+    closed = close_stale_runs(tracking_uri, parent.info.experiment_id, run_id, set())
+    if parent.info.status == "RUNNING":
+        c = client(tracking_uri)
+        c.set_tag(run_id, FAILURE_TAG, reason)
+        c.set_tag(run_id, "credit.status", "CANCELLED" if status == "KILLED" else "FAILED")
+        c.set_terminated(run_id, status=status)
+        closed += 1
+    return closed
+
+
+# ------------------------------------------------------ runs left RUNNING
+def close_stale_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
+                     pruned_trial_ids: set[str], active_trial_ids: set[str] = frozenset(),
+                     known_trial_ids: set[str] | None = None) -> int:
+    """End every child run still RUNNING: KILLED, tagged PRUNED (early-stopped), LOST (its
+    trial is not among Tune's ``known_trial_ids``: see ``failures.LOST``) or STALE.
+
+    Runs of ``active_trial_ids`` (still training elsewhere) are left alone.
+    Returns the number of runs closed.
+    """
+    from service.failures import LOST
+
+    c = client(tracking_uri)
+    closed = 0
+    for run in child_runs(tracking_uri, experiment_id, parent_run_id):
+        if run.info.status != "RUNNING":
+            continue
+        trial_id = run.data.tags.get(TRIAL_TAG)
+        if trial_id in active_trial_ids:
+            continue
+        if trial_id in pruned_trial_ids:
+            state = "PRUNED"
+        elif known_trial_ids is not None and trial_id not in known_trial_ids:
+            state = "LOST"
+            c.set_tag(run.info.run_id, FAILURE_TAG, LOST)
+        else:
+            state = "STALE"
+        c.set_tag(run.info.run_id, STATE_TAG, state)
+        c.set_terminated(run.info.run_id, status="KILLED")
+        closed += 1
+    return closed
+
+
+# --------------------------------------------------------------------- orphaned runs
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc), or None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def driver_id() -> str:
+    """This process, as a study's parent run records its driver: ``host:pid:start``."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _driver_gone(driver: str) -> bool:
+    """Whether the driver ``host:pid:start`` ran on this host and is gone (a PID reused
+    since has another start time). A driver of another host is never judged here."""
+    import socket
+
+    host, _, rest = driver.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return _start_ticks(int(pid)) != start
+
+
+def close_orphaned_runs(tracking_uri: str, experiment_id: str,
+                        resuming: str | None = None) -> list[str]:
+    """Close (FAILED, with the reason) every study's parent run still RUNNING whose
+    driver ran on this host and is gone, with its RUNNING trial runs; the studies'
+    names. Run by every study driver (``credit search`` included) as it starts, so a
+    crashed search does not leave its runs RUNNING in the store for ever. The study
+    being resumed (``resuming``) is left to its resume: its trials continue in their
+    runs."""
+    closed = []
+    for run in find_runs(tracking_uri, experiment_id,
+                         f"tags.`{ROLE_TAG}` = 'study' and attributes.status = 'RUNNING'"):
+        driver = run.data.tags.get(DRIVER_TAG)
+        study = run.data.tags.get(STUDY_TAG)
+        if not driver or not study or study == resuming or not _driver_gone(driver):
+            continue
+        reason = f"its driver ({driver}) is gone: it died before ending the study"
+        c = client(tracking_uri)
+        close_stale_runs(tracking_uri, experiment_id, run.info.run_id, set())
+        c.set_tag(run.info.run_id, FAILURE_TAG, reason)
+        c.set_tag(run.info.run_id, "credit.status", "FAILED")
+        c.set_terminated(run.info.run_id, status="FAILED")
+        closed.append(study)
+    return closed
+
+
+def mark_lost_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
+                   lost_trial_ids: set[str]) -> int:
+    """Tag the runs of lost trials LOST with the reason, also one that finished its
+    epochs before its driver could record it (its result is not counted)."""
+    from service.failures import LOST
+
+    c = client(tracking_uri)
+    marked = 0
+    for run in child_runs(tracking_uri, experiment_id, parent_run_id):
+        if run.data.tags.get(TRIAL_TAG) in lost_trial_ids \
+                and run.data.tags.get(STATE_TAG) != "LOST":
+            c.set_tag(run.info.run_id, STATE_TAG, "LOST")
+            c.set_tag(run.info.run_id, FAILURE_TAG, LOST)
+            marked += 1
+    return marked
