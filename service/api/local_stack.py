@@ -78,14 +78,15 @@ def session_members(sid: int) -> list[int]:
             continue
         pid = int(entry.name)
         try:
-            if os.getsid(pid) == sid and pid != os.getpid() and _alive(pid):
+            if os.getsid(pid) == sid and pid != os.getpid() and alive(pid):
                 pids.append(pid)
         except OSError:
             continue
     return pids
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is not a zombie)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
     except OSError:

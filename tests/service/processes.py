@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from service.api.local_stack import stop_processes
+from service.api.local_stack import alive, stop_processes
 
 
 def processes() -> Iterator[tuple[int, str]]:
@@ -21,14 +21,6 @@ def processes() -> Iterator[tuple[int, str]]:
             yield int(entry.name), cmd
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def stop_cluster(temp_dir: Path) -> None:
     """Stop the Ray processes of ONE cluster: those whose command line names its temp dir.
 
@@ -37,5 +29,5 @@ def stop_cluster(temp_dir: Path) -> None:
     """
     def mine() -> list[int]:
         return [pid for pid, cmd in processes()
-                if str(temp_dir) in cmd and pid != os.getpid() and _alive(pid)]
+                if str(temp_dir) in cmd and pid != os.getpid() and alive(pid)]
     stop_processes(mine, grace_s=10.0)
