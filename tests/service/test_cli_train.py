@@ -103,6 +103,9 @@ def test_ctrl_c_exits_130_with_one_line() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "train", "--epochs", "10000"],
         cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # SIGINT as a terminal's Ctrl-C finds it: a test run started in the background by
+        # a shell without job control inherits it ignored, and Python then ignores it too
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         # Wait for the progress bar's unit: training has begun (not merely an import
