@@ -9,9 +9,13 @@ processes it started, and the take-over after a crash.
   starts inherits in its environment (``CREDIT_STACK_ID``, set in the serving process
   before it starts anything: Ray's daemons, workers and study drivers, MLflow).
 - Started again after a crash (the lock is free, the record is still there), it stops
-  the previous stack's processes before starting anew: only the processes of a
-  recorded session whose environment holds the recorded stack id, so a recycled PID
-  of someone else's process is never touched.
+  the previous stack's processes before starting anew: every process of a recorded
+  session in which at least one process's environment holds the recorded stack id, so
+  a recycled session id of someone else's is never touched. Not every process of the
+  stack shows the id: Ray's dashboard heads and agents rename themselves
+  (``setproctitle``), which overwrites the environment ``/proc`` shows; Linux does not
+  reuse a session id while any process of the session lives, so one marked process
+  vouches for its session.
 """
 
 from __future__ import annotations
@@ -41,15 +45,22 @@ def _environ(pid: int) -> list[bytes]:
 
 
 def ours(sid: int, stack_id: str) -> list[int]:
-    """Live processes of session ``sid`` that carry ``CREDIT_STACK_ID=stack_id``."""
+    """Live processes of session ``sid`` if it is the stack's: one of them at least
+    carries ``CREDIT_STACK_ID=stack_id`` (see the module's docstring); else none."""
+    members = session_members(sid)
     mark = f"{ENV}={stack_id}".encode()
-    return [pid for pid in session_members(sid) if stack_id and mark in _environ(pid)]
+    if stack_id and any(mark in _environ(pid) for pid in members):
+        return members
+    return []
 
 
 def stop_ours(sid: int, stack_id: str, grace_s: float = 10.0) -> int:
-    """SIGTERM, then SIGKILL after ``grace_s``, to ``ours(sid, stack_id)``; how many."""
+    """SIGTERM, then SIGKILL after ``grace_s``, to every process of session ``sid`` if it
+    is the stack's (``ours``) — those that do not show the mark, or start meanwhile,
+    included; how many there were."""
     first = ours(sid, stack_id)
-    stop_processes(lambda: ours(sid, stack_id), grace_s)
+    if first:
+        stop_processes(lambda: session_members(sid), grace_s)
     return len(first)
 
 

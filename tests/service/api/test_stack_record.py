@@ -16,9 +16,11 @@ import pytest
 from service.api.local_stack import StackError, session_members
 from service.api.stack_record import ENV, StackGuard
 
-#: a session leader with a child, as `ray start` leaves daemons behind
+#: a session leader with a child, as `ray start` leaves daemons behind; the child's
+#: environment lacks the stack's id, as a Ray agent's does once it renamed itself
+#: (setproctitle overwrites the environment /proc shows)
 TREE = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; " \
-       "time.sleep(300)']); time.sleep(300)"
+       "time.sleep(300)'], env={}); time.sleep(300)"
 
 
 def _session(env_extra: dict[str, str]) -> subprocess.Popen:
