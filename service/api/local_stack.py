@@ -114,9 +114,7 @@ def stop_processes(members: Callable[[], list[int]], grace_s: float = 10.0,
                 return
             if time.monotonic() >= deadline:
                 break
-            for pid in pids:
-                if pid in signalled and sig != signal.SIGKILL:
-                    continue
+            for pid in set(pids) - signalled:
                 signalled.add(pid)
                 try:
                     os.kill(pid, sig)
