@@ -21,13 +21,33 @@ def processes() -> Iterator[tuple[int, str]]:
             yield int(entry.name), cmd
 
 
+def _holds_open(pid: int, prefix: str) -> bool:
+    """Whether process ``pid`` has a file under ``prefix`` open (its logs, say)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd).startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def stop_cluster(temp_dir: Path) -> None:
-    """Stop the Ray processes of ONE cluster: those whose command line names its temp dir.
+    """Stop the Ray processes of ONE cluster: those whose command line names its temp dir
+    or that hold one of its files open — Ray's agents and client server rename
+    themselves or name only addresses, but write their logs there.
 
     Never ``ray stop``: it kills every Ray process of the machine, other users' clusters
     (and a study running beside the tests) included.
     """
+    prefix = str(temp_dir)
+
     def mine() -> list[int]:
         return [pid for pid, cmd in processes()
-                if str(temp_dir) in cmd and pid != os.getpid() and alive(pid)]
+                if pid != os.getpid() and alive(pid)
+                and (prefix in cmd or _holds_open(pid, prefix + "/"))]
     stop_processes(mine, grace_s=10.0)
