@@ -1,8 +1,9 @@
 """The ``credit`` command line: one argparse parser, one subcommand per module.
 
 Each module in ``service/commands/`` exposes ``register(subparsers)``, which adds its
-parser(s) with ``set_defaults(func=...)``; ``func(args) -> int`` does the work. Heavy
-imports (torch, the trainer) live inside those functions so ``credit --help`` is fast.
+parser(s) with ``set_defaults(func=...)``; ``func(args) -> int`` checks the input and
+runs the command's action (``service.commands.actions``, loaded only then, so that
+``credit --help``, the listings and bad input answer at once).
 
 Errors: bad input exits 2, a failed run 1, Ctrl-C 130 — each with exactly one line
 on stderr (``credit: ...``), never a traceback.
@@ -11,12 +12,16 @@ on stderr (``credit: ...``), never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
 from typing import NoReturn
 
-from service.commands import UsageError, paper, search, serve, spaces, studies, train
+from service.commands import paper, search, serve, spaces, studies, train
+from service.commands.options import UsageError
+from service.quiet import quiet_third_party, set_verbose
+from trainables.errors import ConfigError, CreditError, DataUnavailableError, DivergenceError
 
 PROG = "credit"
 
@@ -99,11 +104,6 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``credit`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    import os
-
-    from service.quiet import quiet_third_party, set_verbose
-    from trainables.errors import ConfigError, CreditError, DataUnavailableError, DivergenceError
-
     parser = build_parser()
     try:
         try:

@@ -7,8 +7,7 @@ process, and the API finds it again by its submission id after a restart.
 
 The spec travels in the job's runtime environment (``CREDIT_STUDY_SPEC``, JSON), so
 the driver reads it on whichever node runs it, with no shared file system; the
-entrypoint ``python -m service.jobs`` writes it to a private file and hands that to
-``service.study.main`` (``python -m service.study SPEC.json``). Not the job's
+entrypoint is ``python -m service.runner.job``, which reads it from there. Not the job's
 ``working_dir``: on one machine its nodes share Ray's temp dir, and one node's
 runtime-env agent deletes the package another still runs in. Every call here
 blocks (HTTP): callers run them off the event loop.
@@ -26,7 +25,6 @@ from typing import Any
 
 from trainables.errors import CreditError
 
-#: Ray job statuses that will not change any more.
 #: Ray job statuses after which a job never runs again.
 JOB_ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 #: The environment variable that carries a study's spec (JSON) to its driver.
@@ -109,7 +107,7 @@ class RayJobs:
 
     # ----------------------------------------------------------------------- jobs
     def entrypoint(self) -> str:
-        return f"{shlex.quote(self.python)} -m service.jobs"
+        return f"{shlex.quote(self.python)} -m service.runner.job"
 
     def submit(self, submission_id: str, spec: dict[str, Any], env_vars: dict[str, str],
                metadata: dict[str, str] | None = None,
@@ -191,35 +189,6 @@ def _one_line(error: BaseException) -> str:
     return text[:500]
 
 
-def exception_line(text: str) -> str:
-    """The last ``SomethingError: message`` line of a driver's log (its reason to fail)."""
-    from service.results import last_exception
-
-    found = last_exception(text)
-    return f"{found[0]}: {found[1]}"[:500] if found else ""
-
-
-def main() -> int:
-    """``python -m service.jobs``: run the study of ``$CREDIT_STUDY_SPEC`` (a Ray job's
-    entrypoint); exits as ``python -m service.study SPEC.json`` does."""
-    import os
-    import tempfile
-
-    from service import study
-
-    text = os.environ.get(SPEC_VAR)
-    if not text:
-        print(f"service.jobs: ${SPEC_VAR} is not set", file=sys.stderr)
-        return 2
-    fd, path = tempfile.mkstemp(prefix="credit-study-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return study.main([path])
-    finally:
-        os.unlink(path)
-
-
 def _job_error(submission_id: str, error: Exception) -> Exception:
     """A Ray Jobs client error as ours: unknown job → JobNotFound, else JobError."""
     if isinstance(error, JobError):
@@ -227,7 +196,3 @@ def _job_error(submission_id: str, error: Exception) -> Exception:
     if "404" in str(error) or "does not exist" in str(error):
         return JobNotFound(f"no Ray job {submission_id!r}")
     return JobError(f"Ray job {submission_id}: {_one_line(error)}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Shared names and defaults: where local state lives, how a trial's state is named.
+"""Shared defaults: where local state lives, what a child process inherits.
 
 Everything sits under ``CREDIT_HOME`` (default ``~/.credit``) unless a URL says
 otherwise, so one directory holds a user's whole local installation: the study
@@ -11,30 +11,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 DEFAULT_HOME = "~/.credit"
-
-#: The Optuna user attribute that holds a trial's Tune trial id.
-TUNE_TRIAL_ID = "tune_trial_id"
-
-#: A trial's states as a study counts them (Optuna's names; WAITING is "pending").
-TRIAL_STATES = ("complete", "running", "failed", "pruned", "pending")
-
-
-def trial_counts() -> dict[str, int]:
-    """Every state of ``TRIAL_STATES`` at zero."""
-    return dict.fromkeys(TRIAL_STATES, 0)
-
-
-def optuna_state_names() -> dict[Any, str]:
-    """Optuna's ``TrialState`` → its ``TRIAL_STATES`` name."""
-    from optuna.trial import TrialState
-
-    return {TrialState.COMPLETE: "complete", TrialState.RUNNING: "running",
-            TrialState.FAIL: "failed", TrialState.PRUNED: "pruned",
-            TrialState.WAITING: "pending"}
-
 
 #: Environment variables that hold the API's secrets: never handed to a child process.
 SECRET_VARS = ("CREDIT_API_TOKENS",)
@@ -78,18 +56,6 @@ def default_artifact_root() -> str:
 
 def default_optuna_storage() -> str:
     return optuna_storage_under(credit_home())
-
-
-def open_optuna_storage(url: str):
-    """Optuna's storage at ``url`` (sqlite: waits up to 60 s for a busy database)."""
-    import optuna
-
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-
-
-def tune_results_dir() -> Path:
-    return credit_home() / "ray_results"
 
 
 def ray_temp_dir() -> Path:

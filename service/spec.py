@@ -18,7 +18,7 @@ STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: The shape of a study id (the API's UUIDs): no name may have it, so that a name and
 #: an id never find two different studies.
 STUDY_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-#: Optuna's samplers, by the name a study gives (``service.tuner`` builds them).
+#: Optuna's samplers, by the name a study gives (``service.runner.tuner`` builds them).
 Sampler = Literal["random", "tpe", "qmc", "cmaes"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 #: StudySpec fields only the server sets (where records go, data, campaign nesting, tags):

@@ -39,7 +39,7 @@ class ReportToTune(Callback):
             tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _threads(config: TrainConfig, cpus: float) -> int:
+def trial_threads(config: TrainConfig, cpus: float) -> int:
     """One intra-op thread per CPU the trial holds (at most what the model can use)."""
     return max(1, min(int(cpus), EXPERIMENTS.get(config.experiment).threads))
 
@@ -55,7 +55,7 @@ def train_trial(config: dict[str, Any], callback_factory: CallbackFactory | None
     context = tune.get_context()
     cfg = TrainConfig(**config)
     cpus = context.get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(_threads(cfg, cpus))
+    torch.set_numtrial_threads(trial_threads(cfg, cpus))
     extra = list(callback_factory(cfg, context.get_trial_id())) if callback_factory else []
     trainer = Trainer(cfg, callbacks=[*extra, ReportToTune()])
     checkpoint = tune.get_checkpoint()

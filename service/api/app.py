@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import catalog as catalog_domain
+from service.api import choices as catalog_domain
 from service.api import errors, lifecycle
 from service.api.config import OPEN_PATHS, ApiSettings
 from service.api.principals import ANYONE, Principal

@@ -132,7 +132,7 @@ class ApiSettings(BaseSettings):
 
     def job_env(self) -> dict[str, str]:
         """Environment of a study's driver (and its trials) on the cluster."""
-        # no MLflow telemetry in drivers and trials (service.tracking says why)
+        # no MLflow telemetry in drivers and trials (service.records.tracking says why)
         env = {"CREDIT_HOME": str(self.home), "MLFLOW_DISABLE_TELEMETRY": "true"}
         for key, value in (("CREDIT_DATA_DIR", self.data_dir),
                            ("CREDIT_RAY_NODE_IP", self.ray_node_ip),

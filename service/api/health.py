@@ -23,7 +23,7 @@ def _mlflow(services: Services) -> str:
         r = httpx.get(uri.rstrip("/") + "/health", timeout=5)
         r.raise_for_status()
         return uri
-    from service import tracking
+    from service.records import tracking
 
     tracking.client(uri).search_experiments(max_results=1)
     return uri

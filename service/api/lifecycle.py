@@ -6,7 +6,7 @@ the Optuna and MLflow stores) with no HTTP in them: routes call them in a worker
 thread, and they raise the errors of ``service.api.errors``, which the app turns into status codes.
 
 Where each fact comes from:
-- the study's row (``service.db``): spec, status, Ray job id, final result;
+- the study's row (``service.records.db``): spec, status, Ray job id, final result;
 - the Ray job (``service.jobs``): PENDING / RUNNING / finished / stopped;
 - Optuna storage: trials by state and the best COMPLETE value, live;
 - MLflow: the parent run (link, ``result.json``) and each trial's run.
@@ -33,7 +33,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from service import db, study_runs, tracking
 from service.api.errors import (
     BackendUnavailable,
     NameTaken,
@@ -52,9 +51,10 @@ from service.api.queries import (
 )
 from service.api.services import Services
 from service.api.validation import build_spec
-from service.db import StudyRecord
 from service.jobs import JOB_ENDED, JobError, JobNotFound, exception_line
-from service.study import close_study_records
+from service.records import db, study_runs, tags, tracking
+from service.records.db import StudyRecord
+from service.runner.study import close_study_records
 from trainables.errors import CreditError
 
 log = logging.getLogger("credit.api")
@@ -249,9 +249,9 @@ def _parent_killed(record: StudyRecord, reason: str) -> None:
         return
     c = tracking.client(record.spec["tracking_uri"])
     if c.get_run(parent_id).info.status != "KILLED":
-        c.set_tag(parent_id, tracking.FAILURE_TAG, reason)
+        c.set_tag(parent_id, tags.FAILURE, reason)
         c.set_terminated(parent_id, status="KILLED")
-    c.set_tag(parent_id, "credit.status", "CANCELLED")
+    c.set_tag(parent_id, tags.STATUS, "CANCELLED")
 
 
 def _reads(svc: Services, record: StudyRecord) -> dict[str, Any]:
@@ -337,7 +337,7 @@ def _reconcile_lost(svc: Services, record: StudyRecord, fields: dict[str, Any]) 
             fields.update(_result_fields(result))
             _end(svc, record, fields, close=("FAILED", "its driver ended"))
             return
-        reason = (parent.data.tags.get(tracking.FAILURE_TAG)
+        reason = (parent.data.tags.get(tags.FAILURE)
                   or f"its driver ended its MLflow run {parent.info.status} without a result")
         status = db.FAILED
         if parent.info.status == "KILLED":  # stopped: by a cancel, or with its stack

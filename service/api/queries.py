@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from service import db, study_runs, tracking
 from service.api.errors import (
     BackendUnavailable,
     StudyNotFound,
@@ -24,7 +23,8 @@ from service.api.errors import (
 from service.api.principals import ANYONE, Principal
 from service.api.services import Services
 from service.api.validation import _CREATE_FIELDS
-from service.db import StudyRecord
+from service.records import db, study_runs, tags, tracking
+from service.records.db import StudyRecord
 from service.settings import TUNE_TRIAL_ID, optuna_state_names, trial_counts
 from service.spec import StudySpec
 
@@ -101,18 +101,18 @@ def _trial_runs(svc: Services, record: StudyRecord) -> tuple[dict[str, Any], boo
     except Exception as error:  # MLflow down: answer without the run links
         log.warning("MLflow runs of study %s unavailable: %s", record.name, error)
         return {}, False
-    return {r.data.tags.get(tracking.TRIAL_TAG): r for r in runs
-            if r.data.tags.get(tracking.ROLE_TAG) == "trial"}, True
+    return {r.data.tags.get(tags.TRIAL): r for r in runs
+            if r.data.tags.get(tags.ROLE) == "trial"}, True
 
 
 def _failure_of(run: Any, failed: bool, mlflow_ok: bool = True) -> dict[str, Any]:
     """A failed trial's whole reason and its kind, as its MLflow run keeps them."""
     if not failed:
         return {}
-    from service.failures import failure_kind
+    from service.runner.failures import failure_kind
 
-    reason = run.data.tags.get(tracking.FAILURE_TAG) if run is not None else None
-    kind = run.data.tags.get("credit.failure_kind") if run is not None else None
+    reason = run.data.tags.get(tags.FAILURE) if run is not None else None
+    kind = run.data.tags.get(tags.FAILURE_KIND) if run is not None else None
     unknown = "failed (no reason recorded: the trial never reached MLflow)" if mlflow_ok \
         else "failed (its reason is in MLflow, which did not answer)"
     return {"failure": reason or unknown, "failure_kind": kind or failure_kind(reason)}
@@ -275,9 +275,9 @@ REPORT_FILES = re.compile(r"^(report\.html|[a-z0-9_]+\.png)$")
 def study_report(svc: Services, ref: str, name: str = "report.html",
                  principal: Principal = ANYONE) -> Path:
     """A file of the study's report (the HTML page, or one figure), built once from its
-    MLflow runs when the study has ended (``service.report``) and kept under CREDIT_HOME.
+    MLflow runs when the study has ended (``service.paper.report``) and kept under CREDIT_HOME.
     ``BackendUnavailable`` naming MLflow while the service's MLflow does not answer."""
-    from service.report import build_report
+    from service.paper.report import build_report
 
     if not REPORT_FILES.match(name):
         raise StudyNotFound(f"no report file {name!r}")
@@ -299,7 +299,7 @@ def study_report(svc: Services, ref: str, name: str = "report.html",
         try:
             build_report(record.parent_run_id, uri, out)
         except Exception as error:
-            from service.report import ReportError
+            from service.paper.report import ReportError
 
             if isinstance(error, ReportError) and _mlflow_answers(uri):
                 raise StudyStateConflict(f"study {record.name!r} has no report: {error}") \

@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from service import db, tracking
 from service.api.config import ApiSettings
 from service.jobs import NodeResources, RayJobs
-from service.settings import open_optuna_storage
+from service.records import db, links, tracking
+from service.records.optuna_trials import open_storage
 
 
 # ----------------------------------------------------------------------- services
@@ -50,7 +50,7 @@ class Services:
     def optuna_storage(self):
         with self._storage_lock:
             if self._storage is None:
-                self._storage = open_optuna_storage(self.settings.optuna_storage)
+                self._storage = open_storage(self.settings.optuna_storage)
             return self._storage
 
     def cluster_nodes(self, max_age_s: float = 10.0) -> list[NodeResources]:
@@ -62,7 +62,5 @@ class Services:
         return nodes
 
     def mlflow_link(self, experiment_id: str | None, run_id: str | None) -> str | None:
-        base = self.settings.mlflow_ui_url
-        if not base or not experiment_id or not run_id:
-            return None
-        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+        """The page of MLflow run ``run_id`` in the service's MLflow UI."""
+        return links.mlflow_run(self.settings.mlflow_ui_url, experiment_id, run_id)

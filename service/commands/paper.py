@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from service.commands import UsageError
+from service import settings
+from service.commands.options import UsageError, run_action
 
 
 def _positive_floats(text: str) -> list[float]:
@@ -71,70 +71,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_paper(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from service.commands import validation_message
-    from service.paper import run_campaign
-
+    """Check the campaign's flags, then run it (``actions.paper``)."""
     for flag_name, value, low in (("--trials", args.trials, 1),
                                   ("--seeds", args.seeds, 1 if args.protocol == "authors" else 0),
                                   ("--epochs", 1 if args.epochs is None else args.epochs, 1),
                                   ("--concurrency", args.concurrency, 1)):
         if value < low:
             raise UsageError(f"{flag_name}: must be >= {low} (got {value})")
-    last = {"line": ""}
-
-    def progress(label: str, state: dict) -> None:
-        if args.quiet or "counts" not in state:
-            return
-        c = state["counts"]
-        best = "-" if state.get("best") is None else f"{state['best']:.4g}"
-        line = (f"{label}: {c['complete'] + c['failed'] + c['pruned']}/{state['max_trials']} "
-                f"trials · best {state['metric']} {best}")
-        if line != last["line"]:
-            print(f"\r{line:<100}", end="", file=sys.stderr, flush=True)
-            last["line"] = line
-
-    try:
-        result = run_campaign(
-            args.experiment, trials=args.trials, seeds=args.seeds, epochs=args.epochs,
-            dataset=args.dataset, data_dir=args.data_dir,
-            batches_per_epoch=args.batches_per_epoch,
-            noise_levels=args.noise_levels, only=args.arms, parallel_trials=args.concurrency,
-            sampler=args.sampler, seed=args.seed, tracking_uri=args.tracking_uri,
-            storage=args.storage, name=args.name, protocol=args.protocol, progress=progress,
-        )
-    except ValidationError as e:
-        raise UsageError(validation_message(e)) from None
-    finally:
-        if last["line"]:
-            print(file=sys.stderr)
-    from service.report import build_report, format_table
-
-    report = build_report(result.run_id, result.tracking_uri, out_dir=None)
-    print(format_table(report.table))
-    failed = [k for k, v in result.studies.items() if isinstance(v, Exception)]
-    if failed:
-        print(f"failed arms: {', '.join(failed)}", file=sys.stderr)
-    print(f"wall time {result.wall_time_s:.0f} s; report: {report.html}")
-    print(f"campaign run id: {result.run_id}")
-    return 0
+    return run_action("paper:campaign", args)
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from service import settings
-    from service.report import ReportError, build_report, format_table
-
+    """Check where the runs are, then draw the report (``actions.paper``)."""
     tracking_uri = args.tracking_uri or settings.default_tracking_uri()
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).exists():
         raise UsageError(f"--tracking-uri: no MLflow store at {tracking_uri[10:]}")
-    out = Path(args.out) if args.out else Path(f"report-{args.run_id}")
-    try:
-        report = build_report(args.run_id, tracking_uri, out, log_to_mlflow=not args.no_log)
-    except ReportError as e:
-        raise UsageError(str(e)) from None
-    print(format_table(report.table))
-    for name, path in report.figures.items():
-        print(f"{name}: {path}")
-    print(f"report: {report.html}")
-    return 0
+    return run_action("paper:report", args, tracking_uri)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from importlib.resources import files
+
+from search_spaces import list_presets, load_space
+from service.commands.listing import print_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,19 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def list_spaces(args: argparse.Namespace) -> int:
-    from search_spaces import list_presets
-    from service.commands.listing import print_table
-
     print_table(sorted(list_presets().items()))
     return 0
 
 
 def show_space(args: argparse.Namespace) -> int:
     """The preset's JSON as shipped (validated first: an unknown name lists the valid ones)."""
-    from importlib.resources import files
-
-    from search_spaces import load_space
-
     load_space(args.name)
     text = (files("search_spaces") / "presets" / f"{args.name}.json").read_text("utf-8")
     print(json.dumps(json.loads(text), indent=2, ensure_ascii=False))

@@ -17,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from service.commands import UsageError, add_study_options, study_fields
+from service.commands.options import UsageError, add_study_options, study_fields
+from service.local.discovery import home_dir, read_server, server_file
 from trainables.errors import CreditError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -93,9 +95,8 @@ class Client:
     ``ServiceError`` (unreachable, 5xx)."""
 
     def __init__(self, url: str | None, token: str | None):
-        import httpx
+        import httpx  # deferred: 0.2 s that --help and bad input need not pay
 
-        from service.discovery import home_dir, read_server, server_file
 
         self.home = home_dir()
         record = None
@@ -124,7 +125,7 @@ class Client:
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
     def call(self, method: str, path: str, text: bool = False, **kwargs) -> Any:
-        import httpx
+        import httpx  # deferred: 0.2 s that --help and bad input need not pay
 
         try:
             r = self.http.request(method, path, **kwargs)
@@ -309,7 +310,7 @@ def wait(args: argparse.Namespace) -> int:
 
 def _wait(client: Client, ref: str, interval: float, timeout: float | None) -> int:
     """A progress bar (trials done / max_trials, best so far) until the study ends."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # deferred: only --wait draws a bar
 
     start = time.monotonic()
     study = client.call("GET", f"/studies/{ref}")
@@ -346,8 +347,6 @@ def _wait(client: Client, ref: str, interval: float, timeout: float | None) -> i
 
 
 def export(args: argparse.Namespace) -> int:
-    from urllib.parse import quote
-
     client = _client(args)
     body = client.call("GET", f"/studies/{quote(args.study, safe='')}/export",
                        params={"format": args.format}, text=True)

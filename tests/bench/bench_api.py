@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from service.api.local_stack import free_port
+from service.local.stack import free_port
 
 
 def _quantile(values: list[float], q: float) -> float:

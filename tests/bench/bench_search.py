@@ -88,11 +88,12 @@ def timeline(result, study_start: float, study_end: float) -> dict[str, Any]:
     """
     from mlflow.tracking import MlflowClient
 
-    from service import tracking as T
+    from service.records import tags
+    from service.records import tracking as T
 
     runs = [r for r in T.child_runs(result.tracking_uri, result.experiment_id,
                                     result.parent_run_id)
-            if r.data.tags.get(T.ROLE_TAG) == "trial"]
+            if r.data.tags.get(tags.ROLE) == "trial"]
     runs.sort(key=lambda r: r.info.start_time)
     client = MlflowClient(result.tracking_uri)
     spans, trains, gaps, reports = [], [], [], []
@@ -147,21 +148,25 @@ def driver_timers() -> Timers:
     """Time the driver's own steps of a study (the runner is not changed, only wrapped)."""
     import optuna
     from ray import tune
-    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    # Ray's private checkpoint manager: timed here, never used by the service
+    from ray.tune.execution.experiment_state import (
+        _ExperimentCheckpointManager,  # noqa: PLC2701
+    )
     from ray.tune.execution.tune_controller import TuneController
 
-    import service.study as S
-    from service import study_runs as R
-    from service import tracking as T
-    from service.searcher import OptunaAskTell
+    import service.runner.study as S
+    from service.records import study_runs as R
+    from service.records import tracking as T
+    from service.runner.searcher import OptunaAskTell
 
     timers = Timers()
     for owner, attr, label in (
         (T, "ensure_experiment", "MLflow experiment (exists)"),
         (R, "open_study_run", "parent MLflow run"),
-        (S, "open_optuna_storage", "Optuna storage (open)"),
+        (S, "open_storage", "Optuna storage (open)"),
         (S, "connect_ray", "connect_ray"),
-        (S, "_new_tuner", "Tuner construction"),
+        (S, "new_tuner", "Tuner construction"),
         (tune.Tuner, "fit", "Tuner.fit (all trials)"),
         (OptunaAskTell, "suggest", "  Optuna suggest (ask)"),
         (optuna.study.Study, "tell", "  Optuna tell"),
@@ -169,9 +174,9 @@ def driver_timers() -> Timers:
          "  experiment-state snapshots (save + sync)"),
         (TuneController, "save_to_dir", "    of which written (save_to_dir)"),
         (R, "close_stale_runs", "close stale MLflow runs"),
-        (S, "_trial_summaries", "trial summaries"),
-        (S, "_best", "best trial (Optuna + MLflow search)"),
-        (S, "_record_best", "record best on parent run"),
+        (S, "trial_summaries", "trial summaries"),
+        (S, "best_of", "best trial (Optuna + MLflow search)"),
+        (S, "record_best", "record best on parent run"),
     ):
         timers.wrap(owner, attr, label)
     return timers
@@ -179,13 +184,13 @@ def driver_timers() -> Timers:
 
 def without_plots() -> type:
     """A ``TrialLoggerFactory`` whose loggers skip the per-trial plots (a what-if)."""
-    from service import tracking as T
+    from service.records import trial_logger as TL
 
-    class NoPlotsLogger(T.MlflowTrialLogger):
+    class NoPlotsLogger(TL.MlflowTrialLogger):
         def _log_plots(self, trainer) -> None:
             pass
 
-    class NoPlotsFactory(T.TrialLoggerFactory):
+    class NoPlotsFactory(TL.TrialLoggerFactory):
         def __call__(self, config, trial_id: str) -> list:
             return [NoPlotsLogger(self.tracking_uri, self.experiment_id, self.parent_run_id,
                                   self.study, trial_id, self.role)]
@@ -204,7 +209,7 @@ def actor_start_cost(config: dict[str, Any]) -> dict[str, float]:
 
         def imports(self) -> float:
             t = time.perf_counter()
-            import service.tracking  # noqa: F401  (MLflow)
+            import service.records.tracking  # noqa: F401  (MLflow)
             import trainables.tune  # noqa: F401  (torch, the trainer)
 
             return time.perf_counter() - t
@@ -236,12 +241,13 @@ def actor_start_cost(config: dict[str, Any]) -> dict[str, float]:
 
 def component_costs(cfg, tmp: Path, repeats: int = 3) -> dict[str, float]:
     """Seconds per trial of each piece a trial adds around ``Trainer.fit``, in-process."""
-    from service import tracking as T
+    from service.records import tracking as T
+    from service.records import trial_logger as TL
     from trainables import plots
     from trainables.trainer import Trainer
     from trainables.tune import CHECKPOINT_FILE
 
-    class NoPlots(T.MlflowTrialLogger):
+    class NoPlots(TL.MlflowTrialLogger):
         def _log_plots(self, trainer: Trainer) -> None:
             pass
 
@@ -271,7 +277,7 @@ def component_costs(cfg, tmp: Path, repeats: int = 3) -> dict[str, float]:
             plots.save_figures(plots.trial_figures(trainer.history, title="bench"), d)
         out["plots (figures + png)"].append(time.perf_counter() - t)
         for kind, key in ((NoPlots, "MLflow run + params + metrics (no plots)"),
-                          (T.MlflowTrialLogger, "MLflow logger with plots")):
+                          (TL.MlflowTrialLogger, "MLflow logger with plots")):
             logger = kind(uri, exp, parent, "bench-profile", f"{key[:6]}-{i}")
             t = time.perf_counter()
             Trainer(cfg, callbacks=[logger]).fit()
@@ -303,7 +309,7 @@ def profile(args, lrs, stores, configs, tmp: Path, reference, base_s: float) -> 
     spec = make_spec("bench-profile-c1", lrs, args, stores, 1)
     t = time.perf_counter()
     try:
-        from service.study import run_study
+        from service.runner.study import run_study
 
         run_study(spec)
     finally:
@@ -317,17 +323,17 @@ def profile(args, lrs, stores, configs, tmp: Path, reference, base_s: float) -> 
     per_trial_sync = timers.seconds.get("  experiment-state snapshots (save + sync)", 0.0) / n
     print(f"  (experiment-state snapshots: {per_trial_sync:.3f} s per trial)")
 
-    from service import tracking as T
-    from service.study import run_study
+    import service.runner.study as S
+    from service.runner.study import run_study
 
-    original = T.TrialLoggerFactory
-    T.TrialLoggerFactory = without_plots()  # the driver builds the factory from here
+    original = S.TrialLoggerFactory
+    S.TrialLoggerFactory = without_plots()  # the driver builds the factory from here
     try:
         t = time.perf_counter()
         run_study(make_spec("bench-noplots-c1", lrs, args, stores, 1))
         no_plots = time.perf_counter() - t
     finally:
-        T.TrialLoggerFactory = original
+        S.TrialLoggerFactory = original
     print(f"what-if, same study without per-trial plots: {no_plots:.2f} s, "
           f"{(no_plots - base_s) / n:.2f} s overhead per trial")
 
@@ -373,9 +379,9 @@ def run(args, tmp: Path) -> bool:
     n = args.trials
 
     from service import settings
-    from service import tracking as T
-    from service.study import run_study
-    from service.tuner import connect_ray
+    from service.records import tracking as T
+    from service.runner.ray_cluster import connect_ray
+    from service.runner.study import run_study
 
     stores = {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
               "storage": f"sqlite:///{tmp / 'optuna.db'}"}

@@ -2,7 +2,7 @@
 
 Each run writes ``<out>/<key>-s<seed>.json`` after every epoch (config, history, the
 epochs reached), so a run stopped by ``--deadline`` still leaves an honest partial
-record. Imports only ``trainables`` and ``service.paper`` (torch + pydantic), so it
+record. Imports only ``trainables`` and ``service.paper.arms`` (torch + pydantic), so it
 also runs on the GPU machine.
 
     python -m tests.bench.fidelity_runs --arms np-50,bp-200 --seeds 0 --out runs/
@@ -24,7 +24,7 @@ ARM_KEYS = ("np-50", "bp-200", "adam-200", "matched-50", "fa-200", "sg-50", "fa-
 
 
 def _arms() -> dict:
-    from service.paper import AUTHORS_AUTOENCODER_ARMS, AUTHORS_FC_FA, FixedArm
+    from service.paper.arms import AUTHORS_AUTOENCODER_ARMS, AUTHORS_FC_FA, FixedArm
 
     # CIFAR-10 (GPU only): our settings, not a search — batch 128, SGD with momentum 0.9
     # on the batch-mean cross-entropy, as long as the deadline allows; the paper's

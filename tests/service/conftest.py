@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from service.local.stack import free_port
 from tests.service.processes import stop_cluster
 
 VENV_BIN = Path(sys.executable).parent
 NODE_IP = "127.0.0.2"  # loopback, and not rewritten by Ray (see ray_cluster)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -60,7 +56,7 @@ def _ray_cluster(patch: pytest.MonkeyPatch):
     patch.setenv("CREDIT_RAY_NODE_IP", NODE_IP)
     patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    port, dashboard_port = _free_port(), _free_port()
+    port, dashboard_port = free_port(), free_port()
     # Every port a node opens is chosen here: a second cluster on this machine (another
     # user's, or another test session's) must never collide with this one.
     head = _ray("start", "--head", f"--port={port}", f"--node-ip-address={NODE_IP}",
@@ -99,8 +95,8 @@ def ray_dashboard(ray_cluster) -> str:
 
 
 def _node_ports(head: bool) -> list[str]:
-    ports = [f"--dashboard-agent-listen-port={_free_port()}",
-             f"--metrics-export-port={_free_port()}"]
+    ports = [f"--dashboard-agent-listen-port={free_port()}",
+             f"--metrics-export-port={free_port()}"]
     if head:
-        ports.append(f"--ray-client-server-port={_free_port()}")
+        ports.append(f"--ray-client-server-port={free_port()}")
     return ports

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from service.api.local_stack import MLFLOW_SERVER_ENV
+from service.local.stack import MLFLOW_SERVER_ENV
 from tests.service.processes import processes, stop_cluster
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from service.api.local_stack import alive, stop_processes
+from service.local.stack import alive, stop_processes
 
 
 def processes() -> Iterator[tuple[int, str]]:

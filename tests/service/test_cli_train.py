@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.commands.train import format_summary
+from service.commands.actions.train import format_summary
 
 REPO = Path(__file__).resolve().parents[2]
 RULE_NAMES = [
@@ -212,7 +212,7 @@ def test_version_and_help(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_every_config_field_has_a_flag_with_its_default(capsys: pytest.CaptureFixture) -> None:
-    from service.commands import flag
+    from service.commands.options import flag
     from trainables.config import TrainConfig
 
     assert main(["train", "--help"]) == 0

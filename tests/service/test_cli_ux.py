@@ -104,7 +104,8 @@ def test_report_curves_with_an_epoch_no_seed_reached_warn_nothing() -> None:
 
     import numpy as np
 
-    from service.report import _curve, _nanmin
+    from service.paper.figures import curve as _curve
+    from service.paper.figures import nanmin as _nanmin
 
     history = np.array([[1.0, 0.5, np.nan], [2.0, np.nan, np.nan]])
     with warnings.catch_warnings():

@@ -91,7 +91,7 @@ def test_the_worker_host_has_its_own_disk_and_address(cluster):
                           capture_output=True, text=True)
     assert seen.returncode != 0
     # ...which the worker reaches over S3 only
-    probe = ("import sys; from service.storage import tune_storage; "
+    probe = ("import sys; from service.records.tune_storage import tune_storage; "
              "fs, root = tune_storage().pyarrow_fs(); "
              "sys.stdout.write(fs.get_file_info(root.split('/')[0]).type.name)")
     r = subprocess.run(cluster.on("worker", [sys.executable, "-c", probe]),

@@ -1,10 +1,10 @@
-"""``service.db``: the API's study records in a real sqlite database."""
+"""``service.records.db``: the API's study records in a real sqlite database."""
 
 from __future__ import annotations
 
 import pytest
 
-from service import db
+from service.records import db
 
 
 @pytest.fixture()

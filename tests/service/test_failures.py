@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import traceback
 
-from service.failures import (
+from service.runner.failures import (
     INFRASTRUCTURE,
     TRIAL,
     failure_kind,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
-from service.jobs import JobError, RayJobs, exception_line
+from service.jobs import JobError, RayJobs
+from service.local.stack import free_port
+from service.tracebacks import exception_line
 
 LOG = """Traceback (most recent call last):
   File "x.py", line 1, in <module>
@@ -22,16 +22,12 @@ def test_exception_line_is_the_last_error_of_a_log():
     assert len(exception_line("ValueError: " + "x" * 2000)) == 500
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_an_unreachable_dashboard_is_a_job_error_naming_it():
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     jobs = RayJobs(url, timeout_s=2)
     with pytest.raises(JobError, match="unreachable"):
         jobs.nodes()
     assert RayJobs(url, token="t").headers == {"Authorization": "Bearer t"}
-    assert jobs.entrypoint().endswith("-m service.jobs")
+    assert jobs.entrypoint().endswith("-m service.runner.job")

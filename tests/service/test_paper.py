@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from service import report as R
-from service import tracking as T
-from service.paper import arms_of, run_campaign
+from service.paper import figures as F
+from service.paper import report as R
+from service.paper.arms import arms_of
+from service.paper.campaign import run_campaign
+from service.records import tracking as T
+from service.runner.study import run_study
 from service.spec import StudySpec
-from service.study import run_study
 from trainables.errors import ConfigError
 
 TINY = dict(trials=2, seeds=2, epochs=2, batches_per_epoch=10, dataset="mnist-5k",
@@ -55,10 +57,10 @@ def _is_png(path: Path) -> bool:
 def test_fig1_has_the_papers_panels(fc_campaign, stores):
     result, report = fc_campaign
     assert set(report.figures) == {"fig1.png"} and _is_png(report.figures["fig1.png"])
-    _, _, arms = R._collect(result.run_id, stores["tracking_uri"])
+    _, _, arms = R.collect_arms(result.run_id, stores["tracking_uri"])
     assert [a.key for a in arms] == ["np-c0.01", "fa", "bp"]
     assert all(a.status == "ok" and a.n == 2 for a in arms)
-    fig = R.figure1(arms)
+    fig = F.figure1(arms)
     axes = fig.axes
     assert [ax.get_title(loc="left")[0] for ax in axes] == ["A", "B", "C", "D"]
     assert all(ax.get_xlabel() == "epoch" for ax in axes)
@@ -129,20 +131,20 @@ def test_fig2_has_losses_codes_and_reconstructions(ae_campaign, stores):
     result, report = ae_campaign
     assert set(report.figures) == {"fig2.png", "fig2_latent.png", "fig2_reconstructions.png"}
     assert all(_is_png(p) for p in report.figures.values())
-    _, _, arms = R._collect(result.run_id, stores["tracking_uri"])
-    fig = R.figure2(arms)
+    _, _, arms = R.collect_arms(result.run_id, stores["tracking_uri"])
+    fig = F.figure2(arms)
     ax = fig.axes[0]
     assert ax.get_xlabel() == "epoch" and "loss" in ax.get_ylabel()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "node perturbation (n=2)", "feedback alignment (n=2)"]
     styles = [ln.get_linestyle() for ln in ax.get_lines()]
     assert styles.count("--") == 2 and styles.count("-") == 2  # train dashed, test solid
-    latent = R.figure2_latent(arms)
+    latent = F.figure2_latent(arms)
     assert [a.get_title() for a in latent.axes[:2]] == ["node perturbation",
                                                          "feedback alignment"]
     assert all(a.get_xlabel() == "code 1" for a in latent.axes[:2])
     assert len(latent.axes[0].collections[0].get_offsets()) == len(arms[0].artifacts["codes"])
-    recon = R.figure2_reconstructions(arms)
+    recon = F.figure2_reconstructions(arms)
     assert len(recon.axes) == 3 * 8  # originals + one row per rule
     row = report.table[0]
     client = MlflowClient(stores["tracking_uri"])
@@ -198,7 +200,7 @@ def test_arms_and_cli_errors(tmp_path):
 
 # ------------------------------------------------------------ authors' and fair protocols
 def test_protocol_arms_and_their_spaces():
-    from service.paper import (
+    from service.paper.arms import (
         AUTHORS_AUTOENCODER_ARMS,
         fixed_arm_space,
         protocol_arms,
@@ -220,7 +222,7 @@ def test_protocol_arms_and_their_spaces():
     assert next(a for a in authors if a.key == "matched-50").config["epochs"] == 350
     fair = protocol_arms("mnist-autoencoder", "fair", None, None)
     assert len(fair) == 12 and {a.key for a in fair} >= {"np-50", "sg-200", "adam-50", "fa-200"}
-    from service.paper import arm_space
+    from service.paper.arms import arm_space
 
     s = arm_space(next(a for a in fair if a.key == "sg-50"))
     assert s.rule == "synthetic_gradient" and s.fixed["hidden_width"] == 50

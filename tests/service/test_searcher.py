@@ -1,4 +1,4 @@
-"""``service.searcher.OptunaAskTell``: Optuna's storage is the truth of a search — its
+"""``service.runner.searcher.OptunaAskTell``: Optuna's storage is the truth of a search — its
 states, its budget, and the trials a crash lost (a real sqlite Optuna storage; no Ray
 cluster: Tune's calls are made as Tune makes them).
 
@@ -11,14 +11,14 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from service.failures import LOST
+from service.runner.failures import LOST
 from service.settings import TUNE_TRIAL_ID, open_optuna_storage
 
 SPACE = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
 
 
 def _searcher(storage, max_trials=3):
-    from service.searcher import OptunaAskTell
+    from service.runner.searcher import OptunaAskTell
 
     return OptunaAskTell(space=SPACE, metric="test_error", mode="min", study_name="s",
                          storage=storage, sampler="random", seed=0, epochs=2,

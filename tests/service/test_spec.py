@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from search_spaces import SearchSpace
 from service.cli import build_parser, main
-from service.commands import study_fields, study_flag, study_options
+from service.commands.options import study_fields, study_flag, study_options
 from service.spec import SAMPLERS, SERVER_FIELDS, StudySpec
 
 

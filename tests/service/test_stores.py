@@ -4,7 +4,6 @@ leaves nothing behind: no MLflow run RUNNING, no study name taken."""
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,15 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from service.stores import StoreUnavailable, check_database
+from service.local.stack import free_port
+from service.records.stores import StoreUnavailable, check_database
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when this returns: nothing listens
 
 
 def _credit(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -38,7 +34,7 @@ def test_a_missing_driver_is_named_with_its_install_line():
 
 
 def test_an_unreachable_postgresql_is_one_line_without_its_password():
-    url = f"postgresql+psycopg://u:secret@127.0.0.1:{_closed_port()}/optuna"
+    url = f"postgresql+psycopg://u:secret@127.0.0.1:{free_port()}/optuna"
     with pytest.raises(StoreUnavailable) as info:
         check_database("CREDIT_OPTUNA_STORAGE", url)
     message = str(info.value)
@@ -48,7 +44,7 @@ def test_an_unreachable_postgresql_is_one_line_without_its_password():
 
 def test_credit_search_with_an_unreachable_optuna_database_exits_2_and_keeps_the_name(
         tmp_path):
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/optuna"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/optuna"
     r = _credit(tmp_path, "search", "--space", "mnist-fc-backprop", "--name", "pg-down",
                 "--trials", "1", "--epochs", "1", "--storage", url)
     assert r.returncode == 2, r.stderr
@@ -65,9 +61,9 @@ def test_credit_serve_with_a_missing_driver_exits_2_with_one_line(tmp_path):
     env_url = "postgresql+pg8000://postgres@127.0.0.1:5432/service"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "CREDIT_"))}
     env.update(CREDIT_HOME=str(tmp_path), PYTHONPATH=str(REPO), CREDIT_DATABASE_URL=env_url,
-               CREDIT_INSECURE="1", CREDIT_RAY_DASHBOARD_URL=f"http://127.0.0.1:{_closed_port()}")
+               CREDIT_INSECURE="1", CREDIT_RAY_DASHBOARD_URL=f"http://127.0.0.1:{free_port()}")
     r = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--port",
-                        str(_closed_port())], env=env, capture_output=True, text=True,
+                        str(free_port())], env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == ("credit: error: CREDIT_DATABASE_URL=postgresql+pg8000://"

@@ -16,11 +16,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
-from service import tracking as T
-from service.failures import LOST
+from service.records import tracking as T
+from service.records import trial_logger as TL
+from service.runner.failures import LOST
+from service.runner.study import run_study
 from service.settings import TUNE_TRIAL_ID
 from service.spec import StudySpec
-from service.study import run_study
 
 TINY = dict(epochs=2, batches_per_epoch=15, dataset="mnist-5k")
 
@@ -243,7 +244,7 @@ def test_job_entrypoint_sigterm_ends_every_run_killed(ray_cluster, tmp_path, cre
     # process creates it races MLflow's schema migrations ("table ... already exists").
     T.ensure_experiment(stores["tracking_uri"], "credit-search",
                         (tmp_path / "artifacts").as_uri())
-    driver = subprocess.Popen([sys.executable, "-m", "service.study", str(spec_file)],
+    driver = subprocess.Popen([sys.executable, "-m", "service.runner.job", str(spec_file)],
                               env=dict(os.environ), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     client = MlflowClient(stores["tracking_uri"])
@@ -312,7 +313,7 @@ def test_trial_of_a_stopped_study_closes_its_run_and_does_not_train(tmp_path):
     exp = T.ensure_experiment(uri, "credit-search", str(tmp_path / "artifacts"))
     client = MlflowClient(uri)
     parent = client.create_run(exp).info.run_id
-    logger = T.MlflowTrialLogger(uri, exp, parent, "late", trial_id="t1")
+    logger = TL.MlflowTrialLogger(uri, exp, parent, "late", trial_id="t1")
     config = TrainConfig(experiment="mnist-fc", rule="backprop", dataset="mnist-5k", epochs=2,
                          batches_per_epoch=3)
 
@@ -321,7 +322,7 @@ def test_trial_of_a_stopped_study_closes_its_run_and_does_not_train(tmp_path):
     assert client.get_run(logger.run_id).info.status == "FINISHED"
 
     client.set_terminated(parent, status="KILLED")
-    late = T.MlflowTrialLogger(uri, exp, parent, "late", trial_id="t2")
+    late = TL.MlflowTrialLogger(uri, exp, parent, "late", trial_id="t2")
     trainer = Trainer(config, callbacks=[late])
     with pytest.raises(CreditError, match="has ended"):
         trainer.fit()

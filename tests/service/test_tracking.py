@@ -1,11 +1,11 @@
-"""``service.tracking``: a study's parent run in a real MLflow store (sqlite, no server)."""
+"""``service.records.tracking``: a study's parent run in a real MLflow store (sqlite, no server)."""
 
 from __future__ import annotations
 
 import pytest
 
-from service import study_runs as R
-from service import tracking as T
+from service.records import study_runs as R
+from service.records import tracking as T
 from service.spec import StudyError, StudySpec
 
 
@@ -81,7 +81,7 @@ def test_close_study_run_ends_parent_and_trials_once(store):
 def test_stale_runs_close_pruned_lost_or_stale(store):
     """A RUNNING child run at a study's end: PRUNED (early-stopped), LOST (Tune does not
     know its trial: started after Tune's last save before a crash) or STALE."""
-    from service.failures import LOST
+    from service.runner.failures import LOST
 
     uri, experiment_id = store
     c = T.client(uri)
@@ -107,7 +107,7 @@ def test_stale_runs_close_pruned_lost_or_stale(store):
 def test_unfinished_optuna_trials_fail_and_a_lost_one_says_why(tmp_path):
     import optuna
 
-    from service.failures import LOST, fail_unfinished_trials
+    from service.runner.failures import LOST, fail_unfinished_trials
     from service.settings import TUNE_TRIAL_ID, open_optuna_storage
 
     storage = open_optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
@@ -158,7 +158,7 @@ def test_a_dead_drivers_runs_are_closed_on_the_next_start(store):
 
 
 def test_a_lost_trial_that_finished_is_marked_lost_not_counted(store):
-    from service.failures import LOST
+    from service.runner.failures import LOST
 
     uri, experiment_id = store
     c = T.client(uri)

@@ -7,15 +7,15 @@ import os
 import pytest
 
 from trainables.config import TrainConfig
-from trainables.tune import CHECKPOINT_FILE, _threads, train_trial
+from trainables.tune import CHECKPOINT_FILE, train_trial, trial_threads
 
 
-def test_threads_follow_the_trial_cpus_up_to_what_the_model_uses():
+def testtrial_threads_follow_the_trial_cpus_up_to_what_the_model_uses():
     mlp = TrainConfig(experiment="mnist-fc")
-    assert _threads(mlp, 4) == 1  # an MLP step is too small to split
-    assert _threads(mlp, 0.5) == 1
+    assert trial_threads(mlp, 4) == 1  # an MLP step is too small to split
+    assert trial_threads(mlp, 0.5) == 1
     cnn = TrainConfig(experiment="cifar10-cnn")
-    assert _threads(cnn, 2) == 2
+    assert trial_threads(cnn, 2) == 2
 
 
 @pytest.fixture()

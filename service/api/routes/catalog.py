@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from service.api import catalog
+from service.api import choices as catalog
 from service.api.deps import Authenticated
 from service.api.schemas import CatalogPublic, ErrorPublic, SearchSpacesPublic
 

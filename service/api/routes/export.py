@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Response
 
 from service.api import queries
 from service.api.deps import Authenticated, PrincipalDep, ServicesDep
+from service.api.export import export_rows, render
 from service.api.routes.studies import StudyRef
 from service.api.schemas import ErrorPublic
-from service.export import export_rows, render
 
 router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authenticated],
                    responses={401: {"model": ErrorPublic}, 403: {"model": ErrorPublic}})

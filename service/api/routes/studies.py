@@ -24,8 +24,8 @@ from service.api.schemas import (
     TrialsPublic,
 )
 from service.api.services import Services
-from service.db import StudyRecord
-from service.links import mlflow_runs, optuna_study
+from service.records.db import StudyRecord
+from service.records.links import mlflow_runs, optuna_study
 from service.settings import TRIAL_STATES
 
 router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authenticated],

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from service.api.local_stack import MlflowServer
+from service.local.stack import MlflowServer
 from tests.service.api.helpers import free_port, start_api
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,17 +13,13 @@ from pathlib import Path
 
 import httpx
 
-from service.api.local_stack import NODE_IP, stop_session, wait_http
+from service.local.stack import NODE_IP, free_port, stop_session, wait_http
 
 TOKEN = "test-token-0123456789"
 OTHER_TOKEN = "second-token-abcdef"
 TINY = {"epochs": 1, "batches_per_epoch": 5, "dataset": "mnist-5k"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ApiServer:

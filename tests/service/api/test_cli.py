@@ -119,7 +119,7 @@ def test_wrong_token_and_no_server(queue_api):
 
 def test_client_finds_the_server_through_credit_home(queue_api, tmp_path):
     """No --url, no CREDIT_URL: the address and token file recorded in CREDIT_HOME."""
-    from service.discovery import write_secret
+    from service.local.discovery import write_secret
 
     home = tmp_path / "home"
     token_file = write_secret(home / "api_token", TOKEN)

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api.local_stack import free_port, session_members
+from service.local.stack import free_port, session_members
 
 
 def _start(home: Path, port: int) -> subprocess.Popen:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api.local_stack import stop_session, wait_http
+from service.local.stack import stop_session, wait_http
 from tests.service.api.browser import dump_dom
 from tests.service.api.helpers import TOKEN, free_port
 

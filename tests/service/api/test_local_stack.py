@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from service.api.local_stack import LocalRayHead, MlflowServer, OptunaDashboard, session_members
+from service.local.stack import LocalRayHead, MlflowServer, OptunaDashboard, session_members
 from service.settings import SECRET_VARS, child_env
 
 
@@ -74,7 +74,7 @@ def test_stopping_a_session_leaves_nothing_forked_meanwhile():
     import sys
     import time
 
-    from service.api.local_stack import stop_session
+    from service.local.stack import stop_session
 
     proc = subprocess.Popen([sys.executable, "-c", FORKER], start_new_session=True)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.api.local_stack import ComponentError, MlflowServer, log_tail, start_together
+from service.local.stack import ComponentError, MlflowServer, log_tail, start_together
 
 
 def test_parts_start_concurrently_and_report_progress() -> None:

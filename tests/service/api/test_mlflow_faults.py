@@ -1,7 +1,7 @@
 """A trial's MLflow calls survive transient errors: a real ``mlflow server`` behind a TCP
 proxy that cuts connections (the first ones, and every open one in the middle of the
 trial). MLflow's own HTTP retries are off here, so what keeps the trial alive is
-``service.tracking``'s retry; and MLflow's telemetry is off in our processes."""
+``service.records.tracking``'s retry; and MLflow's telemetry is off in our processes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from service import tracking as T
+from service.records import tracking as T
 from trainables.config import TrainConfig
 from trainables.trainer import Callback, Trainer
 

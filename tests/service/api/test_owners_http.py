@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from service import db
+from service.records import db
 from tests.service.api.helpers import TINY, ApiServer, api_env
 
 ALICE, BOB, CAROL, LEGACY = "alice-token-0123", "bob-token-4567", "carol-token-89ab", "legacy-0"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service.export import export_rows, render
+from service.api.export import export_rows, render
 from tests.service.api.browser import dump_dom, screenshot
 from tests.service.api.helpers import TINY, TOKEN, wait_status
 

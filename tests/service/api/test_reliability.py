@@ -17,16 +17,16 @@ import uuid
 import optuna
 import pytest
 
-from service import db
-from service import study_runs as R
-from service import tracking as T
 from service.api import errors, lifecycle, queries, validation
 from service.api.config import ApiSettings
-from service.api.local_stack import MlflowServer
 from service.api.principals import Principal
 from service.api.schemas import StudyCreate
 from service.api.services import Services
 from service.jobs import JobInfo, JobNotFound, NodeResources, RayJobs
+from service.local.stack import MlflowServer
+from service.records import db
+from service.records import study_runs as R
+from service.records import tracking as T
 from tests.service.api.helpers import free_port
 
 

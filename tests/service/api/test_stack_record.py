@@ -1,4 +1,4 @@
-"""One local stack per CREDIT_HOME (``service.api.stack_record``), with real processes:
+"""One local stack per CREDIT_HOME (``service.local.record``), with real processes:
 a crashed stack's processes are stopped by the next start, and only they; a second
 stack over a home in use is refused."""
 
@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.api.local_stack import StackError, session_members
-from service.api.stack_record import ENV, StackGuard
+from service.local.record import ENV, StackGuard
+from service.local.stack import StackError, session_members
 
 #: a session leader with a child, as `ray start` leaves daemons behind; the child's
 #: environment lacks the stack's id, as a Ray agent's does once it renamed itself

@@ -100,7 +100,7 @@ def test_study_succeeds_and_its_best_matches_optuna_and_mlflow(api, mlflow_serve
     assert parent["metrics"]["best_test_error"] == best["value"]
     # links: the MLflow UI pages of the parent run and of the best run
     exp = parent["info"]["experiment_id"]
-    from service.links import mlflow_runs as runs_table
+    from service.records.links import mlflow_runs as runs_table
 
     assert final["links"]["mlflow"] == runs_table(mlflow_server, exp, final["name"],
                                                    "test_error", "min")

@@ -8,12 +8,12 @@ import datetime as dt
 
 import pytest
 
-from service import db
 from service.api import errors, lifecycle, queries, validation
 from service.api.config import ApiSettings
 from service.api.schemas import StudyCreate
 from service.api.services import Services
 from service.jobs import JobError, JobNotFound, NodeResources, RayJobs
+from service.records import db
 
 
 class BrokenRay(RayJobs):

@@ -4,38 +4,47 @@
 (on a persistent Optuna storage, one unique study name per study), records every
 trial as an MLflow child run under one parent run per study, and returns the best
 configuration. It is importable and runnable without FastAPI; the HTTP service
-runs it as a Ray Job (``python -m service.study SPEC.json``).
+runs it as a Ray Job (``service.runner.job``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.results import (
+from ray import tune
+
+from service import settings
+from service.records import study_runs as R
+from service.records import tags
+from service.records import tracking as T
+from service.records.optuna_trials import fail_unfinished_trials, lost_trial_ids, open_storage
+from service.records.stores import check_database
+from service.records.trial_logger import TrialLoggerFactory
+from service.records.tune_storage import can_restore, tune_storage
+from service.runner.failures import (
+    failure_kind,
+    infrastructure_verdict,
+    stopped_with_the_study,
+)
+from service.runner.monitor import StudyMonitor
+from service.runner.preflight import check_cluster, local_tracking
+from service.runner.ray_cluster import connect_ray, leave_ray, quiet_ray
+from service.runner.results import (
     StudyResult,
-    _best,
-    _final_evaluation,
-    _record_best,
-    _trial_summaries,
+    best_of,
+    final_evaluation,
+    record_best,
+    trial_summaries,
 )
-from service.settings import open_optuna_storage
+from service.runner.tuner import EXPERIMENT_SAVE_PERIOD_S, ProgressFn, new_tuner
 from service.spec import StudyError, StudySpec
-from service.tuner import (
-    EXPERIMENT_SAVE_PERIOD_S,
-    ProgressFn,
-    _leave_ray,
-    _new_tuner,
-    _quiet_ray,
-    connect_ray,
-)
-from trainables.metrics import finite_or_none
+from service.trials import TrialState
+from trainables.tune import train_trial
 
 
 # ------------------------------------------------------------------------ the runner
@@ -43,21 +52,18 @@ def run_study(spec: StudySpec, *, resume: bool = False,
               progress: ProgressFn | None = None) -> StudyResult:
     """Run (or resume) a study to the end and return its best configuration."""
     start = time.perf_counter()
-    _quiet_ray()
+    quiet_ray()
     records = _open_records(spec, resume)
     monitor = None
     try:
-        from service.monitor import StudyMonitor  # imports Ray Tune
-
         monitor = StudyMonitor(spec, progress)
         monitor.seen([], None)  # the study passed its checks: show it before Ray starts
         connect_ray()
         grid = _tuner(spec, records, monitor, resume).fit()
         result = _outcome(spec, records, grid, monitor, progress)
         if result.best_params is not None and spec.final_seeds > 0:
-            result.final = _final_evaluation(spec, result, records.tracking_uri,
-                                             records.experiment_id, records.parent_id,
-                                             progress)
+            result.final = final_evaluation(spec, result, records.tracking_uri,
+                                            records.experiment_id, records.parent_id)
         _finish(records, result, start)
         return result
     except BaseException as error:
@@ -81,29 +87,22 @@ class _Records:
 def _open_records(spec: StudySpec, resume: bool) -> _Records:
     """MLflow first, in the driver (a new sqlite store must be created by one process):
     the experiment and the study's parent run; then the Optuna storage."""
-    from service import settings
-    from service import study_runs as R
-    from service import tracking as T
-
     tracking_uri = spec.tracking_uri or settings.default_tracking_uri()
     if resume and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).exists():
         raise StudyError(f"no study named {spec.name!r} to resume (no MLflow store at "
                          f"{tracking_uri[10:]})")
     storage_url = spec.storage or settings.default_optuna_storage()
-    from service.stores import check_database  # before any record: one line, name kept free
-
+    # before any record: one line, the name kept free
     check_database("--storage (Optuna)", storage_url)
     check_database("--tracking-uri (MLflow)", tracking_uri)
-    artifact_root = settings.default_artifact_root() if _is_local(tracking_uri) else None
+    artifact_root = settings.default_artifact_root() if local_tracking(tracking_uri) else None
     experiment_id = T.ensure_experiment(tracking_uri, spec.experiment_name, artifact_root)
     if os.environ.get("RAY_ADDRESS"):  # a cluster: check every node before any record
-        from service.preflight import check_cluster
-
         connect_ray()
         try:
             check_cluster(spec, tracking_uri, experiment_id)
         except StudyError:
-            _leave_ray()
+            leave_ray()
             raise
     try:  # runs a crashed driver of this host left RUNNING end now, with the reason
         for name in R.close_orphaned_runs(tracking_uri, experiment_id,
@@ -113,19 +112,13 @@ def _open_records(spec: StudySpec, resume: bool) -> _Records:
     except Exception as error:  # never a reason not to start this study
         print(f"credit: could not close orphaned runs: {error}", file=sys.stderr)
     parent = R.open_study_run(spec, tracking_uri, experiment_id, resume)
-    storage = open_optuna_storage(storage_url)
+    storage = open_storage(storage_url)
     return _Records(tracking_uri, experiment_id, parent.info.run_id, storage)
 
 
 def _tuner(spec: StudySpec, records: _Records, monitor, resume: bool):
     """A new Tuner, or (``resume``) the one saved in Tune's storage (``CREDIT_STORAGE``)."""
-    from ray import tune  # heavy: only once the study passed its checks
-
-    from service import tracking as T
-    from service.storage import can_restore, tune_storage
-    from trainables.tune import train_trial
-
-    factory = T.TrialLoggerFactory(records.tracking_uri, records.experiment_id,
+    factory = TrialLoggerFactory(records.tracking_uri, records.experiment_id,
                                    records.parent_id, spec.name)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, callback_factory=factory), spec.resources.ray())
@@ -142,26 +135,16 @@ def _tuner(spec: StudySpec, records: _Records, monitor, resume: bool):
         )
     if resume:
         raise StudyError(f"study {spec.name!r} has no saved state to resume from")
-    return _new_tuner(spec, spec.search_space(), records.storage, trainable, monitor,
-                      tune_store)
+    return new_tuner(spec, records.storage, trainable, monitor, tune_store)
 
 
 def _outcome(spec: StudySpec, records: _Records, grid, monitor,
              progress: ProgressFn | None) -> StudyResult:
     """The trials' summaries and the best one; stale runs closed; status and message."""
-    from service import study_runs as R
-    from service.failures import (
-        fail_unfinished_trials,
-        infrastructure_verdict,
-        lost_trial_ids,
-        record_failures,
-        stopped_with_the_study,
-    )
-
     status, message = "SUCCEEDED", ""
-    summaries = _trial_summaries(spec, grid, monitor)
-    failed = {**monitor.failed,
-              **{t.trial_id: t.error for t in summaries if t.state == "FAILED" and t.error}}
+    summaries = trial_summaries(spec, grid, monitor)
+    failed = {**monitor.failed, **{t.trial_id: t.error for t in summaries
+                                   if t.state == TrialState.FAILED and t.error}}
     verdict = infrastructure_verdict(failed, spec.max_failed_trials)
     if verdict:
         status, message = "FAILED", verdict
@@ -173,15 +156,16 @@ def _outcome(spec: StudySpec, records: _Records, grid, monitor,
     # every trial of Tune's experiment (none seen: it did not end; nothing is judged lost)
     known = {t.trial_id for t in monitor.trials} or None
     fail_unfinished_trials(records.storage, spec.name, known)
-    record_failures(records.tracking_uri, records.experiment_id, records.parent_id,
-                    {t.trial_id: t.error for t in summaries if t.state == "FAILED"})
-    pruned = {t.trial_id for t in summaries if t.state == "PRUNED"}
+    R.record_failures(records.tracking_uri, records.experiment_id, records.parent_id,
+                      {t.trial_id: (t.error, failure_kind(t.error)) for t in summaries
+                       if t.state == TrialState.FAILED and t.error})
+    pruned = {t.trial_id for t in summaries if t.state == TrialState.PRUNED}
     R.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, pruned,
                        known_trial_ids=known)
     R.mark_lost_runs(records.tracking_uri, records.experiment_id, records.parent_id,
                      lost_trial_ids(records.storage, spec.name))
-    result = _best(spec, spec.search_space(), records.storage, records.tracking_uri,
-                   records.experiment_id, records.parent_id, summaries)
+    result = best_of(spec, records.storage, records.tracking_uri, records.experiment_id,
+                     records.parent_id, summaries)
     if result.best_params is None:
         status, message = "FAILED", message or "no trial completed"
     result.status, result.message = status, message
@@ -193,10 +177,8 @@ def _outcome(spec: StudySpec, records: _Records, grid, monitor,
 
 def _finish(records: _Records, result: StudyResult, start: float) -> None:
     """The result on the parent run, which ends FINISHED (SUCCEEDED) or FAILED."""
-    from service import tracking as T
-
     c = T.client(records.tracking_uri)
-    _record_best(c, records.parent_id, result)
+    record_best(c, records.parent_id, result)
     result.wall_time_s = time.perf_counter() - start
     c.log_metric(records.parent_id, "wall_time_s", result.wall_time_s)
     c.set_terminated(records.parent_id,
@@ -207,65 +189,11 @@ def _abort(records: _Records, error: BaseException) -> None:
     """The study stopped (KILLED) or failed: the parent run first (a trial starting from
     now on closes itself), then this driver's trials end (Ray kills the actors of a
     driver that leaves), then the runs they left open."""
-    from service import study_runs as R
-    from service import tracking as T
-
     c = T.client(records.tracking_uri)
-    c.set_tag(records.parent_id, T.FAILURE_TAG, (str(error) or type(error).__name__)[:5000])
+    c.set_tag(records.parent_id, tags.FAILURE, (str(error) or type(error).__name__)[:5000])
     # KeyboardInterrupt: Ctrl-C or our SIGTERM handler; SystemExit: a signal handler
     # of a library (Ray's exits on SIGTERM): either way the study was stopped.
     stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
     c.set_terminated(records.parent_id, status="KILLED" if stopped else "FAILED")
-    _leave_ray()
+    leave_ray()
     R.close_stale_runs(records.tracking_uri, records.experiment_id, records.parent_id, set())
-
-
-def _is_local(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
-
-
-
-def close_study_records(spec: StudySpec, status: str = "KILLED", reason: str = "cancelled") -> int:
-    """End a study's records from outside its driver (after its job was stopped/killed):
-    every RUNNING MLflow run of the study (parent and children) → ``status``, and every
-    unfinished Optuna trial → FAIL. Idempotent; returns the number of runs closed."""
-    import optuna
-
-    from service import settings
-    from service import study_runs as R
-
-    tracking_uri = spec.tracking_uri or settings.default_tracking_uri()
-    closed = R.close_study_run(tracking_uri, spec.experiment_name, spec.name, status, reason)
-    storage = open_optuna_storage(spec.storage or settings.default_optuna_storage())
-    try:
-        study_id = storage.get_study_id_from_name(spec.name)
-    except KeyError:  # the study never reached Optuna
-        return closed
-    unfinished = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    for t in storage.get_all_trials(study_id, deepcopy=False, states=unfinished):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-    return closed
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m service.study SPEC.json [--resume]``: the Ray Job entrypoint."""
-    argv = sys.argv[1:] if argv is None else argv
-    spec = StudySpec.model_validate_json(Path(argv[0]).read_text())
-
-    def _terminate(signum, frame):  # `ray job stop` sends SIGTERM: end records as KILLED
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        result = run_study(spec, resume="--resume" in argv)
-    except (KeyboardInterrupt, SystemExit):
-        print(f"credit: study {spec.name!r} stopped; its runs are closed as KILLED",
-              file=sys.stderr)
-        return 128 + signal.SIGTERM
-    print(json.dumps(finite_or_none(result.to_dict())))
-    return 0 if result.status == "SUCCEEDED" else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.settings import credit_home
 from trainables.errors import ConfigError
 
 STORAGE_ENV = "CREDIT_STORAGE"
@@ -26,8 +27,6 @@ S3_ATTEMPTS = 8  # a server's 5xx and a dropped connection are retried, with bac
 
 def storage_location() -> str:
     """The configured storage: ``CREDIT_STORAGE``, else ``$CREDIT_HOME/ray_results``."""
-    from service.settings import credit_home
-
     return os.environ.get(STORAGE_ENV) or str(credit_home() / "ray_results")
 
 
@@ -51,7 +50,7 @@ class TuneStorage:
 
     def pyarrow_fs(self):
         """(filesystem, root path inside it) for direct reads and writes (markers)."""
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # deferred: heavy, and credit search checks a setting first
 
         if self.filesystem is not None:
             return self.filesystem, self.path

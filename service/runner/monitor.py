@@ -11,15 +11,17 @@ Imported only where a study runs: it imports Ray Tune.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from typing import Any
 
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
-from service.results import _error_text
-from service.settings import trial_counts
+from service.runner.failures import failure_reason_of, infrastructure_verdict
 from service.spec import StudySpec
-from service.tuner import ProgressFn
+from service.trials import better, count, trial_state
+
+ProgressFn = Callable[[dict[str, Any]], None]
 
 #: Study name → the monitor of the study this process drives.
 LIVE: dict[str, StudyMonitor] = {}
@@ -46,10 +48,8 @@ class StudyMonitor:
         obj = self.spec.objective
         if result and int(result.get("epoch", 0)) >= self.spec.epochs:
             value = result.get(obj.metric)
-            if value is not None and math.isfinite(value):
-                better = self.best is None or (value < self.best if obj.mode == "min"
-                                               else value > self.best)
-                self.best = value if better else self.best
+            if better(value, self.best, obj.mode):
+                self.best = value
         if self.progress is not None:
             self.progress({"counts": counts_from_tune(trials, self.spec.epochs),
                            "best": self.best, "metric": obj.metric,
@@ -57,8 +57,6 @@ class StudyMonitor:
 
     def over_budget(self) -> bool:
         """More failed trials than ``max_failed_trials``, or infrastructure failures."""
-        from service.failures import infrastructure_verdict
-
         limit = self.spec.max_failed_trials
         return (limit is not None and len(self.failed) > limit
                 or infrastructure_verdict(self.failed, limit) is not None)
@@ -80,7 +78,7 @@ class MonitorCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if (monitor := LIVE.get(self.study)) is not None:
-            monitor.failed[trial.trial_id] = _error_text(trial)
+            monitor.failed[trial.trial_id] = failure_reason_of(trial)
             monitor.seen(trials, None)
 
     def on_experiment_end(self, trials, **info):
@@ -103,15 +101,10 @@ class FailureBudget(Stopper):
 
 
 def counts_from_tune(trials, epochs: int) -> dict[str, int]:
-    counts = trial_counts()
-    for t in trials:
-        if t.status == "ERROR":
-            counts["failed"] += 1
-        elif t.status == "TERMINATED":
-            done = int((t.last_result or {}).get("epoch", 0))
-            counts["complete" if done >= epochs else "pruned"] += 1
-        elif t.status in ("RUNNING",):
-            counts["running"] += 1
-        else:
-            counts["pending"] += 1
-    return counts
+    """The study's counts from Tune's trials (a trial Tune ended early is PRUNED)."""
+    def done(t) -> int:
+        return int((t.last_result or {}).get("epoch", 0)) if t.status == "TERMINATED" else 0
+
+    return count(trial_state(done(t), epochs, failed=t.status == "ERROR",
+                             running=t.status == "RUNNING", ended=t.status == "TERMINATED")
+                 for t in trials)

@@ -16,15 +16,39 @@ Imported only where a study runs: it imports Ray Tune and Optuna.
 
 from __future__ import annotations
 
-import math
 import pickle
 from typing import Any
 
 import optuna
 from ray.tune.search import Searcher
 
-from service.failures import FAILURE_ATTR, LOST, fail_unfinished_trials
-from service.settings import TUNE_TRIAL_ID
+from service.records.optuna_trials import (
+    FAILURE_ATTR,
+    LOST,
+    OPTUNA_STATES,
+    TUNE_TRIAL_ID,
+    fail_unfinished_trials,
+)
+from service.spec import SAMPLERS
+from service.trials import TrialState, is_finite, trial_state
+from trainables.errors import ConfigError
+
+#: How each of ``SAMPLERS`` is built from a seed.
+SAMPLER_FACTORIES = {
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    "qmc": lambda seed: optuna.samplers.QMCSampler(seed=seed, scramble=True),
+    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed,
+                                                       warn_independent_sampling=False),
+}
+assert tuple(SAMPLER_FACTORIES) == SAMPLERS
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of that name (one of ``SAMPLERS``)."""
+    if name not in SAMPLER_FACTORIES:
+        raise ConfigError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+    return SAMPLER_FACTORIES[name](seed)
 
 
 class OptunaAskTell(Searcher):
@@ -57,8 +81,6 @@ class OptunaAskTell(Searcher):
 
     @property
     def study(self) -> optuna.Study:
-        from service.tuner import make_sampler
-
         if self._study is None:
             existing = 0
             try:
@@ -95,14 +117,12 @@ class OptunaAskTell(Searcher):
         if number is None:
             return
         value = None if result is None else result.get(self.metric)
-        if error or value is None or not math.isfinite(float(value)):
-            state, value = optuna.trial.TrialState.FAIL, None
-        elif int(result.get("epoch", self.epochs)) < self.epochs:
-            state, value = optuna.trial.TrialState.PRUNED, None  # stopped by ASHA
-        else:
-            state = optuna.trial.TrialState.COMPLETE
+        done = self.epochs if result is None else int(result.get("epoch", self.epochs))
+        state = trial_state(done, self.epochs, ended=True,
+                            failed=error or not is_finite(value))  # PRUNED: stopped by ASHA
+        value = value if state == TrialState.COMPLETE else None
         # skip_if_finished: a trial told before a driver restart keeps its state
-        self.study.tell(number, value, state=state, skip_if_finished=True)
+        self.study.tell(number, value, state=OPTUNA_STATES[state], skip_if_finished=True)
 
     def save(self, checkpoint_path: str) -> None:
         state = {k: v for k, v in self.__dict__.items() if k != "_study"}

@@ -298,11 +298,6 @@ class OptunaDashboard:
 
 # ------------------------------------------------------------------ starting together
 
-#: How long the local stack may take to come up (CREDIT_STARTUP_TIMEOUT, --startup-timeout):
-#: generous, since a busy 2-core machine took 124-141 s for MLflow alone.
-DEFAULT_STARTUP_TIMEOUT_S = 600.0
-
-
 def _stop_child(proc: subprocess.Popen | None) -> None:
     """Stop a server we started in its own session, and reap it."""
     if proc is None:

@@ -2,34 +2,26 @@
 outside its driver), and the runs a crash or an early stop leaves RUNNING — closed with
 the reason (PRUNED, LOST, STALE), including those of a study whose driver died.
 
-The records themselves (client, retries, a trial's own run) are ``service.tracking``.
+The records themselves (client, retries, a trial's own run) are ``service.records.tracking``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
-from service.tracking import (
-    DRIVER_TAG,
-    FAILURE_TAG,
-    PARENT_TAG,
-    ROLE_TAG,
-    STATE_TAG,
-    STUDY_TAG,
-    TRIAL_TAG,
-    child_runs,
-    client,
-    find_runs,
-    log_params,
-)
+from service.records import tags
+from service.records.optuna_trials import LOST, fail_unfinished_trials, open_storage
+from service.records.tracking import child_runs, client, find_runs, log_params
+from service.spec import StudyError, StudySpec
 
 
 # ------------------------------------------------------------------ a study's parent run
 def parent_run_filter(study: str) -> str:
     """MLflow filter of study ``study``'s parent run (``links.study_filter``: all its runs)."""
-    return f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'study'"
+    return f"tags.`{tags.STUDY}` = '{study}' and tags.`{tags.ROLE}` = 'study'"
 
 
 def find_study_run(tracking_uri: str, experiment_name: str, study: str):
@@ -46,8 +38,6 @@ def open_study_run(spec, tracking_uri: str, experiment_id: str, resume: bool):
     """The study's parent run: created (tags, params, ``study_spec.json``), or, with
     ``resume``, found and set RUNNING again. ``StudyError`` if the name is taken (or,
     resuming, unknown)."""
-    from service.spec import StudyError
-
     space = spec.search_space()
     c = client(tracking_uri)
     existing = find_runs(tracking_uri, experiment_id, parent_run_filter(spec.name))
@@ -59,15 +49,15 @@ def open_study_run(spec, tracking_uri: str, experiment_id: str, resume: bool):
             raise StudyError(f"no study named {spec.name!r} to resume")
         run = existing[0]
         c.update_run(run.info.run_id, status="RUNNING")
-        c.set_tag(run.info.run_id, DRIVER_TAG, driver_id())
+        c.set_tag(run.info.run_id, tags.DRIVER, driver_id())
         return run
-    tags = {STUDY_TAG: spec.name, ROLE_TAG: "study", DRIVER_TAG: driver_id(),
-            "credit.experiment": space.experiment,
-            "credit.rule": space.rule, "credit.space": space.name,
-            **{f"credit.{k}": v for k, v in spec.labels.items()}}
+    run_tags = {tags.STUDY: spec.name, tags.ROLE: tags.STUDY_ROLE, tags.DRIVER: driver_id(),
+            tags.EXPERIMENT: space.experiment,
+            tags.RULE: space.rule, tags.SPACE: space.name,
+            **{tags.LABEL_PREFIX + k: v for k, v in spec.labels.items()}}
     if spec.group_run_id:
-        tags[PARENT_TAG] = spec.group_run_id
-    run = c.create_run(experiment_id, run_name=spec.name, tags=tags)
+        run_tags[tags.PARENT] = spec.group_run_id
+    run = c.create_run(experiment_id, run_name=spec.name, tags=run_tags)
     log_params(c, run.info.run_id, {
         "space": space.name, "experiment": space.experiment, "rule": space.rule,
         "sampler": spec.sampler, "seed": spec.seed,
@@ -93,8 +83,8 @@ def close_study_run(tracking_uri: str, experiment_name: str, study: str, status:
     closed = close_stale_runs(tracking_uri, parent.info.experiment_id, run_id, set())
     if parent.info.status == "RUNNING":
         c = client(tracking_uri)
-        c.set_tag(run_id, FAILURE_TAG, reason)
-        c.set_tag(run_id, "credit.status", "CANCELLED" if status == "KILLED" else "FAILED")
+        c.set_tag(run_id, tags.FAILURE, reason)
+        c.set_tag(run_id, tags.STATUS, "CANCELLED" if status == "KILLED" else "FAILED")
         c.set_terminated(run_id, status=status)
         closed += 1
     return closed
@@ -110,24 +100,22 @@ def close_stale_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
     Runs of ``active_trial_ids`` (still training elsewhere) are left alone.
     Returns the number of runs closed.
     """
-    from service.failures import LOST
-
     c = client(tracking_uri)
     closed = 0
     for run in child_runs(tracking_uri, experiment_id, parent_run_id):
         if run.info.status != "RUNNING":
             continue
-        trial_id = run.data.tags.get(TRIAL_TAG)
+        trial_id = run.data.tags.get(tags.TRIAL)
         if trial_id in active_trial_ids:
             continue
         if trial_id in pruned_trial_ids:
             state = "PRUNED"
         elif known_trial_ids is not None and trial_id not in known_trial_ids:
             state = "LOST"
-            c.set_tag(run.info.run_id, FAILURE_TAG, LOST)
+            c.set_tag(run.info.run_id, tags.FAILURE, LOST)
         else:
             state = "STALE"
-        c.set_tag(run.info.run_id, STATE_TAG, state)
+        c.set_tag(run.info.run_id, tags.STATE, state)
         c.set_terminated(run.info.run_id, status="KILLED")
         closed += 1
     return closed
@@ -144,16 +132,12 @@ def _start_ticks(pid: int) -> str | None:
 
 def driver_id() -> str:
     """This process, as a study's parent run records its driver: ``host:pid:start``."""
-    import socket
-
     return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
 
 
 def _driver_gone(driver: str) -> bool:
     """Whether the driver ``host:pid:start`` ran on this host and is gone (a PID reused
     since has another start time). A driver of another host is never judged here."""
-    import socket
-
     host, _, rest = driver.partition(":")
     pid, _, start = rest.partition(":")
     if host != socket.gethostname() or not pid.isdigit():
@@ -171,16 +155,16 @@ def close_orphaned_runs(tracking_uri: str, experiment_id: str,
     runs."""
     closed = []
     for run in find_runs(tracking_uri, experiment_id,
-                         f"tags.`{ROLE_TAG}` = 'study' and attributes.status = 'RUNNING'"):
-        driver = run.data.tags.get(DRIVER_TAG)
-        study = run.data.tags.get(STUDY_TAG)
+                         f"tags.`{tags.ROLE}` = 'study' and attributes.status = 'RUNNING'"):
+        driver = run.data.tags.get(tags.DRIVER)
+        study = run.data.tags.get(tags.STUDY)
         if not driver or not study or study == resuming or not _driver_gone(driver):
             continue
         reason = f"its driver ({driver}) is gone: it died before ending the study"
         c = client(tracking_uri)
         close_stale_runs(tracking_uri, experiment_id, run.info.run_id, set())
-        c.set_tag(run.info.run_id, FAILURE_TAG, reason)
-        c.set_tag(run.info.run_id, "credit.status", "FAILED")
+        c.set_tag(run.info.run_id, tags.FAILURE, reason)
+        c.set_tag(run.info.run_id, tags.STATUS, "FAILED")
         c.set_terminated(run.info.run_id, status="FAILED")
         closed.append(study)
     return closed
@@ -190,14 +174,42 @@ def mark_lost_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
                    lost_trial_ids: set[str]) -> int:
     """Tag the runs of lost trials LOST with the reason, also one that finished its
     epochs before its driver could record it (its result is not counted)."""
-    from service.failures import LOST
-
     c = client(tracking_uri)
     marked = 0
     for run in child_runs(tracking_uri, experiment_id, parent_run_id):
-        if run.data.tags.get(TRIAL_TAG) in lost_trial_ids \
-                and run.data.tags.get(STATE_TAG) != "LOST":
-            c.set_tag(run.info.run_id, STATE_TAG, "LOST")
-            c.set_tag(run.info.run_id, FAILURE_TAG, LOST)
+        if run.data.tags.get(tags.TRIAL) in lost_trial_ids \
+                and run.data.tags.get(tags.STATE) != "LOST":
+            c.set_tag(run.info.run_id, tags.STATE, "LOST")
+            c.set_tag(run.info.run_id, tags.FAILURE, LOST)
             marked += 1
     return marked
+def record_failures(tracking_uri: str, experiment_id: str, parent_run_id: str,
+                    failed: dict[str, tuple[str, str | None]]) -> None:
+    """Put each failed trial's whole reason and its kind (``failed``: Tune trial id →
+    (reason, kind)) on its MLflow run; a run the
+    trial could not close itself (its node died, its storage failed) ends FAILED here."""
+    if not failed:
+        return
+    c = client(tracking_uri)
+    for run in child_runs(tracking_uri, experiment_id, parent_run_id):
+        if run.data.tags.get(tags.TRIAL) not in failed:
+            continue
+        reason, kind = failed[run.data.tags.get(tags.TRIAL)]
+        values = {tags.FAILURE_KIND: kind} if kind else {}
+        if len(reason) > len(run.data.tags.get(tags.FAILURE, "")):
+            values[tags.FAILURE] = reason
+        for key, value in values.items():
+            c.set_tag(run.info.run_id, key, value)
+        if run.info.status == "RUNNING":
+            c.set_tag(run.info.run_id, tags.STATE, "FAILED")
+            c.set_terminated(run.info.run_id, status="FAILED")
+
+
+def close_study_records(spec: StudySpec, tracking_uri: str, optuna_url: str,
+                        status: str = "KILLED", reason: str = "cancelled") -> int:
+    """End a study's records from outside its driver (after its job was stopped/killed):
+    every RUNNING MLflow run of the study (parent and children) → ``status``, and every
+    unfinished Optuna trial → FAIL. Idempotent; returns the number of runs closed."""
+    closed = close_study_run(tracking_uri, spec.experiment_name, spec.name, status, reason)
+    fail_unfinished_trials(open_storage(optuna_url), spec.name)
+    return closed

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlencode
 
-STUDY_TAG = "credit.study"  # = service.tracking.STUDY_TAG (kept import-light here)
+from service.records import tags
 
 
 def study_filter(study: str) -> str:
     """The MLflow search filter of a study's runs (parent, trials, final seeds)."""
-    return f"tags.`{STUDY_TAG}` = '{study}'"
+    return f"tags.`{tags.STUDY}` = '{study}'"
 
 
 def mlflow_runs(base: str | None, experiment_id: str | None, study: str,

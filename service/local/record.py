@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from service.api.local_stack import StackError, session_members, stop_processes
+from service.local.stack import StackError, session_members, stop_processes
 
 RECORD, LOCK = "stack.json", "stack.lock"
 

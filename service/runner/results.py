@@ -4,25 +4,35 @@ Optuna, the final K-seed evaluation, and the result recorded on the parent run."
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from service.settings import TUNE_TRIAL_ID, trial_counts
-from service.storage import tune_storage
+import optuna
+from ray import tune
+
+from service.records import tags
+from service.records import tracking as T
+from service.records.optuna_trials import TUNE_TRIAL_ID
+from service.records.trial_logger import TrialLoggerFactory
+from service.records.tune_storage import tune_storage
+from service.runner.failures import failure_kind
+from service.spec import StudySpec
+from service.tracebacks import reason_of_exception
+from service.trials import TrialState, count, trial_state
 from trainables.metrics import LAYER_METRICS, finite_or_none, mean_sem
+from trainables.tune import train_trial
 
 
 @dataclass
 class TrialSummary:
     trial_id: str
-    state: str  # COMPLETE | RUNNING | FAILED | PRUNED | PENDING
+    state: TrialState
     params: dict[str, Any]
     value: float | None = None
     epochs: int = 0
     run_id: str | None = None
     error: str | None = None
-    failure_kind: str | None = None  # infrastructure | trial (service.failures)
+    failure_kind: str | None = None  # infrastructure | trial (service.runner.failures)
 
 
 @dataclass
@@ -48,87 +58,40 @@ class StudyResult:
         return asdict(self)
 
 
-
-def _error_text(trial) -> str:
-    from service.failures import failure_reason_of
-
-    return failure_reason_of(trial)
-
-
-_EXCEPTION_LINE = re.compile(
-    r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt))(?:\([\w.]+\))?: (.+)$")
-
-
-def last_exception(text: str) -> tuple[str, str] | None:
-    """(type, message) of the last ``SomethingError: message`` line of a traceback or log:
-    the innermost exception, the reason a trial or a driver failed."""
-    found = None
-    for line in text.strip().splitlines():
-        m = _EXCEPTION_LINE.match(line.strip())
-        if m:
-            found = (m.group(1), m.group(2).strip())
-    return found
-
-
-def _exception_line(text: str) -> str:
-    """The message of the innermost exception in a (remote) traceback, one line."""
-    found = last_exception(text)
-    if found:
-        return found[1][:500]
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else "trial failed")[:500]
-
-
-def _trial_summaries(spec, grid, monitor) -> list[TrialSummary]:
+def trial_summaries(spec: StudySpec, grid, monitor) -> list[TrialSummary]:
+    """One summary per trial of Tune's result grid: state, parameters, value, reason."""
     out = []
     # ResultGrid keeps its results in the order of Tune's trials (ray 2.60), which the
     # monitor saw at the experiment's end: they carry the id also of trials that failed
     # before their first report.
     trials = monitor.trials
+    tuned = spec.search_space().params
     for i, r in enumerate(grid):
         metrics = r.metrics or {}
         trial_id = metrics.get("trial_id") or (trials[i].trial_id if i < len(trials) else "?")
         done = int(metrics.get("epoch", 0) or 0)
-        if r.error is not None:
-            state = "FAILED"
-        elif done >= spec.epochs:
-            state = "COMPLETE"
-        elif done > 0:
-            state = "PRUNED"
-        else:
-            state = "PENDING"
+        state = trial_state(done, spec.epochs, failed=r.error is not None)
         value = metrics.get(spec.objective.metric)
-        tuned = spec.search_space().params
         params = {k: v for k, v in (r.config or {}).items() if k in tuned}
-        error = (_short_error(r.error) if r.error else None) or monitor.failed.get(trial_id)
-        from service.failures import failure_kind
-
+        error = (reason_of_exception(r.error) if r.error else None) \
+            or monitor.failed.get(trial_id)
         out.append(TrialSummary(trial_id, state, params,
-                                value if state == "COMPLETE" else None, done, None, error,
-                                failure_kind(error) if state == "FAILED" else None))
+                                value if state == TrialState.COMPLETE else None, done, None,
+                                error,
+                                failure_kind(error) if state == TrialState.FAILED else None))
     return out
 
 
-def _short_error(error: BaseException) -> str:
-    from service.failures import reason_of_exception
-
-    return reason_of_exception(error)
-
-
-def _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summaries):
-    import optuna
-
-    from service import tracking as T
-
-    runs = {r.data.tags.get(T.TRIAL_TAG): r for r in
+def best_of(spec: StudySpec, storage, tracking_uri: str, experiment_id: str, parent_id: str,
+            summaries: list[TrialSummary]) -> StudyResult:
+    """The study's result: counts, and its best COMPLETE trial from Optuna with its run."""
+    runs = {r.data.tags.get(tags.TRIAL): r for r in
             T.child_runs(tracking_uri, experiment_id, parent_id)
-            if r.data.tags.get(T.ROLE_TAG) == "trial"}
+            if r.data.tags.get(tags.ROLE) == tags.TRIAL_ROLE}
     for s in summaries:
         if s.trial_id in runs:
             s.run_id = runs[s.trial_id].info.run_id
-    counts = trial_counts()
-    for s in summaries:
-        counts[s.state.lower()] = counts.get(s.state.lower(), 0) + 1
+    counts = count(s.state for s in summaries)
     study = optuna.load_study(study_name=spec.name, storage=storage)
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best_params = best_config = best_value = best_trial = best_run = None
@@ -148,15 +111,12 @@ def _best(spec, space, storage, tracking_uri, experiment_id, parent_id, summarie
     )
 
 
-def _final_evaluation(spec, result, tracking_uri, experiment_id, parent_id, progress):
+def final_evaluation(spec: StudySpec, result: StudyResult, tracking_uri: str,
+                     experiment_id: str, parent_id: str) -> dict[str, float]:
     """Rerun the best configuration with K seeds; mean ± standard error per metric."""
-    from ray import tune
-
-    from service import tracking as T
-    from trainables.tune import train_trial
-
     seeds = list(range(1, spec.final_seeds + 1))
-    factory = T.TrialLoggerFactory(tracking_uri, experiment_id, parent_id, spec.name, "final")
+    factory = TrialLoggerFactory(tracking_uri, experiment_id, parent_id, spec.name,
+                                 tags.FINAL_ROLE)
     config = dict(result.best_config)
     config["seed"] = tune.grid_search(seeds)
     tuner = tune.Tuner(
@@ -187,19 +147,18 @@ def _final_evaluation(spec, result, tracking_uri, experiment_id, parent_id, prog
     return summary
 
 
-def _record_best(c, parent_id: str, result: StudyResult) -> None:
-    from service import tracking as T
-
+def record_best(c, parent_id: str, result: StudyResult) -> None:
+    """The result on the study's parent run: best params and value, counts, result.json."""
     if result.best_params is not None:
         T.log_params(c, parent_id, {f"best.{k}": v for k, v in result.best_params.items()})
         T.log_metrics(c, parent_id, {f"best_{result.objective['metric']}": result.best_value},
                       step=0)
         if result.best_run_id:
-            c.set_tag(parent_id, "credit.best_run_id", result.best_run_id)
-        c.set_tag(parent_id, "credit.best_trial_id", result.best_trial_id or "")
+            c.set_tag(parent_id, tags.BEST_RUN, result.best_run_id)
+        c.set_tag(parent_id, tags.BEST_TRIAL, result.best_trial_id or "")
     if result.final:
         T.log_metrics(c, parent_id, result.final, step=0)
     counts = {f"trials_{k}": float(v) for k, v in result.counts.items()}
     T.log_metrics(c, parent_id, counts, step=0)
     c.log_dict(parent_id, finite_or_none(result.to_dict()), "result.json")
-    c.set_tag(parent_id, "credit.status", result.status)
+    c.set_tag(parent_id, tags.STATUS, result.status)

@@ -14,7 +14,7 @@ system), then runs one tiny task pinned to each alive node
 
 A failure is one :class:`PreflightError` line naming the node, the setting and what to
 set instead. :func:`serve_problem` is the part ``credit serve`` can check at start
-without running anything on the cluster.
+without running anything on the cluster (``service.api.startup``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ import os
 import secrets
 from typing import Any
 
-from service.study import StudyError
+import ray
+from mlflow.tracking import MlflowClient
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from service.records.tune_storage import S3_ENDPOINT_ENV, STORAGE_ENV, tune_storage
+from service.spec import StudyError
+from trainables.data import load_dataset
 
 MARKER_DIR = ".credit-preflight"
 TIMEOUT_S = 120.0
@@ -64,8 +70,6 @@ def _node_check(location: str, endpoint: str | None, marker: str, token: str,
                 tracking_uri: str, experiment_id: str, experiment_name: str,
                 dataset: str, data_dir: str | None) -> list[str]:
     """Runs ON a node: the problems found there (empty: all good)."""
-    from service.storage import S3_ENDPOINT_ENV, STORAGE_ENV, tune_storage
-
     problems = []
     if endpoint:
         os.environ[S3_ENDPOINT_ENV] = endpoint
@@ -92,8 +96,6 @@ def _node_check(location: str, endpoint: str | None, marker: str, token: str,
                         f"({type(error).__name__}: {error}); set CREDIT_STORAGE to storage "
                         "every node can write")
     try:
-        from mlflow.tracking import MlflowClient
-
         exp = MlflowClient(tracking_uri).get_experiment(experiment_id)
         if exp is None or exp.name != experiment_name:
             raise LookupError("another store")
@@ -106,8 +108,6 @@ def _node_check(location: str, endpoint: str | None, marker: str, token: str,
                         f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); make "
                         "the MLflow server reachable from every node")
     try:
-        from trainables.data import load_dataset
-
         load_dataset(dataset, data_dir)
     except Exception as error:
         problems.append(f"CREDIT_DATA_DIR={data_dir or os.environ.get('CREDIT_DATA_DIR', '')}: "
@@ -119,11 +119,6 @@ def _node_check(location: str, endpoint: str | None, marker: str, token: str,
 def check_cluster(spec, tracking_uri: str, experiment_id: str) -> int:
     """Check every alive node (Ray must be connected); raise :class:`PreflightError` on the
     first problem. Returns the number of nodes checked (0: a one-node cluster)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from service.storage import S3_ENDPOINT_ENV, tune_storage
-
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len({n.get("NodeManagerAddress") for n in nodes}) < 2:
         return 0  # one host (a single machine, or a loopback cluster): one disk
@@ -171,16 +166,3 @@ def check_cluster(spec, tracking_uri: str, experiment_id: str) -> int:
         except Exception:  # best effort: a marker left behind harms nothing
             pass
     return len(nodes)
-
-
-def serve_refusal(settings) -> str | None:
-    """Why ``credit serve`` must not start with this cluster, or None (also when the
-    cluster cannot be reached: the API answers 503 for that itself)."""
-    from service.jobs import JobError, RayJobs
-
-    token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
-    try:
-        nodes = RayJobs(settings.ray_dashboard_url, token, timeout_s=10).nodes()
-    except JobError:
-        return None
-    return serve_problem(settings, nodes)

@@ -1,0 +1,182 @@
+"""A trial's own MLflow run, written by the trial itself (a trainer callback): params,
+per-epoch metrics as steps, plots as artifacts, and its end (FINISHED, or FAILED with
+the reason). A restored trial keeps logging to the run it started: the run id is part
+of the trainer checkpoint."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.entities import RunTag
+
+from service.records import tags
+from service.records.tracking import RetryingClient, client, log_metrics, log_params, with_retries
+from trainables import plots
+from trainables.errors import CreditError
+from trainables.trainer import Callback, Trainer
+
+
+def run_name(study: str, role: str, trial_id: str, seed: int) -> str:
+    """A run's readable name: ``<study>/trial-<n>`` (n from Tune's ``xxxxx_0000n``) or,
+    for the final evaluation, ``<study>/seed-<seed>``."""
+    if role == "final":
+        return f"{study}/seed-{seed}"
+    tail = trial_id.rsplit("_", 1)[-1]
+    return f"{study}/{role}-{int(tail) if tail.isdigit() else trial_id}"
+
+
+def _where() -> dict[str, str]:
+    """Which machine and Ray node ran the trial (tags, for multi-node clusters)."""
+    where = {tags.HOST: socket.gethostname()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            where[tags.NODE_ID] = ray.get_runtime_context().get_node_id()
+            where[tags.NODE_IP] = ray.util.get_node_ip_address()
+    except Exception:  # not under Ray
+        pass
+    return where
+
+
+class MlflowTrialLogger(Callback):
+    """Writes one trial to its own MLflow child run: params, per-epoch metrics as
+    steps, plots as artifacts, and a final status (FINISHED or FAILED + reason)."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        study: str,
+        trial_id: str,
+        role: str = "trial",
+    ):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.study = study
+        self.trial_id = trial_id
+        self.role = role
+        self.run_id: str | None = None
+        self.closed = False
+        self._client: RetryingClient | None = None
+
+    @property
+    def client(self) -> RetryingClient:
+        if self._client is None:
+            self._client = RetryingClient(client(self.tracking_uri))
+        return self._client
+
+    # --------------------------------------------------------------- hooks
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.run_id is None:  # a trial restarted before its first checkpoint
+            self.run_id = self._existing_run()
+        if self.run_id is not None:  # restored: keep logging to the same run
+            if trainer.epoch >= trainer.config.epochs:
+                self.closed = True  # it had finished; only the driver lost track of it
+            else:
+                self.client.update_run(self.run_id, status="RUNNING")
+            return
+        attempts = 0
+
+        def create() -> str:
+            # a retry first looks for the run the lost answer may have created
+            nonlocal attempts
+            attempts += 1
+            found = self._existing_run() if attempts > 1 else None
+            return found or self.client.inner.create_run(
+                self.experiment_id,
+                run_name=run_name(self.study, self.role, self.trial_id, trainer.config.seed),
+                tags={tags.PARENT: self.parent_run_id, tags.STUDY: self.study,
+                      tags.ROLE: self.role, tags.TRIAL: self.trial_id},
+            ).info.run_id
+
+        self.run_id = with_retries(create, "create_run")
+        log_params(self.client, self.run_id, trainer.config.model_dump())
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _where().items()])
+        self._check_study_alive()
+
+    def _check_study_alive(self) -> None:
+        """A trial that starts after its study was stopped (the driver ends its parent
+        run first, then closes the children) closes its own run and does not train."""
+        status = self.client.get_run(self.parent_run_id).info.status
+        if status != "RUNNING":
+            self.client.set_tag(self.run_id, tags.STATE, "STALE")
+            self.client.set_terminated(self.run_id, status="KILLED")
+            self.closed = True
+            raise CreditError(f"study {self.study!r} has ended (its MLflow run is {status}); "
+                              f"trial {self.trial_id} does not start")
+
+    def _existing_run(self) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{tags.PARENT}` = '{self.parent_run_id}' and tags.`{tags.TRIAL}` = "
+            f"'{self.trial_id}' and tags.`{tags.ROLE}` = '{self.role}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))
+        if trainer.epoch >= trainer.config.epochs:
+            # Finish now, before the final report: Tune may stop the trial inside it.
+            self._log_plots(trainer)
+            self.client.set_tag(self.run_id, tags.STATE, "COMPLETE")
+            self.client.set_terminated(self.run_id, status="FINISHED")
+            self.closed = True
+
+    def on_fit_error(self, trainer: Trainer, error: BaseException) -> None:
+        if self.run_id is None or self.closed:
+            return
+        self.closed = True
+        if isinstance(error, SystemExit):  # Tune stopped the trial inside report()
+            self.client.set_tag(self.run_id, tags.STATE, "PRUNED")
+            self.client.set_terminated(self.run_id, status="KILLED")
+            return
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        self.client.log_batch(self.run_id, tags=[RunTag(tags.FAILURE, reason[:5000]),
+                                                  RunTag(tags.STATE, "FAILED")])
+        if trainer.history:
+            self._log_plots(trainer)
+        self.client.set_terminated(self.run_id, status="FAILED")
+
+    def state_dict(self) -> dict | None:
+        return None if self.run_id is None else {"run_id": self.run_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run_id = state["run_id"]
+
+    # -------------------------------------------------------------- artifacts
+    def _log_plots(self, trainer: Trainer) -> None:
+        extra: dict[str, Any] = {}
+        if trainer.experiment.code_layer is not None:
+            extra["codes"], extra["labels"] = trainer.latent_codes(limit=2000)
+            extra["originals"], extra["recon"] = trainer.reconstructions(8)
+        title = f"{trainer.config.rule} · {self.role} {self.trial_id}"
+        figures = plots.trial_figures(trainer.history, title=title, **extra)
+        with tempfile.TemporaryDirectory(prefix="credit-plots-") as tmp:
+            plots.save_figures(figures, tmp)
+            if extra:
+                np.savez_compressed(Path(tmp) / "autoencoder.npz", **extra)
+            self.client.log_artifacts(self.run_id, tmp, artifact_path="plots")
+
+
+class TrialLoggerFactory:
+    """Picklable factory the trainable calls to get its MLflow callback."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str,
+                 role: str = "trial"):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.study = study
+        self.role = role
+
+    def __call__(self, config, trial_id: str) -> list[Callback]:
+        return [MlflowTrialLogger(self.tracking_uri, self.experiment_id, self.parent_run_id,
+                                  self.study, trial_id, self.role)]

@@ -1,0 +1,66 @@
+"""A study's Tune ``Tuner``: its searcher (``service.runner.searcher``), scheduler
+(ASHA or FIFO), the driver-side monitor's callback and stopper, and how often its
+experiment state and checkpoints are saved."""
+
+from __future__ import annotations
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from service.runner.monitor import ProgressFn
+from service.runner.searcher import OptunaAskTell
+from service.spec import EarlyStopping, StudySpec
+
+__all__ = ["CHECKPOINTS_KEPT", "EXPERIMENT_SAVE_PERIOD_S", "ProgressFn", "make_searcher",
+           "new_tuner"]
+
+#: Seconds between two saves (and uploads to the storage) of a study's Tune experiment
+#: state: its trials and their latest checkpoints, the searcher. Tune's defaults: 10 s
+#: (saves) and 300 s (uploads).
+EXPERIMENT_SAVE_PERIOD_S = 2
+#: Checkpoints kept per trial: a trial may write this many since the last upload of the
+#: experiment state before the one that state names is deleted.
+CHECKPOINTS_KEPT = 5
+
+
+def make_searcher(spec: StudySpec, storage) -> OptunaAskTell:
+    """Optuna's ask-and-tell behind Tune's ``Searcher`` (early-stopped trials PRUNED)."""
+    return OptunaAskTell(space=spec.search_space().to_optuna(),
+                         metric=spec.objective.metric, mode=spec.objective.mode,
+                         study_name=spec.name, storage=storage, sampler=spec.sampler,
+                         seed=spec.seed, epochs=spec.epochs, max_trials=spec.max_trials)
+
+
+def new_tuner(spec: StudySpec, storage, trainable, monitor, tune_store) -> tune.Tuner:
+    """A new Tuner of the study's trials."""
+    searcher = ConcurrencyLimiter(make_searcher(spec, storage),
+                                  max_concurrent=spec.parallel_trials)
+    if spec.early_stopping:
+        es = spec.early_stopping if isinstance(spec.early_stopping, EarlyStopping) \
+            else EarlyStopping()
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.epochs,
+                                  grace_period=min(es.grace_period, spec.epochs),
+                                  reduction_factor=es.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        param_space=spec.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=spec.objective.metric, mode=spec.objective.mode, search_alg=searcher,
+            scheduler=scheduler, num_samples=spec.max_trials,
+            max_concurrent_trials=spec.parallel_trials, reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name, **tune_store.run_config(), verbose=0,
+            callbacks=[monitor.callback], stop=monitor.stopper,
+            # The experiment state a restore reads names each trial's checkpoint as of
+            # its last upload to the storage: upload it every few seconds (Tune's default
+            # is 5 minutes), and keep enough checkpoints that the one it names still
+            # exists after a crash (Tune deletes a trial's oldest beyond num_to_keep).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            sync_config=tune.SyncConfig(sync_period=EXPERIMENT_SAVE_PERIOD_S),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        ),
+    )
