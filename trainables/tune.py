@@ -55,7 +55,7 @@ def train_trial(config: dict[str, Any], callback_factory: CallbackFactory | None
     context = tune.get_context()
     cfg = TrainConfig(**config)
     cpus = context.get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_numtrial_threads(trial_threads(cfg, cpus))
+    torch.set_num_threads(trial_threads(cfg, cpus))
     extra = list(callback_factory(cfg, context.get_trial_id())) if callback_factory else []
     trainer = Trainer(cfg, callbacks=[*extra, ReportToTune()])
     checkpoint = tune.get_checkpoint()

@@ -15,6 +15,7 @@ from service.paper import figures as F
 from service.paper import report as R
 from service.paper.arms import arms_of
 from service.paper.campaign import run_campaign
+from service.records import tags
 from service.records import tracking as T
 from service.runner.study import run_study
 from service.spec import StudySpec
@@ -111,7 +112,7 @@ def test_studies_nest_under_the_campaign(fc_campaign, stores):
     result, _ = fc_campaign
     client = MlflowClient(stores["tracking_uri"])
     campaign = client.get_run(result.run_id)
-    assert campaign.data.tags[T.ROLE_TAG] == "campaign" and campaign.info.status == "FINISHED"
+    assert campaign.data.tags[tags.ROLE] == "campaign" and campaign.info.status == "FINISHED"
     studies = T.child_runs(stores["tracking_uri"], campaign.info.experiment_id, result.run_id)
     assert sorted(s.data.tags["credit.arm"] for s in studies) == ["bp", "fa", "np-c0.01"]
     np_study = next(s for s in studies if s.data.tags["credit.arm"] == "np-c0.01")
@@ -158,7 +159,7 @@ def test_report_marks_failed_and_missing_arms(ray_cluster, stores):
     c = T.client(stores["tracking_uri"])
     exp = T.ensure_experiment(stores["tracking_uri"], "credit-search", None)
     campaign = c.create_run(exp, run_name="broken", tags={
-        T.ROLE_TAG: "campaign", "credit.experiment": "mnist-fc", "credit.arms": "bp,fa,np"})
+        tags.ROLE: "campaign", "credit.experiment": "mnist-fc", "credit.arms": "bp,fa,np"})
     cid = campaign.info.run_id
     # bp runs fine; fa always diverges; np was never run
     for key, space in (("bp", "mnist-fc-backprop"),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from service.runner.failures import LOST
-from service.settings import TUNE_TRIAL_ID, open_optuna_storage
+from service.records.optuna_trials import LOST, TUNE_TRIAL_ID
+from service.records.optuna_trials import open_storage as open_optuna_storage
 
 SPACE = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
 

@@ -16,11 +16,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
+from service.records import tags
 from service.records import tracking as T
 from service.records import trial_logger as TL
-from service.runner.failures import LOST
+from service.records.optuna_trials import LOST, TUNE_TRIAL_ID
 from service.runner.study import run_study
-from service.settings import TUNE_TRIAL_ID
 from service.spec import StudySpec
 
 TINY = dict(epochs=2, batches_per_epoch=15, dataset="mnist-5k")
@@ -33,7 +33,7 @@ def _stores(tmp_path: Path, name: str) -> dict:
 
 def _children(result, role="trial"):
     runs = T.child_runs(result.tracking_uri, result.experiment_id, result.parent_run_id)
-    return [r for r in runs if r.data.tags.get(T.ROLE_TAG) == role]
+    return [r for r in runs if r.data.tags.get(tags.ROLE) == role]
 
 
 def _optuna_trials(spec):
@@ -97,7 +97,7 @@ def test_diverging_trial_fails_alone(ray_cluster, tmp_path):
     assert sorted(r.info.status for r in runs).count("FAILED") == len(failed)
     for r in runs:
         if r.info.status == "FAILED":
-            assert "diverged in epoch 1" in r.data.tags[T.FAILURE_TAG]
+            assert "diverged in epoch 1" in r.data.tags[tags.FAILURE]
     states = [t.state.name for t in _optuna_trials(spec)]
     assert states.count("FAIL") == len(failed)
 
@@ -111,7 +111,7 @@ def test_asha_stopped_trials_are_pruned_not_complete(ray_cluster, tmp_path):
     trials = _optuna_trials(spec)
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     assert pruned, [t.state.name for t in trials]
-    runs = {r.data.tags[T.TRIAL_TAG]: r for r in _children(result)}
+    runs = {r.data.tags[tags.TRIAL]: r for r in _children(result)}
     client = MlflowClient(result.tracking_uri)
     for t in trials:
         run = runs[t.user_attrs["tune_trial_id"]]
@@ -120,7 +120,7 @@ def test_asha_stopped_trials_are_pruned_not_complete(ray_cluster, tmp_path):
             assert epochs == [1, 2, 3] and run.info.status == "FINISHED"
         else:
             assert t.state.name == "PRUNED" and len(epochs) < 3
-            assert run.info.status == "KILLED" and run.data.tags[T.STATE_TAG] == "PRUNED"
+            assert run.info.status == "KILLED" and run.data.tags[tags.STATE] == "PRUNED"
     assert all(r.info.status != "RUNNING" for r in runs.values())
     assert result.counts["pruned"] == len(pruned)
 
@@ -213,24 +213,24 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path, credit_home):
     client = MlflowClient(stores["tracking_uri"])
     exp = client.get_experiment_by_name("credit-search")
     parent = T.find_runs(stores["tracking_uri"], exp.experiment_id,
-                         f"tags.`{T.STUDY_TAG}` = 'resumed' and tags.`{T.ROLE_TAG}` = 'study'")
+                         f"tags.`{tags.STUDY}` = 'resumed' and tags.`{tags.ROLE}` = 'study'")
     assert len(parent) == 1
     assert parent[0].info.status == "FINISHED"
     runs = [r for r in T.child_runs(stores["tracking_uri"], exp.experiment_id,
                                     parent[0].info.run_id)
-            if r.data.tags.get(T.ROLE_TAG) == "trial"]
-    trial_ids = [r.data.tags[T.TRIAL_TAG] for r in runs]
+            if r.data.tags.get(tags.ROLE) == "trial"]
+    trial_ids = [r.data.tags[tags.TRIAL] for r in runs]
     assert len(set(trial_ids)) == len(trial_ids)  # no duplicate run for a trial
-    counted = [r for r in runs if r.data.tags.get(T.STATE_TAG) == "COMPLETE"]
+    counted = [r for r in runs if r.data.tags.get(tags.STATE) == "COMPLETE"]
     assert len(counted) == 5 and all(r.info.status == "FINISHED" for r in counted)
-    assert {r.data.tags[T.TRIAL_TAG] for r in counted} == {
+    assert {r.data.tags[tags.TRIAL] for r in counted} == {
         t.user_attrs[TUNE_TRIAL_ID] for t in trials if t.state.name == "COMPLETE"}
     others = [r for r in runs if r not in counted]
     assert len(others) <= len(lost)
     for r in others:  # killed with the driver, or finished before it could be recorded
         assert r.info.status in ("KILLED", "FINISHED")
-        assert r.data.tags[T.STATE_TAG] == "LOST"
-        assert r.data.tags[T.FAILURE_TAG] == LOST
+        assert r.data.tags[tags.STATE] == "LOST"
+        assert r.data.tags[tags.FAILURE] == LOST
 
 
 def test_job_entrypoint_sigterm_ends_every_run_killed(ray_cluster, tmp_path, credit_home):
@@ -254,7 +254,7 @@ def test_job_entrypoint_sigterm_ends_every_run_killed(ray_cluster, tmp_path, cre
         if exp is None:
             return []
         runs = client.search_runs([exp.experiment_id])
-        return [r for r in runs if r.data.tags.get(T.ROLE_TAG) == "trial"]
+        return [r for r in runs if r.data.tags.get(tags.ROLE) == "trial"]
 
     deadline = time.time() + 240
     while time.time() < deadline and driver.poll() is None:
@@ -272,7 +272,7 @@ def test_job_entrypoint_sigterm_ends_every_run_killed(ray_cluster, tmp_path, cre
     assert "Traceback" not in err, err[-3000:]
     exp = client.get_experiment_by_name("credit-search")
     parents = T.find_runs(stores["tracking_uri"], exp.experiment_id,
-                          f"tags.`{T.STUDY_TAG}` = 'stopped' and tags.`{T.ROLE_TAG}` = 'study'")
+                          f"tags.`{tags.STUDY}` = 'stopped' and tags.`{tags.ROLE}` = 'study'")
     assert [p.info.status for p in parents] == ["KILLED"]
     runs = trial_runs()
     assert runs and all(r.info.status in ("KILLED", "FINISHED") for r in runs)
@@ -329,4 +329,4 @@ def test_trial_of_a_stopped_study_closes_its_run_and_does_not_train(tmp_path):
     assert trainer.epoch == 0
     run = client.get_run(late.run_id)
     assert run.info.status == "KILLED"
-    assert run.data.tags[T.STATE_TAG] == "STALE"
+    assert run.data.tags[tags.STATE] == "STALE"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.records import study_runs as R
+from service.records import tags
 from service.records import tracking as T
 from service.spec import StudyError, StudySpec
 
@@ -30,7 +31,7 @@ def test_open_study_run_records_tags_params_and_spec(store):
     uri, experiment_id = store
     run = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
     stored = T.client(uri).get_run(run.info.run_id)
-    assert stored.data.tags[T.STUDY_TAG] == "np-a" and stored.data.tags[T.ROLE_TAG] == "study"
+    assert stored.data.tags[tags.STUDY] == "np-a" and stored.data.tags[tags.ROLE] == "study"
     assert stored.data.tags["credit.arm"] == "np"
     assert stored.data.params["seed"] == "3" and stored.data.params["training_seed"] == "9"
     assert stored.data.params["rule"] == "node_perturbation"
@@ -66,13 +67,13 @@ def test_close_study_run_ends_parent_and_trials_once(store):
     uri, experiment_id = store
     c = T.client(uri)
     parent = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
-    trial = c.create_run(experiment_id, tags={T.PARENT_TAG: parent.info.run_id,
-                                              T.ROLE_TAG: "trial", T.TRIAL_TAG: "t1"})
+    trial = c.create_run(experiment_id, tags={tags.PARENT: parent.info.run_id,
+                                              tags.ROLE: "trial", tags.TRIAL: "t1"})
     assert R.close_study_run(uri, "credit-search", "np-a", "KILLED", "cancelled") == 2
     assert c.get_run(trial.info.run_id).info.status == "KILLED"
     ended = c.get_run(parent.info.run_id)
     assert ended.info.status == "KILLED"
-    assert ended.data.tags[T.FAILURE_TAG] == "cancelled"
+    assert ended.data.tags[tags.FAILURE] == "cancelled"
     assert ended.data.tags["credit.status"] == "CANCELLED"
     assert R.close_study_run(uri, "credit-search", "np-a", "KILLED", "again") == 0
     assert R.close_study_run(uri, "credit-search", "unknown", "FAILED", "x") == 0
@@ -81,13 +82,13 @@ def test_close_study_run_ends_parent_and_trials_once(store):
 def test_stale_runs_close_pruned_lost_or_stale(store):
     """A RUNNING child run at a study's end: PRUNED (early-stopped), LOST (Tune does not
     know its trial: started after Tune's last save before a crash) or STALE."""
-    from service.runner.failures import LOST
+    from service.records.optuna_trials import LOST
 
     uri, experiment_id = store
     c = T.client(uri)
     parent = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
-    runs = {t: c.create_run(experiment_id, tags={T.PARENT_TAG: parent.info.run_id,
-                                                 T.ROLE_TAG: "trial", T.TRIAL_TAG: t})
+    runs = {t: c.create_run(experiment_id, tags={tags.PARENT: parent.info.run_id,
+                                                 tags.ROLE: "trial", tags.TRIAL: t})
             for t in ("pruned", "lost", "stale", "active", "done")}
     c.set_terminated(runs["done"].info.run_id, status="FINISHED")
     closed = R.close_stale_runs(uri, experiment_id, parent.info.run_id, {"pruned"},
@@ -98,19 +99,23 @@ def test_stale_runs_close_pruned_lost_or_stale(store):
     assert {t: r.info.status for t, r in got.items()} == {
         "pruned": "KILLED", "lost": "KILLED", "stale": "KILLED", "active": "RUNNING",
         "done": "FINISHED"}
-    assert [got[t].data.tags.get(T.STATE_TAG) for t in ("pruned", "lost", "stale")] == [
+    assert [got[t].data.tags.get(tags.STATE) for t in ("pruned", "lost", "stale")] == [
         "PRUNED", "LOST", "STALE"]
-    assert got["lost"].data.tags[T.FAILURE_TAG] == LOST
-    assert T.FAILURE_TAG not in got["stale"].data.tags
+    assert got["lost"].data.tags[tags.FAILURE] == LOST
+    assert tags.FAILURE not in got["stale"].data.tags
 
 
 def test_unfinished_optuna_trials_fail_and_a_lost_one_says_why(tmp_path):
     import optuna
 
-    from service.runner.failures import LOST, fail_unfinished_trials
-    from service.settings import TUNE_TRIAL_ID, open_optuna_storage
+    from service.records.optuna_trials import (
+        LOST,
+        TUNE_TRIAL_ID,
+        fail_unfinished_trials,
+        open_storage,
+    )
 
-    storage = open_optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     study = optuna.create_study(study_name="s", storage=storage)
     for tune_id in ("known", "lost"):
         study.ask().set_user_attr(TUNE_TRIAL_ID, tune_id)
@@ -138,12 +143,12 @@ def test_a_dead_drivers_runs_are_closed_on_the_next_start(store):
     alive = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
     dead_spec = StudySpec(name="np-dead", space="mnist-fc-node-perturbation", tracking_uri=uri)
     dead = R.open_study_run(dead_spec, uri, experiment_id, resume=False)
-    trial = c.create_run(experiment_id, tags={T.PARENT_TAG: dead.info.run_id,
-                                              T.ROLE_TAG: "trial", T.TRIAL_TAG: "t0"})
+    trial = c.create_run(experiment_id, tags={tags.PARENT: dead.info.run_id,
+                                              tags.ROLE: "trial", tags.TRIAL: "t0"})
     # the dead study's driver: a process that has exited since
     proc = subprocess.run([sys.executable, "-c", "from service import study_runs as R; "
                            "print(R.driver_id())"], capture_output=True, text=True, check=True)
-    c.set_tag(dead.info.run_id, T.DRIVER_TAG, proc.stdout.strip())
+    c.set_tag(dead.info.run_id, tags.DRIVER, proc.stdout.strip())
 
     # `--resume` of the dead study leaves it to the resume (its trials continue)
     assert R.close_orphaned_runs(uri, experiment_id, resuming="np-dead") == []
@@ -151,26 +156,26 @@ def test_a_dead_drivers_runs_are_closed_on_the_next_start(store):
     assert R.close_orphaned_runs(uri, experiment_id) == ["np-dead"]
     closed = c.get_run(dead.info.run_id)
     assert closed.info.status == "FAILED"
-    assert "is gone" in closed.data.tags[T.FAILURE_TAG]
+    assert "is gone" in closed.data.tags[tags.FAILURE]
     assert c.get_run(trial.info.run_id).info.status == "KILLED"
     assert c.get_run(alive.info.run_id).info.status == "RUNNING"
     assert R.close_orphaned_runs(uri, experiment_id) == []
 
 
 def test_a_lost_trial_that_finished_is_marked_lost_not_counted(store):
-    from service.runner.failures import LOST
+    from service.records.optuna_trials import LOST
 
     uri, experiment_id = store
     c = T.client(uri)
     parent = R.open_study_run(_spec(uri), uri, experiment_id, resume=False)
-    runs = {t: c.create_run(experiment_id, tags={T.PARENT_TAG: parent.info.run_id,
-                                                 T.ROLE_TAG: "trial", T.TRIAL_TAG: t,
-                                                 T.STATE_TAG: "COMPLETE"})
+    runs = {t: c.create_run(experiment_id, tags={tags.PARENT: parent.info.run_id,
+                                                 tags.ROLE: "trial", tags.TRIAL: t,
+                                                 tags.STATE: "COMPLETE"})
             for t in ("lost", "kept")}
     for r in runs.values():
         c.set_terminated(r.info.run_id, status="FINISHED")
     assert R.mark_lost_runs(uri, experiment_id, parent.info.run_id, {"lost"}) == 1
     assert R.mark_lost_runs(uri, experiment_id, parent.info.run_id, {"lost"}) == 0
     lost, kept = (c.get_run(runs[t].info.run_id).data.tags for t in ("lost", "kept"))
-    assert lost[T.STATE_TAG] == "LOST" and lost[T.FAILURE_TAG] == LOST
-    assert kept[T.STATE_TAG] == "COMPLETE" and T.FAILURE_TAG not in kept
+    assert lost[tags.STATE] == "LOST" and lost[tags.FAILURE] == LOST
+    assert kept[tags.STATE] == "COMPLETE" and tags.FAILURE not in kept

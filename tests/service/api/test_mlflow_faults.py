@@ -11,7 +11,9 @@ import threading
 
 import pytest
 
+from service.records import tags
 from service.records import tracking as T
+from service.records import trial_logger as TL
 from trainables.config import TrainConfig
 from trainables.trainer import Callback, Trainer
 
@@ -108,9 +110,9 @@ def test_a_trial_survives_dropped_mlflow_connections(proxy, mlflow_server):
     """Before: one transient error (``log-batch failed``) failed the trial. After: the
     call is made again and the trial's run ends FINISHED with every epoch logged."""
     experiment_id = T.ensure_experiment(mlflow_server, "credit-faults", None)
-    parent = T.client(mlflow_server).create_run(experiment_id, tags={T.ROLE_TAG: "study"})
+    parent = T.client(mlflow_server).create_run(experiment_id, tags={tags.ROLE: "study"})
     proxy.drop = 3  # the trial's first calls meet a server that is not there
-    logger = T.MlflowTrialLogger(proxy.url, experiment_id, parent.info.run_id, "faults", "t0")
+    logger = TL.MlflowTrialLogger(proxy.url, experiment_id, parent.info.run_id, "faults", "t0")
     config = TrainConfig(dataset="mnist-5k", epochs=2, batches_per_epoch=3,
                          metrics_batch_size=64, max_test_samples=200)
     Trainer(config, callbacks=[CutAfterFirstEpoch(proxy), logger]).fit()

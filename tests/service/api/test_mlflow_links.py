@@ -8,7 +8,7 @@ import re
 import pytest
 
 from service.records.links import mlflow_runs
-from service.records.tracking import run_name
+from service.records.trial_logger import run_name
 from tests.service.api.browser import dump_dom
 
 

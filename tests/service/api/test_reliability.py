@@ -24,7 +24,7 @@ from service.api.schemas import StudyCreate
 from service.api.services import Services
 from service.jobs import JobInfo, JobNotFound, NodeResources, RayJobs
 from service.local.stack import MlflowServer
-from service.records import db
+from service.records import db, tags
 from service.records import study_runs as R
 from service.records import tracking as T
 from tests.service.api.helpers import free_port
@@ -240,7 +240,7 @@ def test_runs_left_running_in_an_outage_are_closed_when_mlflow_is_back(tmp_path,
     _trial(spec, study, 0.5)
     child = T.client(mlflow.url).create_run(
         T.client(mlflow.url).get_run(parent_id).info.experiment_id,
-        tags={T.PARENT_TAG: parent_id, T.ROLE_TAG: "trial", T.TRIAL_TAG: "t1"})
+        tags={tags.PARENT: parent_id, tags.ROLE: "trial", tags.TRIAL: "t1"})
     lifecycle.sync_active(svc)
     port = mlflow.port
     mlflow.stop()
