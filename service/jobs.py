@@ -15,7 +15,6 @@ blocks (HTTP): callers run them off the event loop.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import threading
@@ -109,12 +108,13 @@ class RayJobs:
     def entrypoint(self) -> str:
         return f"{shlex.quote(self.python)} -m service.runner.job"
 
-    def submit(self, submission_id: str, spec: dict[str, Any], env_vars: dict[str, str],
+    def submit(self, submission_id: str, spec_json: str, env_vars: dict[str, str],
                metadata: dict[str, str] | None = None,
                entrypoint_resources: dict[str, float] | None = None) -> str:
-        """Start the study runner on the cluster for ``spec`` as job ``submission_id``."""
+        """Start the study runner on the cluster for the spec ``spec_json`` (a
+        ``StudySpec``'s JSON text) as job ``submission_id``."""
         env = {k: v for k, v in env_vars.items() if v is not None}
-        env[SPEC_VAR] = json.dumps(spec)
+        env[SPEC_VAR] = spec_json
         try:
             return self.client().submit_job(
                 entrypoint=self.entrypoint(), submission_id=submission_id,

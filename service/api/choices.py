@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from search_spaces import load_space, preset_names
+from trainables.data import describe_datasets
 from trainables.errors import CreditError
+from trainables.experiments import EXPERIMENTS
+from trainables.rules import RULES
 
 
 class UnknownSearchSpace(CreditError):
@@ -36,10 +39,6 @@ def search_space(name: str) -> dict[str, Any]:
 
 
 def catalog() -> dict[str, Any]:
-    from trainables.data import describe_datasets
-    from trainables.experiments import EXPERIMENTS
-    from trainables.rules import RULES
-
     experiments = [{"name": name, "description": exp.description,
                     "classification": exp.classification, "datasets": list(exp.datasets),
                     "default_dataset": exp.default_dataset}

@@ -17,11 +17,12 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service import settings as defaults
+from service.api.docs_assets import ASSET_PATHS
+from service.api.principals import Principal, principals_of
 
-#: Paths anyone may call without a token.
+#: Paths anyone may call without a token: the page shell, the health verdict, the docs.
 OPEN_PATHS = ("/", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
-              "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css",
-              "/docs/assets/redoc.standalone.js", "/docs/assets/favicon.png")
+              *ASSET_PATHS)
 
 
 class ApiSettings(BaseSettings):
@@ -92,8 +93,6 @@ class ApiSettings(BaseSettings):
     @field_validator("api_tokens", mode="after")
     @classmethod
     def _check_principals(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
-        from service.api.principals import principals_of
-
         principals_of([t.get_secret_value() for t in value])  # ValueError if malformed
         return value
 
@@ -124,10 +123,8 @@ class ApiSettings(BaseSettings):
         return list(self.principals)
 
     @property
-    def principals(self):
+    def principals(self) -> dict[str, Principal]:
         """Token → ``Principal`` (``service.api.principals``)."""
-        from service.api.principals import principals_of
-
         return principals_of([t.get_secret_value() for t in self.api_tokens])
 
     def job_env(self) -> dict[str, str]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from service.api.services import Services
+from service.records import tracking
 
 
 def _check(fn) -> dict[str, Any]:
@@ -18,13 +21,9 @@ def _check(fn) -> dict[str, Any]:
 def _mlflow(services: Services) -> str:
     uri = services.settings.mlflow_tracking_uri
     if uri.startswith("http"):
-        import httpx
-
         r = httpx.get(uri.rstrip("/") + "/health", timeout=5)
         r.raise_for_status()
         return uri
-    from service.records import tracking
-
     tracking.client(uri).search_experiments(max_results=1)
     return uri
 

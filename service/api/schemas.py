@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, field_validator
 
-from service.settings import TRIAL_STATES
 from service.spec import SERVER_FIELDS, STUDY_NAME, StudySpec
+from service.trials import COUNT_KEYS
 
 StudyStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
 
@@ -75,8 +75,8 @@ class Links(BaseModel):
         None, description="Optuna dashboard page of the study (importances, contours)")
 
 
-#: How many trials are in each state (``service.settings.TRIAL_STATES``).
-TrialCounts = create_model("TrialCounts", **{state: (int, 0) for state in TRIAL_STATES})
+#: How many trials are in each state (``service.trials.COUNT_KEYS``).
+TrialCounts = create_model("TrialCounts", **{state: (int, 0) for state in COUNT_KEYS})
 
 
 class BestSoFar(BaseModel):

@@ -12,6 +12,10 @@ from service.api.config import ApiSettings
 from service.jobs import NodeResources, RayJobs
 from service.records import db, links, tracking
 from service.records.optuna_trials import open_storage
+from service.spec import StudySpec
+
+#: How many studies' parsed specs ``Services.spec_of`` keeps.
+MAX_SPECS = 1024
 
 
 # ----------------------------------------------------------------------- services
@@ -26,6 +30,8 @@ class Services:
     _storage: Any = None
     _storage_lock: threading.Lock = field(default_factory=threading.Lock)
     _nodes: tuple[float, list[NodeResources]] | None = None
+    _specs: dict[str, StudySpec] = field(default_factory=dict)
+    _specs_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def from_settings(cls, settings: ApiSettings) -> Services:
@@ -52,6 +58,19 @@ class Services:
             if self._storage is None:
                 self._storage = open_storage(self.settings.optuna_storage)
             return self._storage
+
+    def spec_of(self, record: db.StudyRecord) -> StudySpec:
+        """The study's spec, parsed once (a study's spec never changes). Its
+        ``tracking_uri`` is the address MLflow had at submission: the service's own
+        (``settings.mlflow_tracking_uri``) is the one to use, since MLflow may have moved."""
+        with self._specs_lock:
+            spec = self._specs.get(record.id)
+            if spec is None:
+                spec = StudySpec.model_validate(record.spec)
+                if len(self._specs) >= MAX_SPECS:  # the oldest goes
+                    self._specs.pop(next(iter(self._specs)))
+                self._specs[record.id] = spec
+            return spec
 
     def cluster_nodes(self, max_age_s: float = 10.0) -> list[NodeResources]:
         cached = self._nodes

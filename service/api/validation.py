@@ -16,13 +16,14 @@ from service.api.errors import (
 from service.api.services import Services
 from service.jobs import JobError
 from service.spec import SERVER_FIELDS, StudySpec
+from trainables.config import DATASET_NAMES
 from trainables.experiments import EXPERIMENTS
 from trainables.metrics import LAYER_METRICS
 from trainables.validation import error_phrase
 
 # --------------------------------------------------------------------- validation
 #: What a client may send: the StudySpec fields the server does not own.
-_CREATE_FIELDS = tuple(f for f in StudySpec.model_fields if f not in SERVER_FIELDS)
+CREATE_FIELDS = tuple(f for f in StudySpec.model_fields if f not in SERVER_FIELDS)
 
 
 def _space_loc(where: str) -> Loc:
@@ -74,8 +75,6 @@ def build_spec(svc: Services, body: Any) -> StudySpec:
             f"(got {body.max_trials})")))
     experiment = EXPERIMENTS.get(space.experiment)
     if body.dataset is not None and body.dataset not in experiment.datasets:
-        from trainables.config import DATASET_NAMES
-
         known = body.dataset in DATASET_NAMES
         problems.append((("dataset",), (
             f"{'dataset' if known else 'unknown dataset'} {body.dataset!r} "
@@ -114,7 +113,7 @@ def _spec_problems(error: ValidationError) -> list[tuple[Loc, str]]:
                 head = where.split(".")[0] if where else ""
                 if loc:
                     problems.append((loc + tuple(p for p in where.split(".") if p), reason))
-                elif head in _CREATE_FIELDS:  # a study setting the space's config rejects
+                elif head in CREATE_FIELDS:  # a study setting the space's config rejects
                     problems.append((tuple(where.split(".")), reason))
                 else:
                     problems.append((_space_loc(where), reason))

@@ -21,8 +21,6 @@ VENV_BIN = Path(sys.executable).parent
 NODE_IP = "127.0.0.2"  # loopback, and not rewritten by Ray (see ray_cluster)
 
 
-
-
 def _ray(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([str(VENV_BIN / "ray"), *args], env=env, capture_output=True,
                           text=True, timeout=180)

@@ -22,8 +22,6 @@ def test_exception_line_is_the_last_error_of_a_log():
     assert len(exception_line("ValueError: " + "x" * 2000)) == 500
 
 
-
-
 def test_an_unreachable_dashboard_is_a_job_error_naming_it():
     url = f"http://127.0.0.1:{free_port()}"
     jobs = RayJobs(url, timeout_s=2)

@@ -14,12 +14,24 @@ from mlflow.tracking import MlflowClient
 from service.paper import figures as F
 from service.paper import report as R
 from service.paper.arms import arms_of
-from service.paper.campaign import run_campaign
 from service.records import tags
 from service.records import tracking as T
-from service.runner.study import run_study
 from service.spec import StudySpec
 from trainables.errors import ConfigError
+
+
+def run_study(*args, **kwargs):
+    """``run_study``, imported once the session's Ray cluster has set its auth token
+    (Ray reads it when it is imported)."""
+    from service.runner.study import run_study as run
+
+    return run(*args, **kwargs)
+
+
+def run_campaign(*args, **kwargs):
+    from service.paper.campaign import run_campaign as run
+
+    return run(*args, **kwargs)
 
 TINY = dict(trials=2, seeds=2, epochs=2, batches_per_epoch=10, dataset="mnist-5k",
             parallel_trials=2)

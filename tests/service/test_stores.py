@@ -17,8 +17,6 @@ from service.records.stores import StoreUnavailable, check_database
 REPO = Path(__file__).resolve().parents[2]
 
 
-
-
 def _credit(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "CREDIT_"))}
     env.update(CREDIT_HOME=str(home), PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI="")

@@ -20,8 +20,15 @@ from service.records import tags
 from service.records import tracking as T
 from service.records import trial_logger as TL
 from service.records.optuna_trials import LOST, TUNE_TRIAL_ID
-from service.runner.study import run_study
 from service.spec import StudySpec
+
+
+def run_study(*args, **kwargs):
+    """``service.runner.study.run_study``, imported once the session's Ray cluster has set
+    its auth token (Ray reads it when it is imported)."""
+    from service.runner.study import run_study as run
+
+    return run(*args, **kwargs)
 
 TINY = dict(epochs=2, batches_per_epoch=15, dataset="mnist-5k")
 

@@ -146,7 +146,7 @@ def test_a_dead_drivers_runs_are_closed_on_the_next_start(store):
     trial = c.create_run(experiment_id, tags={tags.PARENT: dead.info.run_id,
                                               tags.ROLE: "trial", tags.TRIAL: "t0"})
     # the dead study's driver: a process that has exited since
-    proc = subprocess.run([sys.executable, "-c", "from service import study_runs as R; "
+    proc = subprocess.run([sys.executable, "-c", "from service.records import study_runs as R; "
                            "print(R.driver_id())"], capture_output=True, text=True, check=True)
     c.set_tag(dead.info.run_id, tags.DRIVER, proc.stdout.strip())
 

@@ -17,11 +17,8 @@ from fastapi.openapi.docs import (
 )
 from fastapi.responses import FileResponse, HTMLResponse
 
-ASSET_PREFIX = "/docs/assets/"
-ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
-          "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
-#: The paths anyone may fetch (added to the auth's open paths).
-ASSET_PATHS = tuple(ASSET_PREFIX + name for name in ASSETS)
+from service.api.docs_assets import ASSET_PREFIX, ASSETS
+
 TITLE = "credit-search study service"
 
 router = APIRouter(include_in_schema=False)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from service.api import queries
+from service.api import lifecycle, queries
 from service.api.deps import Authenticated, PrincipalDep, ServicesDep
 from service.api.export import export_rows, render
 from service.api.routes.studies import StudyRef
@@ -27,7 +27,7 @@ def export_study(study: StudyRef, services: ServicesDep, principal: PrincipalDep
     """One row per trial: parameters, state, objective value, failure reason, MLflow run
     and its link. `format=csv` (a header row, `param.<name>` columns) or `json`."""
     record = queries.get_study(services, study, principal)
-    trials = queries.study_trials(services, record.id, principal)
+    trials = lifecycle.study_trials(services, record.id, principal)
     objective = dict(record.spec.get("objective") or {})
     body = render(export_rows(record.name, objective, trials), format, objective)
     return Response(body, media_type=_MEDIA[format], headers={

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from service.api import queries
+from service.api import lifecycle, queries
 from service.api.deps import Authenticated, PrincipalDep, ServicesDep
 from service.api.routes.studies import StudyRef, to_public
 
@@ -158,7 +158,7 @@ def study_fragment(study: StudyRef, services: ServicesDep,
                    principal: PrincipalDep) -> HTMLResponse:
     record = queries.get_study(services, study, principal)
     s = to_public(services, record)
-    trials = queries.study_trials(services, record.id, principal)
+    trials = lifecycle.study_trials(services, record.id, principal)
     names = sorted({k for t in trials for k in t["params"]})
     best = "" if s.best is None else (
         f"<p>best {_e(s.objective.get('metric'))}: <b>{_num(s.best.value)}</b> with "

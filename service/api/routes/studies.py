@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
-from service.api import lifecycle, queries
+from service.api import lifecycle, queries, reports
 from service.api.deps import Authenticated, PrincipalDep, ServicesDep
 from service.api.schemas import (
     BestPublic,
@@ -25,8 +25,7 @@ from service.api.schemas import (
 )
 from service.api.services import Services
 from service.records.db import StudyRecord
-from service.records.links import mlflow_runs, optuna_study
-from service.settings import TRIAL_STATES
+from service.records.links import mlflow_runs
 
 router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authenticated],
                    responses={401: {"model": ErrorPublic}, 403: {"model": ErrorPublic}})
@@ -35,32 +34,16 @@ StudyRef = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
                                description="the study's id, or its name")]
 
 
-def _optuna_link(services: Services, name: str) -> str | None:
-    base = services.settings.optuna_dashboard_url
-    if not base:
-        return None
-    try:
-        return optuna_study(base, services.optuna_storage().get_study_id_from_name(name))
-    except KeyError:  # the driver has not created the Optuna study yet
-        return None
-
-
 def to_public(services: Services, record: StudyRecord) -> StudyPublic:
-    progress = record.progress or {}
-    result = record.result or {}
-    counts = dict(progress.get("counts") or {})
-    if result.get("counts"):  # the runner's own final counts
-        counts = {k: result["counts"].get(k, 0) for k in TRIAL_STATES}
-    best = progress.get("best")
-    if result.get("best_params") is not None:
-        best = {"value": result["best_value"], "params": result["best_params"],
-                "trial_id": result.get("best_trial_id")}
+    """The study as a client sees it: its row, with the counts and best of
+    ``queries.current_counts`` and ``queries.current_best``."""
     spec = record.spec
     return StudyPublic(
         id=record.id, name=record.name, status=record.status, message=record.message or "",
         space=spec["space"]["name"] if isinstance(spec["space"], dict) else spec["space"],
         sampler=spec["sampler"], objective=spec["objective"], max_trials=spec["max_trials"],
-        parallel_trials=spec["parallel_trials"], counts=counts, best=best,
+        parallel_trials=spec["parallel_trials"], counts=queries.current_counts(record),
+        best=queries.current_best(record),
         job_id=record.job_id, mlflow_experiment_id=record.experiment_id,
         mlflow_parent_run_id=record.parent_run_id, spec=queries.public_spec(record),
         created_at=queries.aware(record.created_at),
@@ -71,7 +54,7 @@ def to_public(services: Services, record: StudyRecord) -> StudyPublic:
                                      spec["objective"].get("mode", "min")),
                "mlflow_parent_run": services.mlflow_link(record.experiment_id,
                                                          record.parent_run_id),
-               "optuna": _optuna_link(services, record.name)},
+               "optuna": queries.optuna_link(services, record.name)},
     )
 
 
@@ -120,7 +103,7 @@ def get_study(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -
 def get_trials(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -> Any:
     """Every trial: state, parameters, value, and its MLflow run (as the sync last read
     them, a few seconds old at most)."""
-    trials = queries.study_trials(services, study, principal)
+    trials = lifecycle.study_trials(services, study, principal)
     return TrialsPublic(data=trials, count=len(trials))
 
 
@@ -158,7 +141,7 @@ def get_report(study: StudyRef, services: ServicesDep, principal: PrincipalDep) 
     """The study's report: its figures (Fig. 1 for mnist-fc, Fig. 2 for the autoencoder,
     accuracy for CIFAR-10) and a table beside the paper's numbers, as one self-contained
     HTML page, redrawn from its MLflow runs alone; 409 until the study has ended."""
-    return FileResponse(queries.study_report(services, study, principal=principal),
+    return FileResponse(reports.study_report(services, study, principal=principal),
                         media_type="text/html")
 
 
@@ -169,5 +152,5 @@ def get_report(study: StudyRef, services: ServicesDep, principal: PrincipalDep) 
 def get_report_figure(study: StudyRef, services: ServicesDep, principal: PrincipalDep,
                       figure: Annotated[str, Path(pattern=r"^[a-z0-9_]+\.png$")]) -> Any:
     """One figure of the study's report, as PNG (e.g. `fig1.png`)."""
-    return FileResponse(queries.study_report(services, study, figure, principal),
+    return FileResponse(reports.study_report(services, study, figure, principal),
                         media_type="image/png")

@@ -20,8 +20,6 @@ OTHER_TOKEN = "second-token-abcdef"
 TINY = {"epochs": 1, "batches_per_epoch": 5, "dataset": "mnist-5k"}
 
 
-
-
 class ApiServer:
     """``credit serve`` as a subprocess; ``kill()`` it and ``start()`` it again at will."""
 

@@ -65,7 +65,7 @@ def test_a_credential_in_the_query_string_is_401(queue_api, path):
 def test_the_access_log_never_shows_a_credential():
     import logging
 
-    from service.api.app import RedactCredentials
+    from service.api.redaction import RedactCredentials
 
     record = logging.LogRecord(
         "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',

@@ -17,7 +17,7 @@ import uuid
 import optuna
 import pytest
 
-from service.api import errors, lifecycle, queries, validation
+from service.api import errors, lifecycle, queries, reports, sync, validation
 from service.api.config import ApiSettings
 from service.api.principals import Principal
 from service.api.schemas import StudyCreate
@@ -120,7 +120,7 @@ def test_a_study_that_finished_while_the_api_was_down_is_succeeded(services):
         row.spec = {**row.spec, "tracking_uri": "http://127.0.0.1:9"}
         session.commit()
 
-    lifecycle.sync_active(services)
+    sync.sync_active(services)
     record = queries.get_study(services, "done-offline")
     assert record.status == db.SUCCEEDED, record.message
     assert record.progress["counts"]["complete"] == 2
@@ -136,17 +136,17 @@ def test_a_study_whose_driver_died_is_failed_with_counts_that_add_up(tmp_path):
     _trial(spec, study, None)  # the trial the dead driver was running
 
     # its records are fresh: the driver may be alive elsewhere, so it stays RUNNING
-    lifecycle.sync_active(svc)
+    sync.sync_active(svc)
     record = queries.get_study(svc, "orphan")
     assert record.status == db.RUNNING
     assert record.progress["counts"] == {"complete": 1, "running": 1, "failed": 0,
                                          "pruned": 0, "pending": 0}
     assert queries.best_of(svc, "orphan")["final"] is False
-    assert [t["state"] for t in queries.study_trials(svc, "orphan")] == ["COMPLETE", "RUNNING"]
+    assert [t["state"] for t in lifecycle.study_trials(svc, "orphan")] == ["COMPLETE", "RUNNING"]
 
     # nothing changed for longer than the grace: the driver is dead
     svc.settings.lost_job_grace_s = 0.01
-    lifecycle.sync_active(svc)
+    sync.sync_active(svc)
     record = queries.get_study(svc, "orphan")
     assert record.status == db.FAILED
     assert "driver is gone" in record.message
@@ -163,12 +163,12 @@ def test_reads_come_from_the_row_not_from_optuna(services):
     last sync is not seen until the next one."""
     spec, _, study = _study(services, "cached")
     _trial(spec, study, 0.5)
-    lifecycle.sync_active(services)
+    sync.sync_active(services)
     _trial(spec, study, 0.1)
-    assert len(queries.study_trials(services, "cached")) == 1
+    assert len(lifecycle.study_trials(services, "cached")) == 1
     assert queries.best_of(services, "cached")["value"] == 0.5
-    lifecycle.sync_active(services)
-    assert len(queries.study_trials(services, "cached")) == 2
+    sync.sync_active(services)
+    assert len(lifecycle.study_trials(services, "cached")) == 2
     assert queries.best_of(services, "cached")["value"] == 0.1
 
 
@@ -241,21 +241,21 @@ def test_runs_left_running_in_an_outage_are_closed_when_mlflow_is_back(tmp_path,
     child = T.client(mlflow.url).create_run(
         T.client(mlflow.url).get_run(parent_id).info.experiment_id,
         tags={tags.PARENT: parent_id, tags.ROLE: "trial", tags.TRIAL: "t1"})
-    lifecycle.sync_active(svc)
+    sync.sync_active(svc)
     port = mlflow.port
     mlflow.stop()
 
     svc.jobs.ended = "FAILED"  # the driver failed: MLflow was gone
-    lifecycle.sync_active(svc)
+    sync.sync_active(svc)
     record = queries.get_study(svc, "outage")
     assert record.status == db.FAILED and record.message
     assert record.pending_close == {"status": "FAILED", "reason": record.message}
     with pytest.raises(errors.BackendUnavailable, match="MLflow"):
-        queries.study_report(svc, "outage")
+        reports.study_report(svc, "outage")
 
     mlflow.port = port
     mlflow.start()
-    lifecycle.sync_active(svc)
+    sync.sync_active(svc)
     record = queries.get_study(svc, "outage")
     assert record.pending_close is None
     c = T.client(mlflow.url)

@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 
-from service.api import errors, lifecycle, queries, validation
+from service.api import errors, lifecycle, queries, sync, validation
 from service.api.config import ApiSettings
 from service.api.schemas import StudyCreate
 from service.api.services import Services
@@ -71,7 +71,7 @@ def test_a_study_whose_job_vanished_ends_failed(services):
         db.create_study(session, db.StudyRecord(
             id="lost-id", name="lost", status=db.RUNNING, job_id="credit-lost-x",
             spec=spec.model_dump(mode="json"), message="", created_at=old))
-    lifecycle.sync_active(services)
+    sync.sync_active(services)
     record = queries.get_study(services, "lost")
     assert record.status == db.FAILED
     assert "driver is gone" in record.message and "Ray job is unknown" in record.message
@@ -132,9 +132,9 @@ def test_a_cancel_ray_has_not_carried_out_yet_ends_when_the_job_stops(services):
     assert not done and record.status == db.PENDING
     assert record.message.startswith("cancel requested")
     assert jobs.stopped == ["credit-slow-x"]
-    lifecycle.sync_active(services)  # still pending: nothing changes
+    sync.sync_active(services)  # still pending: nothing changes
     assert queries.get_study(services, "slow").status == db.PENDING
     jobs.status = "STOPPED"
-    lifecycle.sync_active(services)
+    sync.sync_active(services)
     record = queries.get_study(services, "slow")
     assert record.status == db.CANCELLED and record.message == "cancelled"
