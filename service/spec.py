@@ -71,6 +71,9 @@ class StudySpec(BaseModel):
     max_failed_trials: int | None = Field(
         None, ge=0, le=10_000, description="stop the study after more failed trials than this"
     )
+    max_trial_restarts: int = Field(
+        3, ge=0, le=100, description="restarts of a trial after an infrastructure failure (its "
+        "node died, its storage failed), each from its last checkpoint; 0: none")
     early_stopping: bool | EarlyStopping = Field(
         False, description="early-stop weak trials (ASHA)"
     )

@@ -22,6 +22,9 @@ from trainables.trainer import Callback, Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 CallbackFactory = Callable[[TrainConfig, str], Sequence[Callback]]
+#: What a trial that raised reports instead: its last result (a dict), or None to raise
+#: (Tune then restarts the trial from its last checkpoint, while it has restarts left).
+ErrorHandler = Callable[[BaseException, int], dict[str, Any] | None]
 
 
 class ReportToTune(Callback):
@@ -44,22 +47,34 @@ def trial_threads(config: TrainConfig, cpus: float) -> int:
     return max(1, min(int(cpus), EXPERIMENTS.get(config.experiment).threads))
 
 
-def train_trial(config: dict[str, Any], callback_factory: CallbackFactory | None = None) -> None:
+def train_trial(config: dict[str, Any], callback_factory: CallbackFactory | None = None,
+                on_error: ErrorHandler | None = None) -> None:
     """Ray Tune function trainable: train ``config`` and report every epoch.
 
-    Divergence raises ``DivergenceError``: Tune marks the trial as errored and the
-    study goes on.
+    An exception ends the trial. Without ``on_error`` it is raised: Tune marks the trial
+    errored (and restarts it if its failure config allows). ``on_error(error, epochs
+    done)`` decides instead: a dict is reported as the trial's last result and the trial
+    ends there (a failure of the trial itself, e.g. divergence: never retried), None
+    raises (an infrastructure failure: Tune restarts the trial from its checkpoint).
     """
     from ray import tune
 
-    context = tune.get_context()
-    cfg = TrainConfig(**config)
-    cpus = context.get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(trial_threads(cfg, cpus))
-    extra = list(callback_factory(cfg, context.get_trial_id())) if callback_factory else []
-    trainer = Trainer(cfg, callbacks=[*extra, ReportToTune()])
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            trainer.load_checkpoint(Path(directory) / CHECKPOINT_FILE)
-    trainer.fit()
+    trainer = None
+    try:
+        context = tune.get_context()
+        cfg = TrainConfig(**config)
+        cpus = context.get_trial_resources().required_resources.get("CPU", 1)
+        torch.set_num_threads(trial_threads(cfg, cpus))
+        extra = list(callback_factory(cfg, context.get_trial_id())) if callback_factory else []
+        trainer = Trainer(cfg, callbacks=[*extra, ReportToTune()])
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                trainer.load_checkpoint(Path(directory) / CHECKPOINT_FILE)
+        trainer.fit()
+    except Exception as error:
+        last = None if on_error is None else on_error(error, 0 if trainer is None
+                                                      else trainer.epoch)
+        if last is None:
+            raise
+        tune.report(last)

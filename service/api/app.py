@@ -9,7 +9,10 @@ body that names the field and the reason.
 
 A background task started by the lifespan syncs every PENDING/RUNNING study with its
 Ray job every ``sync_interval_s`` (``service.api.sync``); since it reads the rows, a
-restarted API resumes following every study that is still running.
+restarted API resumes following every study that is still running. Another checks the
+database, Ray and MLflow every ``health_interval_s`` (``service.api.health``): the
+probes (``/healthz``, ``/readyz``) answer from its last verdict. Both carry on through
+a database that does not answer (a PostgreSQL restart): they log it and try again.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import sync
 from service.api.config import ApiSettings
-from service.api.handlers import add_error_handlers
+from service.api.handlers import add_error_handlers, database_down, database_problem
+from service.api.health import HealthMonitor
 from service.api.middleware import BodySizeLimit, JsonBody, StudyLimit, TokenAuth
 from service.api.redaction import redact_access_log
 from service.api.routes import catalog, docs, export, health, pages
@@ -35,8 +39,8 @@ log = logging.getLogger("credit.api")
 
 DESCRIPTION = """Submit hyperparameter studies of learning rules that avoid weight
 transport, follow them, cancel them, and get their best configuration. Each study
-runs as a Ray Job; every trial is an MLflow run. Every route but `/healthz` and the
-docs needs `Authorization: Bearer <token>`."""
+runs as a Ray Job; every trial is an MLflow run. Every route but the probes (`/livez`,
+`/readyz`, `/healthz`) and the docs needs `Authorization: Bearer <token>`."""
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -45,22 +49,27 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings.check_startable()  # tokens, or an explicit insecure
     redact_access_log()
     services = Services.from_settings(settings)
+    monitor = HealthMonitor(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.prepare)
-        task = asyncio.create_task(_sync_forever(services, settings.sync_interval_s))
+        tasks = [asyncio.create_task(_sync_forever(services, settings.sync_interval_s)),
+                 asyncio.create_task(_check_forever(monitor, settings.health_interval_s))]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             services.db.dispose()
 
     app = FastAPI(title="credit-search study service", version="1", description=DESCRIPTION,
                   lifespan=lifespan, docs_url=None, redoc_url=None)  # offline: routes/docs.py
     app.state.services = services
+    app.state.health = monitor
     app.include_router(health.router)
     app.include_router(study_routes.router)
     app.include_router(catalog.router)
@@ -82,6 +91,19 @@ async def _sync_forever(services: Services, interval_s: float) -> None:
     while True:
         try:
             await run_in_threadpool(sync.sync_active, services)
-        except Exception:  # keep syncing whatever one round met
-            log.exception("study sync failed")
+        except Exception as error:  # keep syncing whatever one round met
+            if database_down(error):  # one line a round, not a traceback
+                log.warning("study sync: %s", database_problem(error)["detail"][0]["msg"])
+            else:
+                log.exception("study sync failed")
+        await asyncio.sleep(interval_s)
+
+
+async def _check_forever(monitor: HealthMonitor, interval_s: float) -> None:
+    """The health verdict, fresh: the first at once, then every ``interval_s``."""
+    while True:
+        try:
+            await run_in_threadpool(monitor.refresh)
+        except Exception:  # health() catches each check's errors; keep checking anyway
+            log.exception("health check failed")
         await asyncio.sleep(interval_s)

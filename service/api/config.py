@@ -20,9 +20,9 @@ from service import settings as defaults
 from service.api.docs_assets import ASSET_PATHS
 from service.api.principals import Principal, principals_of
 
-#: Paths anyone may call without a token: the page shell, the health verdict, the docs.
-OPEN_PATHS = ("/", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
-              *ASSET_PATHS)
+#: Paths anyone may call without a token: the page shell, the probes, the docs.
+OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
+              "/openapi.json", *ASSET_PATHS)
 
 
 class ApiSettings(BaseSettings):
@@ -76,6 +76,9 @@ class ApiSettings(BaseSettings):
     max_concurrent_studies: int = Field(4, ge=1, le=1000)
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     sync_interval_s: float = Field(2.0, gt=0, le=60)
+    health_interval_s: float = Field(
+        5.0, gt=0, le=300, description="seconds between the background checks of the "
+                                       "database, Ray and MLflow that /healthz and /readyz serve")
     cancel_timeout_s: float = Field(30.0, gt=0, le=600)
     startup_timeout: float = Field(
         600.0, gt=0, le=86_400,

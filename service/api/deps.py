@@ -1,4 +1,5 @@
-"""Route dependencies: the app's ``Services``, and the bearer scheme for the OpenAPI page."""
+"""Route dependencies: the app's ``Services`` and health verdict, and the bearer scheme
+for the OpenAPI page."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 
+from service.api.health import HealthMonitor
 from service.api.principals import ANYONE, Principal
 from service.api.services import Services
 
@@ -21,6 +23,13 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_health(request: Request) -> HealthMonitor:
+    return request.app.state.health
+
+
+HealthDep = Annotated[HealthMonitor, Depends(get_health)]
 
 
 def get_principal(request: Request) -> Principal:

@@ -18,14 +18,16 @@ def _iso(value: Any) -> Any:
 
 def export_rows(study: str, objective: dict[str, str],
                 trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flat rows: study, trial number and id, state, every parameter (``param.<name>``),
-    the objective (named by its metric), the failure reason, the MLflow run and link."""
+    """Flat rows: study, trial number and id, state, restarts (after infrastructure
+    failures), every parameter (``param.<name>``), the objective (named by its metric),
+    the failure reason, the MLflow run and link."""
     metric = objective.get("metric", "objective")
     names = sorted({k for t in trials for k in t.get("params", {})})
     rows = []
     for t in sorted(trials, key=lambda t: t["number"]):
         row: dict[str, Any] = {"study": study, "trial": t["number"],
-                               "trial_id": t.get("trial_id"), "state": t["state"]}
+                               "trial_id": t.get("trial_id"), "state": t["state"],
+                               "restarts": t.get("restarts") or 0}
         row.update({f"param.{n}": t.get("params", {}).get(n) for n in names})
         row[metric] = t.get("value")
         row.update({"failure": t.get("failure"), "mlflow_run_id": t.get("mlflow_run_id"),
@@ -43,7 +45,7 @@ def render(rows: list[dict[str, Any]], fmt: str, objective: dict[str, str]) -> s
         return json.dumps({"objective": objective, "count": len(rows), "data": rows},
                           indent=2) + "\n"
     out = io.StringIO()
-    columns = list(rows[0]) if rows else ["study", "trial", "trial_id", "state"]
+    columns = list(rows[0]) if rows else ["study", "trial", "trial_id", "state", "restarts"]
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:

@@ -3,6 +3,10 @@ exception handlers that map the study domain's errors to status codes:
 
     {"detail": [{"loc": ["body", "max_trials"], "msg": "must be >= 1 (got 0)",
                  "type": "greater_than_equal"}]}
+
+The service database not answering (PostgreSQL restarting, its connection lost) is a
+503 naming the database (``database_problem``), wherever it is met: a route, or a
+middleware that counts studies.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
@@ -25,9 +31,33 @@ def error_body(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
     return {"detail": [{"loc": loc, "msg": msg, "type": kind}]}
 
 
+#: Seconds a client is asked to wait before it retries while the database is down.
+DATABASE_RETRY_AFTER = "5"
+
+
+def database_down(error: BaseException) -> bool:
+    """Whether ``error`` is the service database not answering (its server down or
+    restarting, the connection lost, no connection free in time): it passes, unlike a
+    bad query or a constraint."""
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+def database_problem(error: BaseException) -> dict[str, Any]:
+    """The 503 body of the database not answering: loc ``["database"]``, why in one line
+    (the driver's own first line, without SQLAlchemy's SQL and links)."""
+    cause = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    reason = (lines[0] if lines else "")[:300] or type(cause).__name__
+    return error_body(["database"], f"the study database is unavailable ({reason}); "
+                      "retry in a few seconds", "unavailable")
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Request validation → 422 per field; a study's own errors → 404, 409, 422, 429,
-    503; Starlette's 404 and 405 with the path (405 naming every allowed method)."""
+    503; the database down → 503 naming it; Starlette's 404 and 405 with the path (405
+    naming every allowed method)."""
 
     def problem(status: int, loc: list[Any], kind: str, headers: dict | None = None):
         async def handler(request: Request, exc: Exception) -> JSONResponse:
@@ -61,6 +91,17 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail}, status_code=exc.status_code,
                             headers=headers or None)
 
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if database_down(exc):
+            return JSONResponse(database_problem(exc), status_code=503,
+                                headers={"Retry-After": DATABASE_RETRY_AFTER})
+        # another database error (a bad query: a bug): still a body, never plain text
+        return JSONResponse(error_body(["database"], "the study database refused the "
+                                       f"request ({type(exc).__name__})", "database_error"),
+                            status_code=500)
+
+    for kind in (DBAPIError, PoolTimeout):  # OperationalError, InterfaceError: DBAPIError
+        app.add_exception_handler(kind, _database)
     app.add_exception_handler(errors.StudyNotFound,
                               problem(404, ["path", "study"], "not_found"))
     app.add_exception_handler(UnknownSearchSpace, problem(404, ["path", "name"], "not_found"))

@@ -1,7 +1,11 @@
-"""Whether what the service depends on answers: the database, Ray, MLflow."""
+"""Whether what the service depends on answers: the database, Ray, MLflow (``health``),
+and the verdict kept fresh in the background (``HealthMonitor``), so that a probe's
+request never waits on them."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -42,3 +46,27 @@ def health(services: Services) -> dict[str, Any]:
     status = "ok" if all(c["ok"] for c in checks.values()) else "degraded"
     return {"status": status, "checks": checks,
             "mlflow_ui_url": services.settings.mlflow_ui_url}
+
+
+class HealthMonitor:
+    """The last verdict of ``health``: ``refresh`` (the app's background task, every
+    ``health_interval_s``) computes it; ``current`` serves it, computing it first if no
+    verdict exists yet (one caller computes, the others wait for it)."""
+
+    def __init__(self, services: Services):
+        self.services = services
+        self._report: dict[str, Any] | None = None
+        self.checked_at: float | None = None  # time.monotonic() of the last verdict
+        self._first = threading.Lock()
+
+    def refresh(self) -> dict[str, Any]:
+        report = health(self.services)
+        self._report, self.checked_at = report, time.monotonic()
+        return report
+
+    def current(self) -> dict[str, Any]:
+        report = self._report
+        if report is not None:
+            return report
+        with self._first:
+            return self._report if self._report is not None else self.refresh()

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import lifecycle
 from service.api.config import OPEN_PATHS
-from service.api.handlers import error_body
+from service.api.handlers import DATABASE_RETRY_AFTER, database_down, database_problem, error_body
 from service.api.principals import ANYONE, Principal
 from service.api.redaction import credential_param
 from service.api.services import Services
@@ -42,6 +42,8 @@ class TokenAuth:
     and ``scope["state"]["authenticated"]`` says whether a valid token came (or none is
     needed): an open path (``/healthz``) answers an anonymous caller with less. On an
     open path a token is optional, but a bearer token that is sent must be valid (403).
+    A request with more than one ``Authorization`` header is refused first (400 naming
+    the header), on every path: which one counts would be a guess.
     """
 
     def __init__(self, app: ASGIApp, principals: dict[str, Principal]):
@@ -51,6 +53,11 @@ class TokenAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if sum(1 for key, _ in scope["headers"] if key.lower() == b"authorization") > 1:
+            await send_json(send, 400, error_body(
+                ["header", "Authorization"], "more than one Authorization header: send "
+                "one (Authorization: Bearer <token>)", "value_error"))
             return
         name = credential_param(scope.get("query_string", b""))
         if name is not None:
@@ -94,7 +101,7 @@ class StudyLimit:
     body is read or validated: one count of the database, in the event loop, so a
     flood of submissions at the limit is answered at once (no worker thread, no
     validation, no MLflow or Optuna lookup). The submission checks again, under its
-    lock, when it stores the study."""
+    lock, when it stores the study. The database down: 503 naming it, as a route's."""
 
     def __init__(self, app: ASGIApp, services: Services):
         self.app = app
@@ -103,7 +110,14 @@ class StudyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and \
                 scope["path"].rstrip("/") == "/studies":
-            problem = lifecycle.room_problem(self.services)
+            try:
+                problem = lifecycle.room_problem(self.services)
+            except Exception as error:
+                if not database_down(error):
+                    raise
+                await send_json(send, 503, database_problem(error),
+                                {"Retry-After": DATABASE_RETRY_AFTER})
+                return
             if problem is not None:
                 await send_json(send, 429, error_body(["body"], problem, "too_many_studies"),
                                  {"Retry-After": "30"})

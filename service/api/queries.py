@@ -22,7 +22,7 @@ from service.api.validation import CREATE_FIELDS
 from service.records import db, study_runs, tags, tracking
 from service.records.db import StudyRecord
 from service.records.links import optuna_study
-from service.records.optuna_trials import STATES, TUNE_TRIAL_ID
+from service.records.optuna_trials import RESTARTS_ATTR, STATES, TUNE_TRIAL_ID, WAITING_ATTR
 from service.runner.failures import failure_kind
 from service.spec import StudySpec
 from service.trials import COUNT_KEYS, TrialState, better, empty_counts
@@ -94,6 +94,12 @@ def current_best(record: StudyRecord) -> dict[str, Any] | None:
     return best
 
 
+def current_restarts(record: StudyRecord) -> int:
+    """How many times the study's trials were restarted after an infrastructure failure,
+    in all (as the sync last read them; 0 for a row stored before restarts existed)."""
+    return int((record.progress or {}).get("restarts") or 0)
+
+
 def is_final(record: StudyRecord) -> bool:
     """Whether the study has really finished: it has ended, and its records agree (its
     runner recorded a result, or no trial of it is still counted RUNNING)."""
@@ -126,8 +132,18 @@ def best_of(svc: Services, ref: str, principal: Principal = ANYONE) -> dict[str,
 
 
 # --------------------------------------------------------- the records themselves
+def restarts_of(trial: Any) -> int:
+    """How many times an Optuna trial was restarted (its ``RESTARTS_ATTR``; absent: 0)."""
+    try:
+        return max(0, int(trial.user_attrs.get(RESTARTS_ATTR) or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 def read_progress(svc: Services, spec: StudySpec) -> dict[str, Any] | None:
-    """Trial counts by state and the best COMPLETE trial so far, from Optuna storage."""
+    """Trial counts by state, the best COMPLETE trial so far, the trials' restarts in all
+    and why the study waits ("" unless its driver says so: ``WAITING_ATTR``), from
+    Optuna storage."""
     storage = svc.optuna_storage()
     try:
         study_id = storage.get_study_id_from_name(spec.name)
@@ -135,16 +151,20 @@ def read_progress(svc: Services, spec: StudySpec) -> dict[str, Any] | None:
         return None
     counts = empty_counts()
     best = None
+    restarts = 0
     for t in storage.get_all_trials(study_id, deepcopy=False):
         state = STATES[t.state]
         counts[state.key] += 1
+        restarts += restarts_of(t)
         if state == TrialState.COMPLETE and \
                 better(t.value, None if best is None else best.value, spec.objective.mode):
             best = t
+    waiting = storage.get_study_user_attrs(study_id).get(WAITING_ATTR)
     return {"counts": counts,
             "best": None if best is None else {
                 "value": best.value, "params": dict(best.params),
-                "trial_id": best.user_attrs.get(TUNE_TRIAL_ID), "number": best.number}}
+                "trial_id": best.user_attrs.get(TUNE_TRIAL_ID), "number": best.number},
+            "restarts": restarts, "waiting": waiting if isinstance(waiting, str) else ""}
 
 
 def _trial_runs(tracking_uri: str, record: StudyRecord) -> tuple[dict[str, Any], bool]:
@@ -189,7 +209,7 @@ def live_trials(svc: Services, record: StudyRecord) -> tuple[list[dict[str, Any]
         out.append({"number": t.number, "trial_id": trial_id, "state": state.value,
                     "params": dict(t.params),
                     "value": t.value if state == TrialState.COMPLETE else None,
-                    "started_at": _iso(t.datetime_start),
+                    "restarts": restarts_of(t), "started_at": _iso(t.datetime_start),
                     "completed_at": _iso(t.datetime_complete),
                     "mlflow_run_id": run.info.run_id if run is not None else None,
                     **_failure_of(run, state == TrialState.FAILED, mlflow_ok)})

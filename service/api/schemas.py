@@ -91,13 +91,18 @@ class StudyPublic(BaseModel):
     id: str
     name: str
     status: StudyStatus
-    message: str = ""
+    message: str = Field(
+        "", description="why the study ended as it did, a pending cancel, or, while it "
+                        "runs, why it waits (\"waiting for resources: ...\")")
     space: str
     sampler: str
     objective: dict[str, str]
     max_trials: int
     parallel_trials: int
     counts: TrialCounts
+    restarts: int = Field(
+        0, ge=0, description="restarts of the study's trials after infrastructure failures "
+                             "(a node died, storage failed), in all: each trial's `restarts`")
     best: BestSoFar | None = None
     job_id: str | None = None
     mlflow_experiment_id: str | None = None
@@ -136,6 +141,10 @@ class TrialPublic(BaseModel):
     failure_kind: Literal["infrastructure", "trial"] | None = Field(
         None, description="infrastructure (storage, tracking, a dead node) or trial "
                           "(the configuration itself failed, e.g. diverged)")
+    restarts: int = Field(
+        0, ge=0, description="how many times the trial was restarted from its last "
+                             "checkpoint after an infrastructure failure (at most the "
+                             "study's `max_trial_restarts`)")
 
     _aware = field_validator("started_at", "completed_at")(_utc)
 
@@ -210,6 +219,12 @@ class HealthPublic(BaseModel):
     checks: dict[str, CheckPublic] | None = Field(
         None, description="each dependency: ok, and its address or error (with a token)")
     mlflow_ui_url: str | None = Field(None, description="the MLflow UI (with a token)")
+
+
+class LivePublic(BaseModel):
+    """The process answers (nothing else is checked)."""
+
+    status: Literal["ok"] = "ok"
 
 
 class ErrorItem(BaseModel):

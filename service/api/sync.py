@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
 from service.api.queries import aware, find_parent, live_trials, read_records
 from service.api.services import Services
 from service.jobs import JOB_ENDED, JobError, JobNotFound
@@ -201,6 +203,34 @@ def sync_study(svc: Services, record: StudyRecord) -> None:
         fields["status"] = db.RUNNING
     with svc.db.session() as session:
         db.update_active(session, record.id, **fields)
+    if "progress" in fields:
+        waiting = (fields["progress"].get("waiting") or "") if info.status == "RUNNING" else ""
+        follow_waiting(svc, record, waiting)
+
+
+def follow_waiting(svc: Services, record: StudyRecord, waiting: str) -> bool:
+    """The RUNNING study's message says why it waits (its driver's ``WAITING_ATTR``, e.g.
+    "waiting for resources: ..."), and is cleared once it no longer does. Only a message
+    the sync wrote itself (or none) is replaced: a pending cancel's stays. One
+    compare-and-set, so a cancel written meanwhile is never overwritten. Whether the
+    row changed."""
+    before = (record.progress or {}).get("waiting") or ""
+    if waiting == record.message:
+        return False
+    if waiting:
+        mine = ["", before]
+    elif before:
+        mine = [before]
+    else:
+        return False
+    with svc.db.session() as session:
+        result = session.execute(
+            update(StudyRecord).where(StudyRecord.id == record.id,
+                                      StudyRecord.status == db.RUNNING,
+                                      StudyRecord.message.in_(mine))
+            .values(message=waiting))
+        session.commit()
+    return bool(result.rowcount)
 
 
 def _reconcile_lost(svc: Services, record: StudyRecord, fields: dict[str, Any]) -> None:

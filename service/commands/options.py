@@ -113,7 +113,8 @@ def validation_message(err: ValidationError, name=flag) -> str:
 
 #: Flags whose name is not ``--field-name`` (nested fields as ``parent.field``).
 STUDY_FLAGS = {"max_trials": "--trials", "parallel_trials": "--concurrency",
-               "max_failed_trials": "--max-failed", "early_stopping": "--asha",
+               "max_failed_trials": "--max-failed", "max_trial_restarts": "--max-restarts",
+               "early_stopping": "--asha",
                "objective.metric": "--metric", "objective.mode": "--mode",
                "resources.cpu": "--cpus-per-trial", "resources.gpu": "--gpus-per-trial"}
 

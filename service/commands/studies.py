@@ -243,7 +243,7 @@ def format_study(s: dict[str, Any], base_url: str) -> str:
              f"  space {s['space']}, sampler {s['sampler']}, objective {obj['mode']} "
              f"{obj['metric']}, {s['max_trials']} trials, {s['parallel_trials']} at once",
              f"  trials: {c['complete']} complete, {c['running']} running, "
-             f"{c['failed']} failed, {c['pruned']} pruned"]
+             f"{c['failed']} failed, {c['pruned']} pruned; restarts {s.get('restarts', 0)}"]
     if s["best"] is not None:
         params = ", ".join(f"{k}={_num(v)}" for k, v in sorted(s["best"]["params"].items()))
         lines.append(f"  best so far: {obj['metric']} {_num(s['best']['value'])} ({params})")

@@ -205,6 +205,20 @@ def record_failures(tracking_uri: str, experiment_id: str, parent_run_id: str,
             c.set_terminated(run.info.run_id, status="FAILED")
 
 
+def tag_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
+                  values: dict[str, str]) -> bool:
+    """Set ``values`` as tags of Tune trial ``trial_id``'s run; whether it was found."""
+    runs = find_runs(tracking_uri, experiment_id,
+                     f"tags.`{tags.PARENT}` = '{parent_run_id}' and tags.`{tags.TRIAL}` = "
+                     f"'{trial_id}' and tags.`{tags.ROLE}` = '{tags.TRIAL_ROLE}'")
+    if not runs:
+        return False
+    c = client(tracking_uri)
+    for key, value in values.items():
+        c.set_tag(runs[0].info.run_id, key, value)
+    return True
+
+
 def close_study_records(spec: StudySpec, tracking_uri: str, optuna_url: str,
                         status: str = "KILLED", reason: str = "cancelled") -> int:
     """End a study's records from outside its driver (after its job was stopped/killed):

@@ -33,7 +33,7 @@ def _where() -> dict[str, str]:
     """Which machine and Ray node ran the trial (tags, for multi-node clusters)."""
     where = {tags.HOST: socket.gethostname()}
     try:
-        import ray
+        import ray  # deferred: a trial runs under Ray, the tests of this logger do not
 
         if ray.is_initialized():
             where[tags.NODE_ID] = ray.get_runtime_context().get_node_id()
@@ -64,6 +64,7 @@ class MlflowTrialLogger(Callback):
         self.role = role
         self.run_id: str | None = None
         self.closed = False
+        self.logged: set[int] = set()  # epochs a previous attempt of this trial logged
         self._client: RetryingClient | None = None
 
     @property
@@ -80,7 +81,7 @@ class MlflowTrialLogger(Callback):
             if trainer.epoch >= trainer.config.epochs:
                 self.closed = True  # it had finished; only the driver lost track of it
             else:
-                self.client.update_run(self.run_id, status="RUNNING")
+                self._continue_run()
             return
         attempts = 0
 
@@ -98,8 +99,29 @@ class MlflowTrialLogger(Callback):
 
         self.run_id = with_retries(create, "create_run")
         log_params(self.client, self.run_id, trainer.config.model_dump())
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _where().items()])
+        where = _where()
+        if tags.NODE_IP in where:
+            where[tags.NODES] = where[tags.NODE_IP]
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in where.items()])
         self._check_study_alive()
+
+    def _continue_run(self) -> None:
+        """A restarted trial (after its node died, or its stores failed) goes on in its run:
+        RUNNING again, without the failure an earlier attempt may have recorded; its node
+        added to the nodes it ran on; the epochs already logged are not logged twice (a
+        restored trial redoes them bit for bit from its checkpoint)."""
+        run = self.client.get_run(self.run_id)
+        for key in (tags.FAILURE, tags.STATE, tags.FAILURE_KIND):
+            if key in run.data.tags:
+                self.client.delete_tag(self.run_id, key)
+        self.client.update_run(self.run_id, status="RUNNING")
+        self.logged = {int(m.step) for m in self.client.get_metric_history(self.run_id, "epoch")}
+        where = _where()
+        nodes = [n for n in run.data.tags.get(tags.NODES, "").split(",") if n]
+        if where.get(tags.NODE_IP) and where[tags.NODE_IP] not in nodes[-1:]:
+            nodes.append(where[tags.NODE_IP])
+            where[tags.NODES] = ",".join(nodes)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in where.items()])
 
     def _check_study_alive(self) -> None:
         """A trial that starts after its study was stopped (the driver ends its parent
@@ -122,7 +144,8 @@ class MlflowTrialLogger(Callback):
         return runs[0].info.run_id if runs else None
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))
+        if int(metrics["epoch"]) not in self.logged:  # one point per epoch, also redone
+            log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))
         if trainer.epoch >= trainer.config.epochs:
             # Finish now, before the final report: Tune may stop the trial inside it.
             self._log_plots(trainer)

@@ -17,12 +17,15 @@ from service.trials import TrialState
 
 INFRASTRUCTURE = "infrastructure"
 TRIAL = "trial"
+#: The key of a trial's last result that says the trial itself failed, and why.
+TRIAL_FAILURE = "trial_failure"
 _INFRA_TYPES = {
     "RayActorError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError",
     "WorkerCrashedError", "OwnerDiedError", "ObjectLostError", "RaySystemError",
     "LocalRayletDiedError", "OutOfMemoryError", "MlflowException", "RestException",
     "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "TimeoutError",
     "PermissionError", "OperationalError", "DataUnavailableError", "TuneError",
+    "StorageInternalError", "InterfaceError", "DatabaseError",
 }
 _INFRA_TEXT = re.compile(
     r"cluster storage|storage_path|not accessible by worker nodes|checkpoint|"
@@ -30,7 +33,8 @@ _INFRA_TEXT = re.compile(
     r"No Experiment with id|tracking (server|uri)|Max retries exceeded|"
     r"actor .* is unavailable|RpcError|Socket closed|"
     r"Connection refused|could not connect|Name or service not known|"
-    r"No such file or directory|Read-only file system",
+    r"No such file or directory|Read-only file system|AWS Error|NETWORK_CONNECTION|"
+    r"server closed the connection|terminating connection|connection to server",
     re.IGNORECASE,
 )
 
@@ -83,3 +87,25 @@ def stopped_with_the_study(summaries, message: str) -> None:
             t.state, t.value = TrialState.FAILED, None
             t.error = f"StudyFailed: stopped when the study failed: {message}"
             t.failure_kind = None
+
+
+class TrialErrors:
+    """How a trial that raised ends (``train_trial``'s ``on_error``; picklable): a failure
+    of the trial itself (divergence, a bad value, its own bug) is its last result —
+    ``TRIAL_FAILURE`` with the reason, the objective NaN — and is never retried; an
+    infrastructure failure is raised again, and Tune restarts the trial from its last
+    checkpoint while it has restarts left."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+
+    def __call__(self, error: BaseException, epochs_done: int) -> dict | None:
+        reason = reason_of_exception(error)
+        if failure_kind(reason) == INFRASTRUCTURE:
+            return None
+        return {self.metric: float("nan"), "epoch": epochs_done, TRIAL_FAILURE: reason}
+
+
+def trial_failure(result: dict | None) -> str | None:
+    """Why the trial of this last result failed by itself, or None."""
+    return (result or {}).get(TRIAL_FAILURE)

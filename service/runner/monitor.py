@@ -11,13 +11,14 @@ Imported only where a study runs: it imports Ray Tune.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
-from service.runner.failures import failure_reason_of, infrastructure_verdict
+from service.runner.failures import failure_reason_of, infrastructure_verdict, trial_failure
 from service.spec import StudySpec
 from service.trials import better, count, trial_state
 
@@ -30,10 +31,17 @@ LIVE: dict[str, StudyMonitor] = {}
 class StudyMonitor:
     """Counts, best so far and failures of the study this driver runs (one per study)."""
 
-    def __init__(self, spec: StudySpec, progress: ProgressFn | None):
+    def __init__(self, spec: StudySpec, progress: ProgressFn | None, recovery=None,
+                 resources=None):
         self.spec = spec
         self.progress = progress
+        self.recovery = recovery  # a runner.recovery.Recovery: restarts recorded
+        self.resources = resources  # a runner.resources.ResourceWatch
         self.failed: dict[str, str] = {}
+        self.restarts: dict[str, int] = {}  # Tune trial id → restarts so far
+        self.recovering: dict[str, tuple[float, int]] = {}  # id → (failure seen, last epoch)
+        self.last_epoch: dict[str, int] = {}
+        self.stop_reason: str | None = None  # why the whole study stops (resources)
         self.best: float | None = None
         self.trials: list = []  # Tune's trials, in the order of its ResultGrid
         self.callback = MonitorCallback(spec.name)
@@ -61,6 +69,33 @@ class StudyMonitor:
         return (limit is not None and len(self.failed) > limit
                 or infrastructure_verdict(self.failed, limit) is not None)
 
+    def result(self, trials, trial, result) -> None:
+        """A trial reported: training again after a restart, if it was restarting."""
+        epoch = int(result.get("epoch", 0))
+        if trial.trial_id in self.recovering:
+            seen, last = self.recovering.pop(trial.trial_id)
+            if self.recovery is not None:
+                self.recovery.resumed(trial.trial_id, time.monotonic() - seen, epoch, last)
+        self.last_epoch[trial.trial_id] = max(epoch, self.last_epoch.get(trial.trial_id, 0))
+        self.seen(trials, result)
+
+    def recover(self, trials, trial) -> None:
+        """Tune restarts ``trial`` from its last checkpoint after an infrastructure failure:
+        count it, and let it start once the stores answer."""
+        count = self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
+        self.recovering[trial.trial_id] = (time.monotonic(),
+                                           self.last_epoch.get(trial.trial_id, 0))
+        if self.recovery is not None:
+            self.recovery.restarted(trial.trial_id, count, self.spec.max_trial_restarts,
+                                    failure_reason_of(trial))
+            self.recovery.wait_for_stores(trial.trial_id)
+        self.seen(trials, None)
+
+    def step(self, trials) -> None:
+        """Every turn of Tune's loop: whether the cluster can still hold a trial."""
+        if self.resources is not None and self.stop_reason is None:
+            self.stop_reason = self.resources.check(trials)
+
 
 class MonitorCallback(Callback):
     """Tune's events → the live monitor of study ``study``."""
@@ -68,12 +103,22 @@ class MonitorCallback(Callback):
     def __init__(self, study: str):
         self.study = study
 
+    def on_step_begin(self, iteration, trials, **info):
+        if (monitor := LIVE.get(self.study)) is not None:
+            monitor.step(trials)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if (monitor := LIVE.get(self.study)) is not None:
-            monitor.seen(trials, result)
+            monitor.result(trials, trial, result)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if (monitor := LIVE.get(self.study)) is not None:
+            monitor.recover(trials, trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if (monitor := LIVE.get(self.study)) is not None:
+            if (reason := trial_failure(trial.last_result)) is not None:
+                monitor.failed[trial.trial_id] = reason
             monitor.seen(trials, trial.last_result)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -97,7 +142,8 @@ class FailureBudget(Stopper):
 
     def stop_all(self):
         monitor = LIVE.get(self.study)
-        return monitor is not None and monitor.over_budget()
+        return monitor is not None and (monitor.over_budget()
+                                        or monitor.stop_reason is not None)
 
 
 def counts_from_tune(trials, epochs: int) -> dict[str, int]:
@@ -105,6 +151,7 @@ def counts_from_tune(trials, epochs: int) -> dict[str, int]:
     def done(t) -> int:
         return int((t.last_result or {}).get("epoch", 0)) if t.status == "TERMINATED" else 0
 
-    return count(trial_state(done(t), epochs, failed=t.status == "ERROR",
+    return count(trial_state(done(t), epochs, failed=t.status == "ERROR"
+                             or trial_failure(t.last_result) is not None,
                              running=t.status == "RUNNING", ended=t.status == "TERMINATED")
                  for t in trials)

@@ -15,7 +15,7 @@ from service.records import tracking as T
 from service.records.optuna_trials import TUNE_TRIAL_ID
 from service.records.trial_logger import TrialLoggerFactory
 from service.records.tune_storage import tune_storage
-from service.runner.failures import failure_kind
+from service.runner.failures import TrialErrors, failure_kind, trial_failure
 from service.spec import StudySpec
 from service.tracebacks import reason_of_exception
 from service.trials import TrialState, count, trial_state
@@ -70,10 +70,11 @@ def trial_summaries(spec: StudySpec, grid, monitor) -> list[TrialSummary]:
         metrics = r.metrics or {}
         trial_id = metrics.get("trial_id") or (trials[i].trial_id if i < len(trials) else "?")
         done = int(metrics.get("epoch", 0) or 0)
-        state = trial_state(done, spec.epochs, failed=r.error is not None)
+        own = trial_failure(metrics)  # the trial failed by itself (not retried)
+        state = trial_state(done, spec.epochs, failed=r.error is not None or own is not None)
         value = metrics.get(spec.objective.metric)
         params = {k: v for k, v in (r.config or {}).items() if k in tuned}
-        error = (reason_of_exception(r.error) if r.error else None) \
+        error = (reason_of_exception(r.error) if r.error else own) \
             or monitor.failed.get(trial_id)
         out.append(TrialSummary(trial_id, state, params,
                                 value if state == TrialState.COMPLETE else None, done, None,
@@ -120,7 +121,8 @@ def final_evaluation(spec: StudySpec, result: StudyResult, tracking_uri: str,
     config = dict(result.best_config)
     config["seed"] = tune.grid_search(seeds)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(train_trial, callback_factory=factory),
+        tune.with_resources(tune.with_parameters(train_trial, callback_factory=factory,
+                                                 on_error=TrialErrors(spec.objective.metric)),
                             spec.resources.ray()),
         param_space=config,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.parallel_trials,
@@ -129,11 +131,12 @@ def final_evaluation(spec: StudySpec, result: StudyResult, tracking_uri: str,
             name=f"{spec.name}-final", verbose=0,
             **tune_storage().run_config(),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=spec.max_trial_restarts),
         ),
     )
     grid = tuner.fit()
-    finals = [r.metrics for r in grid if r.error is None and r.metrics]
+    finals = [r.metrics for r in grid
+              if r.error is None and r.metrics and trial_failure(r.metrics) is None]
     keys = sorted({k for m in finals for k, v in m.items()
                    if isinstance(v, int | float) and not isinstance(v, bool)
                    and k.startswith(("test_", "train_", *(f"{m}/" for m in LAYER_METRICS)))})

@@ -27,6 +27,7 @@ from service.records.stores import check_database
 from service.records.trial_logger import TrialLoggerFactory
 from service.records.tune_storage import can_restore, tune_storage
 from service.runner.failures import (
+    TrialErrors,
     failure_kind,
     infrastructure_verdict,
     stopped_with_the_study,
@@ -34,6 +35,8 @@ from service.runner.failures import (
 from service.runner.monitor import StudyMonitor
 from service.runner.preflight import check_cluster, local_tracking
 from service.runner.ray_cluster import connect_ray, leave_ray, quiet_ray
+from service.runner.recovery import Recovery
+from service.runner.resources import ResourceWatch
 from service.runner.results import (
     StudyResult,
     best_of,
@@ -56,7 +59,11 @@ def run_study(spec: StudySpec, *, resume: bool = False,
     records = _open_records(spec, resume)
     monitor = None
     try:
-        monitor = StudyMonitor(spec, progress)
+        monitor = StudyMonitor(
+            spec, progress,
+            recovery=Recovery(spec.name, records.tracking_uri, records.experiment_id,
+                              records.parent_id, records.storage),
+            resources=ResourceWatch(spec.name, spec.resources.ray(), records.storage))
         monitor.seen([], None)  # the study passed its checks: show it before Ray starts
         connect_ray()
         grid = _tuner(spec, records, monitor, resume).fit()
@@ -121,7 +128,9 @@ def _tuner(spec: StudySpec, records: _Records, monitor, resume: bool):
     factory = TrialLoggerFactory(records.tracking_uri, records.experiment_id,
                                    records.parent_id, spec.name)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, callback_factory=factory), spec.resources.ray())
+        tune.with_parameters(train_trial, callback_factory=factory,
+                             on_error=TrialErrors(spec.objective.metric)),
+        spec.resources.ray())
     # Tune saves the experiment (its trials, the searcher) every few seconds; a trial it
     # created since its last save is lost when the driver dies. Save often: trials last
     # minutes, the state is a few kB.
@@ -149,6 +158,9 @@ def _outcome(spec: StudySpec, records: _Records, grid, monitor,
     if verdict:
         status, message = "FAILED", verdict
         stopped_with_the_study(summaries, verdict)
+    elif monitor.stop_reason is not None:
+        status, message = "FAILED", monitor.stop_reason
+        stopped_with_the_study(summaries, message)
     elif monitor.over_budget():
         status = "FAILED"
         message = (f"stopped: {len(monitor.failed)} failed trials exceed "

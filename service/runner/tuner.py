@@ -61,6 +61,10 @@ def new_tuner(spec: StudySpec, storage, trainable, monitor, tune_store) -> tune.
             # exists after a crash (Tune deletes a trial's oldest beyond num_to_keep).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             sync_config=tune.SyncConfig(sync_period=EXPERIMENT_SAVE_PERIOD_S),
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            # a trial whose node died (or whose stores failed) restarts from its last
+            # checkpoint; a failure of the trial itself never reaches Tune as an error
+            # (failures.TrialErrors)
+            failure_config=tune.FailureConfig(max_failures=spec.max_trial_restarts,
+                                              fail_fast=False),
         ),
     )

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from pydantic import ValidationError
 from service.records import tags
 from service.records import tracking as T
 from service.records import trial_logger as TL
-from service.records.optuna_trials import LOST, TUNE_TRIAL_ID
+from service.records.optuna_trials import LOST, RESTARTS_ATTR, TUNE_TRIAL_ID
 from service.spec import StudySpec
+from tests.service.processes import processes
 
 
 def run_study(*args, **kwargs):
@@ -107,6 +109,61 @@ def test_diverging_trial_fails_alone(ray_cluster, tmp_path):
             assert "diverged in epoch 1" in r.data.tags[tags.FAILURE]
     states = [t.state.name for t in _optuna_trials(spec)]
     assert states.count("FAIL") == len(failed)
+    # a failure of the trial itself is never retried, whatever restarts the study allows
+    assert spec.max_trial_restarts == 3
+    assert all(t.user_attrs.get(RESTARTS_ATTR) is None for t in _optuna_trials(spec))
+    assert all(tags.RESTARTS not in r.data.tags for r in runs)
+
+
+def _kill_after_first_epoch(result_box: dict, tmp_path: Path, stop: threading.Event) -> None:
+    """Once a trial has logged its first epoch to MLflow, SIGKILL the Ray worker process
+    that trains it (as a crashed worker or a lost node would end it)."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    while not stop.is_set():
+        try:
+            exp = client.get_experiment_by_name("credit-search")
+            runs = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
+        except Exception:  # the store is being created
+            runs = []
+        if any(r.data.metrics.get("epoch", 0) >= 1 for r in runs):
+            for pid, cmd in processes():
+                if cmd.startswith("ray::") and "ImplicitFunc" in cmd:
+                    os.kill(pid, signal.SIGKILL)
+                    result_box["killed_at"] = time.time()
+                    result_box["pid"] = pid
+                    return
+        time.sleep(0.2)
+
+
+def test_a_trial_whose_worker_dies_restarts_from_its_checkpoint(ray_cluster, tmp_path):
+    """An infrastructure failure (the trial's worker process SIGKILLed after its first
+    epoch) restarts the same trial from its last checkpoint: the study SUCCEEDS with
+    the trial COMPLETE, one Optuna trial, one MLflow run FINISHED with one point per
+    epoch, and the restart counted in both."""
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=1, epochs=4, batches_per_epoch=60,
+                     dataset="mnist-5k", **_stores(tmp_path, "restarts"))
+    box: dict = {}
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_after_first_epoch, args=(box, tmp_path, stop),
+                              daemon=True)
+    killer.start()
+    try:
+        result = run_study(spec)
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert "killed_at" in box, "no trial worker was found to kill"
+    assert result.status == "SUCCEEDED", result.message
+    assert result.counts["complete"] == 1 and result.counts["failed"] == 0
+    (trial,) = _optuna_trials(spec)
+    assert trial.state.name == "COMPLETE" and trial.user_attrs[RESTARTS_ATTR] == 1
+    (run,) = _children(result)
+    assert run.info.status == "FINISHED" and run.data.tags[tags.RESTARTS] == "1"
+    assert tags.FAILURE not in run.data.tags
+    assert int(run.data.tags[tags.EPOCHS_REDONE]) >= 0
+    assert float(run.data.tags[tags.RESTART_DELAY]) > 0
+    history = MlflowClient(spec.tracking_uri).get_metric_history(run.info.run_id, "test_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one point per epoch
 
 
 def test_asha_stopped_trials_are_pruned_not_complete(ray_cluster, tmp_path):

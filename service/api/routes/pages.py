@@ -141,7 +141,8 @@ def studies_fragment(services: ServicesDep, principal: PrincipalDep) -> HTMLResp
             f'<tr><td><a href="/?study={_e(s.id)}">{_e(s.name)}</a></td>'
             f'<td class="{_e(s.status)}">{_e(s.status)}</td>'
             f'<td><span class="bar"><span style="width:{width}%"></span></span>'
-            f"{done}/{s.max_trials}{f' ({c.failed} failed)' if c.failed else ''}</td>"
+            f"{done}/{s.max_trials}{f' ({c.failed} failed)' if c.failed else ''}"
+            f"{f' ({s.restarts} restarts)' if s.restarts else ''}</td>"
             f'<td class="num">{best}</td><td>{_e(s.objective.get("metric"))} '
             f'({_e(s.objective.get("mode"))})</td><td>{_e(s.space)}</td>'
             f'<td>{_e(s.created_at.strftime("%Y-%m-%d %H:%M"))}</td><td>{links}</td></tr>')
@@ -173,15 +174,18 @@ def study_fragment(study: StudyRef, services: ServicesDep,
         params = "".join(f'<td class="num">{_num(t["params"].get(n))}</td>' for n in names)
         rows.append(
             f'<tr><td class="num">{t["number"]}</td>'
-            f'<td class="{_e(t["state"])}">{_e(t["state"])}</td>{params}'
+            f'<td class="{_e(t["state"])}">{_e(t["state"])}</td>'
+            f'<td class="num">{int(t.get("restarts") or 0)}</td>{params}'
             f'<td class="num">{_num(t["value"])}</td><td>{_e(t.get("failure") or "")}</td>'
             f'<td>{_link(t["mlflow_url"], "run")}</td></tr>')
     head = "".join(f"<th>{_e(n)}</th>" for n in names)
-    body = "".join(rows) or f'<tr><td colspan="{5 + len(names)}" class="muted">' \
+    body = "".join(rows) or f'<tr><td colspan="{6 + len(names)}" class="muted">' \
         "no trials yet</td></tr>"
     return HTMLResponse(
         f'<h2>{_e(s.name)} <span class="{_e(s.status)}">{_e(s.status)}</span></h2>'
-        f"<p>{_e(s.message)}</p>{best}<p>{links}</p>"
-        f'<table id="trials"><thead><tr><th>trial</th><th>state</th>{head}'
+        f"<p>{_e(s.message)}</p>{best}"
+        f'<p id="restarts">trial restarts after infrastructure failures: {s.restarts}</p>'
+        f"<p>{links}</p>"
+        f'<table id="trials"><thead><tr><th>trial</th><th>state</th><th>restarts</th>{head}'
         f"<th>{_e(s.objective.get('metric'))}</th><th>failure</th><th>MLflow</th></tr>"
         f"</thead><tbody>{body}</tbody></table>")

@@ -43,7 +43,7 @@ def to_public(services: Services, record: StudyRecord) -> StudyPublic:
         space=spec["space"]["name"] if isinstance(spec["space"], dict) else spec["space"],
         sampler=spec["sampler"], objective=spec["objective"], max_trials=spec["max_trials"],
         parallel_trials=spec["parallel_trials"], counts=queries.current_counts(record),
-        best=queries.current_best(record),
+        restarts=queries.current_restarts(record), best=queries.current_best(record),
         job_id=record.job_id, mlflow_experiment_id=record.experiment_id,
         mlflow_parent_run_id=record.parent_run_id, spec=queries.public_spec(record),
         created_at=queries.aware(record.created_at),
