@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from service.records import tags
 from service.records import tracking as T
 from service.records import trial_logger as TL
-from service.records.optuna_trials import LOST, RESTARTS_ATTR, TUNE_TRIAL_ID
+from service.records.optuna_trials import LOST, RESTARTS_ATTR, TUNE_TRIAL_ID, WAITING_ATTR
 from service.spec import StudySpec
 from tests.service.processes import processes
 
@@ -394,3 +394,63 @@ def test_trial_of_a_stopped_study_closes_its_run_and_does_not_train(tmp_path):
     run = client.get_run(late.run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags[tags.STATE] == "STALE"
+
+
+def _waiting(spec) -> str:
+    try:
+        return optuna.load_study(study_name=spec.name, storage=spec.storage).user_attrs.get(
+            WAITING_ATTR, "")
+    except KeyError:  # not created yet
+        return ""
+
+
+def test_a_study_waits_for_a_node_that_can_hold_its_trials(ray_cluster, tmp_path,
+                                                           monkeypatch):
+    """Elastic: no alive node has the resource the trials ask for → the study says it
+    waits; a node that joins with it takes the trial; the study SUCCEEDS."""
+    monkeypatch.setenv("CREDIT_RESOURCE_WAIT_S", "300")
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=1, epochs=1, batches_per_epoch=5,
+                     dataset="mnist-5k", resources={"custom": {"late_host": 1}},
+                     **_stores(tmp_path, "elastic"))
+    seen: dict = {}
+    stop = threading.Event()
+
+    def join_late() -> None:
+        while not stop.is_set() and not (message := _waiting(spec)):
+            time.sleep(0.5)
+        seen["message"] = message
+        seen["node"] = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start",
+             f"--address={os.environ['RAY_ADDRESS']}", "--node-ip-address=127.0.0.2",
+             "--num-cpus=1", "--num-gpus=0", '--resources={"late_host": 1}',
+             "--disable-usage-stats", "--block"],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    joiner = threading.Thread(target=join_late, daemon=True)
+    joiner.start()
+    try:
+        result = run_study(spec)
+    finally:
+        stop.set()
+        joiner.join(timeout=10)
+        if "node" in seen:
+            os.killpg(seen["node"].pid, signal.SIGTERM)
+            seen["node"].wait(timeout=60)
+    assert seen.get("message", "").startswith("waiting for resources: no alive node"), seen
+    assert "late_host=1" in seen["message"]
+    assert result.status == "SUCCEEDED" and result.counts["complete"] == 1, result.message
+    assert _waiting(spec) == ""  # the wait is over, and says so
+
+
+def test_a_study_no_node_can_hold_fails_naming_what_it_waited_for(ray_cluster, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setenv("CREDIT_RESOURCE_WAIT_S", "4")
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=2, epochs=1, batches_per_epoch=5,
+                     dataset="mnist-5k", resources={"custom": {"no_such_host": 1}},
+                     **_stores(tmp_path, "no-room"))
+    start = time.monotonic()
+    result = run_study(spec)
+    assert result.status == "FAILED"
+    assert "no alive node could hold a trial (CPU=1, no_such_host=1) for 4 s" in result.message
+    assert time.monotonic() - start < 120
+    assert result.counts["complete"] == 0 and result.counts["running"] == 0

@@ -38,13 +38,15 @@ class ApiServer:
     def db_path(self) -> Path:
         return self.home / "service.db"
 
-    def start(self) -> ApiServer:
+    def start(self, ready: str = "/healthz") -> ApiServer:
+        """Start it and wait until ``ready`` answers 200 (``/livez`` for a server whose
+        Ray or MLflow is meant to be down)."""
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
                  "--port", str(self.port), "--log-level", "warning"],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_http(f"{self.url}/healthz", 90,
+        wait_http(f"{self.url}{ready}", 90,
                   alive=lambda: self.proc is not None and self.proc.poll() is None)
         return self
 
@@ -109,3 +111,25 @@ def start_api(tmp_path_factory, name: str, ray_dashboard: str, mlflow_url: str,
     home = tmp_path_factory.mktemp(name)
     return ApiServer(home, api_env(home, ray_dashboard, mlflow_url, **settings),
                      home / "serve.log").start()
+
+
+def bare_env(home: Path, **settings: str) -> dict[str, str]:
+    """The environment of a test API server with no Ray cluster and no MLflow server: their
+    addresses are free loopback ports nothing listens on (each refuses at once)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDIT_")}
+    env.update({
+        "CREDIT_HOME": str(home),
+        "CREDIT_API_TOKENS": f"{TOKEN},{OTHER_TOKEN}",
+        "CREDIT_RAY_DASHBOARD_URL": f"http://127.0.0.1:{free_port()}",
+        "CREDIT_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "CREDIT_SYNC_INTERVAL_S": "1",
+    })
+    env.update({f"CREDIT_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def start_bare_api(home: Path, **settings: str) -> ApiServer:
+    """A real ``credit serve`` with neither Ray nor MLflow (``bare_env``), started once
+    it is alive (``/livez``: its health is degraded by design)."""
+    home.mkdir(parents=True, exist_ok=True)
+    return ApiServer(home, bare_env(home, **settings), home / "serve.log").start("/livez")
