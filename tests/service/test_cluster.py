@@ -265,12 +265,14 @@ def test_driver_killed_and_resumed_continues_checkpointed_trials_on_the_worker(c
 
 
 def test_worker_raylet_killed_fails_the_study_with_an_infrastructure_reason(cluster):
-    """The worker host's raylet dies while its trials train: each trial ends FAILED with
-    the whole reason (a dead actor/node: infrastructure), the study ends FAILED with it —
-    never SUCCEEDED — and no MLflow run is left RUNNING."""
+    """With no restarts allowed (``max_trial_restarts: 0``), the worker host's raylet dies
+    while its trials train: each trial ends FAILED with the whole reason (a dead
+    actor/node: infrastructure), the study ends FAILED with it — never SUCCEEDED — and no
+    MLflow run is left RUNNING. (With restarts, ``test_cluster_faults.py``.)"""
     with cluster.client() as c:
         r = c.post("/studies", json={"name": "raylet-killed", "space": "mnist-fc-backprop",
                                      "max_trials": 2, "parallel_trials": 2,
+                                     "max_trial_restarts": 0,
                                      "resources": ON_WORKER, "epochs": 1000,
                                      "batches_per_epoch": 5, "dataset": "mnist-5k"})
         assert r.status_code == 201, r.text
