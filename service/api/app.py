@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import sync
 from service.api.config import ApiSettings
-from service.api.handlers import add_error_handlers, database_down, database_problem
+from service.api.handlers import add_error_handlers, database_down, database_reason
 from service.api.health import HealthMonitor
 from service.api.middleware import BodySizeLimit, JsonBody, StudyLimit, TokenAuth
 from service.api.redaction import redact_access_log
@@ -93,7 +93,7 @@ async def _sync_forever(services: Services, interval_s: float) -> None:
             await run_in_threadpool(sync.sync_active, services)
         except Exception as error:  # keep syncing whatever one round met
             if database_down(error):  # one line a round, not a traceback
-                log.warning("study sync: %s", database_problem(error)["detail"][0]["msg"])
+                log.warning("study sync: %s; trying again", database_reason(error))
             else:
                 log.exception("study sync failed")
         await asyncio.sleep(interval_s)

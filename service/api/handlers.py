@@ -44,14 +44,19 @@ def database_down(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
 
-def database_problem(error: BaseException) -> dict[str, Any]:
-    """The 503 body of the database not answering: loc ``["database"]``, why in one line
-    (the driver's own first line, without SQLAlchemy's SQL and links)."""
+def database_reason(error: BaseException) -> str:
+    """"the study database is unavailable (why)", in one line: the driver's own first
+    line, without SQLAlchemy's SQL and links."""
     cause = getattr(error, "orig", None) or error
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     reason = (lines[0] if lines else "")[:300] or type(cause).__name__
-    return error_body(["database"], f"the study database is unavailable ({reason}); "
-                      "retry in a few seconds", "unavailable")
+    return f"the study database is unavailable ({reason})"
+
+
+def database_problem(error: BaseException) -> dict[str, Any]:
+    """The 503 body of the database not answering: loc ``["database"]``, and why."""
+    return error_body(["database"], f"{database_reason(error)}; retry in a few seconds",
+                      "unavailable")
 
 
 def add_error_handlers(app: FastAPI) -> None:

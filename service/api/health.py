@@ -5,7 +5,6 @@ request never waits on them."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -56,12 +55,10 @@ class HealthMonitor:
     def __init__(self, services: Services):
         self.services = services
         self._report: dict[str, Any] | None = None
-        self.checked_at: float | None = None  # time.monotonic() of the last verdict
         self._first = threading.Lock()
 
     def refresh(self) -> dict[str, Any]:
-        report = health(self.services)
-        self._report, self.checked_at = report, time.monotonic()
+        self._report = report = health(self.services)
         return report
 
     def current(self) -> dict[str, Any]:

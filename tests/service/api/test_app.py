@@ -84,8 +84,8 @@ def test_a_rejected_token_learns_nothing_from_validation(queue_api):
         assert r.status_code == 401
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/docs", "/openapi.json", "/redoc", "/",
-                                  "/docs/assets/swagger-ui-bundle.js"])
+@pytest.mark.parametrize("path", ["/healthz", "/livez", "/readyz", "/docs", "/openapi.json",
+                                  "/redoc", "/", "/docs/assets/swagger-ui-bundle.js"])
 def test_health_and_docs_need_no_token(queue_api, path):
     assert httpx.get(queue_api.url + path).status_code == 200
 
@@ -188,7 +188,9 @@ def test_a_space_from_the_catalogue_is_accepted_inline(queue_api):
 
 
 # ------------------------------------------------------------------------- OpenAPI
-ROUTES = {("get", "/healthz"), ("post", "/studies"), ("get", "/studies"),
+PROBES = ("/healthz", "/livez", "/readyz")
+ROUTES = {("get", "/healthz"), ("get", "/livez"), ("get", "/readyz"), ("post", "/studies"),
+          ("get", "/studies"),
           ("get", "/studies/{study}"), ("get", "/studies/{study}/trials"),
           ("get", "/studies/{study}/best"), ("post", "/studies/{study}/cancel"),
           ("get", "/studies/{study}/report"), ("get", "/studies/{study}/report/{figure}"),
@@ -222,7 +224,7 @@ def test_openapi_document_is_valid_and_lists_every_route(queue_api):
                                                  export.router)
               for r in router.routes for m in r.methods}
     assert served == ROUTES
-    # operations: unique ids, responses, and the bearer scheme on all but /healthz
+    # operations: unique ids, responses, and the bearer scheme on all but the probes
     ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
     assert len(ids) == len(set(ids))
     schemes = doc["components"]["securitySchemes"]
@@ -231,7 +233,7 @@ def test_openapi_document_is_valid_and_lists_every_route(queue_api):
         for op in ops.values():
             assert op["responses"], (path, op)
             secured = any("HTTPBearer" in s for s in op.get("security", []))
-            assert secured == (path != "/healthz"), path
+            assert secured == (path not in PROBES), path
     # every schema is a valid JSON Schema, and every $ref resolves
     for schema in doc["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)
