@@ -21,7 +21,7 @@ def processes() -> Iterator[tuple[int, str]]:
             yield int(entry.name), cmd
 
 
-def _holds_open(pid: int, prefix: str) -> bool:
+def holds_open(pid: int, prefix: str) -> bool:
     """Whether process ``pid`` has a file under ``prefix`` open (its logs, say)."""
     try:
         fds = list(Path(f"/proc/{pid}/fd").iterdir())
@@ -49,5 +49,5 @@ def stop_cluster(temp_dir: Path) -> None:
     def mine() -> list[int]:
         return [pid for pid, cmd in processes()
                 if pid != os.getpid() and alive(pid)
-                and (prefix in cmd or _holds_open(pid, prefix + "/"))]
+                and (prefix in cmd or holds_open(pid, prefix + "/"))]
     stop_processes(mine, grace_s=10.0)

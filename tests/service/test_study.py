@@ -22,7 +22,7 @@ from service.records import tracking as T
 from service.records import trial_logger as TL
 from service.records.optuna_trials import LOST, RESTARTS_ATTR, TUNE_TRIAL_ID, WAITING_ATTR
 from service.spec import StudySpec
-from tests.service.processes import processes
+from tests.service.processes import holds_open, processes
 
 
 def run_study(*args, **kwargs):
@@ -126,8 +126,12 @@ def _kill_after_first_epoch(result_box: dict, tmp_path: Path, stop: threading.Ev
         except Exception:  # the store is being created
             runs = []
         if any(r.data.metrics.get("epoch", 0) >= 1 for r in runs):
+            # this session's cluster only: its processes hold files of its temp dir open
+            # (another cluster on this machine, a namespace test's, is not ours to kill)
+            ours = f"/tmp/credit-test-ray-{os.getpid()}/"
             for pid, cmd in processes():
-                if cmd.startswith("ray::") and "ImplicitFunc" in cmd:
+                if cmd.startswith("ray::") and "ImplicitFunc" in cmd \
+                        and holds_open(pid, ours):
                     os.kill(pid, signal.SIGKILL)
                     result_box["killed_at"] = time.time()
                     result_box["pid"] = pid
