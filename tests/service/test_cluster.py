@@ -234,6 +234,8 @@ def test_driver_killed_and_resumed_continues_checkpointed_trials_on_the_worker(c
                 break
             time.sleep(0.3)
         else:
+            if driver.poll() is None:  # its stderr ends only with it
+                os.killpg(driver.pid, signal.SIGKILL)
             raise AssertionError(f"no checkpointed trials to kill: {driver.stderr.read()}")
     finally:
         if driver.poll() is None:
@@ -252,14 +254,9 @@ def test_driver_killed_and_resumed_continues_checkpointed_trials_on_the_worker(c
         assert run["info"]["status"] == "FINISHED"
         assert run["tags"]["credit.node_ip"] == cluster.worker_ip
         steps = _history(cluster.mlflow_url, run["info"]["run_id"], "epoch")
-        # every epoch logged; logged twice only the epochs between the checkpoint the
-        # restore started from and the kill (re-run from there, bit-identically)
-        assert set(steps) == set(range(1, 41)), steps
-        again = sorted({s for s in steps if steps.count(s) > 1})
-        assert all(steps.count(s) == 2 for s in again), steps
-        if again:
-            assert again == list(range(again[0], again[-1] + 1)), steps
-            assert again[-1] <= before[run["tags"]["credit.trial_id"]] + 1, (steps, before)
+        # every epoch logged once: the epochs re-run from the checkpoint the restore
+        # started from (bit-identically) are not logged a second time
+        assert sorted(steps) == list(range(1, 41)), (steps, before)
     study = optuna.load_study(study_name="resumed", storage=cluster.pg_url("optuna"))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
