@@ -115,6 +115,19 @@ def test_diverging_trial_fails_alone(ray_cluster, tmp_path):
     assert all(tags.RESTARTS not in r.data.tags for r in runs)
 
 
+def _run_study_beside(spec, beside):
+    """``run_study(spec)`` in this thread while ``beside(stop)`` runs in another, told to
+    stop once the study has ended."""
+    stop = threading.Event()
+    thread = threading.Thread(target=beside, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        return run_study(spec)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def _kill_after_first_epoch(result_box: dict, tmp_path: Path, stop: threading.Event) -> None:
     """Once a trial has logged its first epoch to MLflow, SIGKILL the Ray worker process
     that trains it (as a crashed worker or a lost node would end it)."""
@@ -147,15 +160,7 @@ def test_a_trial_whose_worker_dies_restarts_from_its_checkpoint(ray_cluster, tmp
     spec = StudySpec(space="mnist-fc-backprop", max_trials=1, epochs=4, batches_per_epoch=60,
                      dataset="mnist-5k", **_stores(tmp_path, "restarts"))
     box: dict = {}
-    stop = threading.Event()
-    killer = threading.Thread(target=_kill_after_first_epoch, args=(box, tmp_path, stop),
-                              daemon=True)
-    killer.start()
-    try:
-        result = run_study(spec)
-    finally:
-        stop.set()
-        killer.join(timeout=10)
+    result = _run_study_beside(spec, lambda stop: _kill_after_first_epoch(box, tmp_path, stop))
     assert "killed_at" in box, "no trial worker was found to kill"
     assert result.status == "SUCCEEDED", result.message
     assert result.counts["complete"] == 1 and result.counts["failed"] == 0
@@ -417,9 +422,8 @@ def test_a_study_waits_for_a_node_that_can_hold_its_trials(ray_cluster, tmp_path
                      dataset="mnist-5k", resources={"custom": {"late_host": 1}},
                      **_stores(tmp_path, "elastic"))
     seen: dict = {}
-    stop = threading.Event()
 
-    def join_late() -> None:
+    def join_late(stop: threading.Event) -> None:
         while not stop.is_set() and not (message := _waiting(spec)):
             time.sleep(0.5)
         seen["message"] = message
@@ -430,13 +434,9 @@ def test_a_study_waits_for_a_node_that_can_hold_its_trials(ray_cluster, tmp_path
              "--disable-usage-stats", "--block"],
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    joiner = threading.Thread(target=join_late, daemon=True)
-    joiner.start()
     try:
-        result = run_study(spec)
+        result = _run_study_beside(spec, join_late)
     finally:
-        stop.set()
-        joiner.join(timeout=10)
         if "node" in seen:
             os.killpg(seen["node"].pid, signal.SIGTERM)
             seen["node"].wait(timeout=60)
