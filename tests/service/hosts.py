@@ -19,6 +19,7 @@ server and start it again on the same data.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
@@ -94,6 +95,9 @@ def wait_until(check, timeout_s: float, what: str, alive=None) -> None:
     raise RuntimeError(f"{what} not up after {timeout_s} s ({last})")
 
 
+_CLUSTERS = itertools.count()
+
+
 class Cluster:
     """Namespace hosts (the head and ``workers`` worker hosts) and the services on them;
     ``close()`` removes all of it."""
@@ -101,8 +105,11 @@ class Cluster:
     def __init__(self, workers: int = 1):
         if workers not in (1, 2):
             raise ValueError(f"workers must be 1 or 2 (got {workers})")
-        n = os.getpid() % 250 + 2
-        self.tag = f"{os.getpid() % 100000}"
+        # names and subnet of this cluster alone: a test session may make several (one
+        # per module), each after the last one's close
+        index = next(_CLUSTERS)
+        n = (os.getpid() + 37 * index) % 250 + 2
+        self.tag = f"{os.getpid() % 100000}{index % 10}"
         self.subnet = f"10.251.{n}"
         self.head_ip, self.worker_ip = f"{self.subnet}.2", f"{self.subnet}.3"
         self.ns = {"head": f"crh{self.tag}", "worker": f"crw{self.tag}"}
@@ -477,6 +484,7 @@ class Cluster:
             except (RuntimeError, subprocess.SubprocessError):
                 pass
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "link", "del", f"{ns}v"], capture_output=True)  # its veth
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
