@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from trainables.errors import ConfigError
 from trainables.layers import LOSSES, LayerSpec
+from trainables.members import Scalar, per_member
 
 Tensor = torch.Tensor
 _conv_backward = torch.ops.aten.convolution_backward
@@ -92,7 +93,17 @@ class FeedbackNetwork:
 
     The network holds plain tensors (no autograd, no ``nn.Module``); learning rules
     and optimizers update them in place.
+
+    A *population* (``stack``) holds K same-shaped networks of linear layers at once:
+    every weight gets a leading member dimension (K, out, in), activations are
+    (K, batch, features), and the same code runs all members in batched products. A
+    batch shared by all members stays (batch, features) and broadcasts.
     """
+
+    #: K for a population of K stacked networks, None for one network.
+    members: int | None = None
+    #: A population's member → its noise generator (``draw_noise``).
+    noise_index: Tensor | None = None
 
     def __init__(
         self,
@@ -122,6 +133,45 @@ class FeedbackNetwork:
             self.biases.append(b.to(self.device))
         self.hidden_shapes = self._infer_hidden_shapes()
 
+    @classmethod
+    def stack(cls, nets: list[FeedbackNetwork]) -> FeedbackNetwork:
+        """A population of ``nets`` (one per member; the same object may repeat): their
+        weights stacked along a new leading dimension. Linear layers only."""
+        first = nets[0]
+        if any(spec.kind != "linear" for spec in first.layers):
+            raise ConfigError("a population needs a network of linear layers; "
+                              "train convolutional networks one configuration per trial")
+        pop = cls.__new__(cls)
+        pop.__dict__.update(first.__dict__)
+        pop.weights = [torch.stack([n.weights[i] for n in nets]) for i in range(len(first.layers))]
+        pop.biases = [torch.stack([n.biases[i] for n in nets]) for i in range(len(first.layers))]
+        pop.members = len(nets)
+        return pop
+
+    def keep(self, index: Tensor) -> None:
+        """Keep only the members at ``index`` (a population drops stopped members)."""
+        self.weights = [w[index] for w in self.weights]
+        self.biases = [b[index] for b in self.biases]
+        self.members = len(index)
+        if self.noise_index is not None:
+            self.noise_index = self.noise_index[index]
+
+    def rows(self, t: Tensor, start: int, stop: int | None = None) -> Tensor:
+        """Samples ``start:stop`` of a batch of activations (dim 0, or dim 1 of a population's)."""
+        dim = 0 if self.members is None or t.dim() < 3 else 1
+        stop = t.shape[dim] if stop is None else stop
+        return t.narrow(dim, start, stop - start)
+
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator | list,
+                   device: torch.device) -> Tensor:
+        """ξ ~ N(0, I) of one layer's hidden units for a batch: from one generator (shared
+        by all members of a population), or from a list of them (one per training seed
+        of a population; member k draws from ``generator[noise_index[k]]``)."""
+        if isinstance(generator, list):
+            draws = [torch.randn(shape, generator=g, device=device) for g in generator]
+            return torch.stack(draws)[self.noise_index]
+        return torch.randn(shape, generator=generator, device=device)
+
     # ----------------------------------------------------------------- shapes
     @property
     def names(self) -> list[str]:
@@ -148,7 +198,9 @@ class FeedbackNetwork:
     # ---------------------------------------------------------------- forward
     def _layer_forward(self, i: int, inp: Tensor) -> tuple[Tensor, LayerRecord]:
         spec = self.layers[i]
-        if spec.kind == "linear":
+        if spec.kind == "linear" and self.members is not None:
+            a = torch.matmul(inp, self.weights[i].mT).add_(self.biases[i].unsqueeze(1))
+        elif spec.kind == "linear":
             a = torch.addmm(self.biases[i], inp, self.weights[i].t())
         else:
             a = F.conv2d(inp, self.weights[i], self.biases[i], padding=spec.kernel_size // 2)
@@ -184,14 +236,16 @@ class FeedbackNetwork:
             h, _ = self._layer_forward(i, h)
         return h
 
-    def forward_noisy(self, x: Tensor, noise_std: float, generator: torch.Generator) -> ForwardPass:
+    def forward_noisy(self, x: Tensor, noise_std: Scalar,
+                      generator: torch.Generator) -> ForwardPass:
         """Clean and noisy passes stacked into one batch.
 
         The noisy pass adds ``noise_std · ξ`` (ξ ~ N(0, I)) to every hidden layer's
         output, after the nonlinearity, all layers at once; the output is not
         perturbed. Both passes share layer 0's input, so the stack starts after it.
         """
-        n = x.shape[0]
+        n = x.shape[-2] if self.members is not None else x.shape[0]
+        cat_dim = 0 if self.members is None else 1
         records = []
         noise = []
         last = len(self.layers) - 1
@@ -199,30 +253,36 @@ class FeedbackNetwork:
         for i in range(len(self.layers)):
             h, rec = self._layer_forward(i, h)
             if i > 0:  # stacked: keep the clean half for the backward pass
+                z = self.rows(rec.z, 0, n)
                 rec = LayerRecord(
-                    rec.inp[:n],
-                    rec.a[:n],
-                    rec.z[:n],
-                    torch.Size((n, *rec.h_shape[1:])),
+                    self.rows(rec.inp, 0, n),
+                    self.rows(rec.a, 0, n),
+                    z,
+                    z.shape if self.members is not None else torch.Size((n, *rec.h_shape[1:])),
                     None if rec.pool_indices is None else rec.pool_indices[:n],
                 )
             records.append(rec)
             if i < last:
-                xi = torch.randn((n, *h.shape[1:]), generator=generator, device=h.device)
+                per_sample = h.shape[cat_dim + 1:]
+                xi = self.draw_noise((n, *per_sample), generator, h.device)
                 noise.append(xi)
+                scaled = per_member(noise_std, h) * xi if isinstance(noise_std, Tensor) else None
                 if i == 0:
-                    h = torch.cat([h, h + noise_std * xi])
+                    h = torch.cat([h, h + (noise_std * xi if scaled is None else scaled)], cat_dim)
+                elif scaled is None:
+                    self.rows(h, n).add_(xi, alpha=noise_std)
                 else:
-                    h[n:].add_(xi, alpha=noise_std)
-        return ForwardPass(records, h[:n], h[n:], noise)
+                    self.rows(h, n).add_(scaled)
+        return ForwardPass(records, self.rows(h, 0, n), self.rows(h, n), noise)
 
     # ------------------------------------------------------------------- loss
     def per_sample_loss(self, y_hat: Tensor, target: Tensor) -> Tensor:
         """L per sample: ½‖ŷ − t‖² (MSE) or −log softmax(ŷ)_t (cross-entropy, t = labels)."""
         if self.loss == "mse":
             d = y_hat - target
-            return 0.5 * (d * d).sum(1)
-        return torch.logsumexp(y_hat, 1) - y_hat.gather(1, target[:, None]).squeeze(1)
+            return 0.5 * (d * d).sum(-1)
+        picked = y_hat.gather(-1, target.expand(y_hat.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+        return torch.logsumexp(y_hat, -1) - picked
 
     def output_error(self, fp: ForwardPass, target: Tensor) -> Tensor:
         """e[L-1] = ∂L/∂ŷ ∘ σ'(a[L-1]) per sample."""
@@ -230,8 +290,8 @@ class FeedbackNetwork:
         if self.loss == "mse":
             grad = y_hat - target
         else:
-            grad = torch.softmax(y_hat, 1)
-            grad[torch.arange(len(target), device=grad.device), target] -= 1.0
+            grad = torch.softmax(y_hat, -1)
+            grad[..., torch.arange(len(target), device=grad.device), target] -= 1.0
         rec = fp.records[-1]
         return _activation_vjp(self.layers[-1].activation, rec.a, rec.z, grad)
 
@@ -299,8 +359,8 @@ class FeedbackNetwork:
         for i, spec in enumerate(self.layers):
             e, rec = errors[i], fp.records[i]
             if spec.kind == "linear":
-                grads.append(e.t() @ rec.inp)
-                grads.append(e.sum(0))
+                grads.append(e.mT @ rec.inp)
+                grads.append(e.sum(-2))
             else:
                 _, gw, gb = _conv_backward(
                     e, rec.inp, self.weights[i], [spec.out_size], [1, 1],
@@ -315,7 +375,7 @@ class FeedbackNetwork:
     ) -> Tensor:
         """Batch-summed ∂/∂B of ½‖Bᵀe − λ̂‖² for the feedback of layer j, given residual Bᵀe − λ̂."""
         if direct or self.layers[j].kind == "linear":
-            return e.t() @ residual
+            return e.mT @ residual
         spec = self.layers[j]
         _, gw, _ = _conv_backward(
             e, residual, self.weights[j], None, [1, 1], [spec.kernel_size // 2] * 2, [1, 1],
@@ -335,3 +395,15 @@ class FeedbackNetwork:
 
     def all_finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.parameters())
+
+    def finite_members(self) -> Tensor:
+        """Per member of a population: are all its forward parameters finite? (K,) bool."""
+        return finite_rows(self.parameters())
+
+
+def finite_rows(tensors: list[Tensor]) -> Tensor:
+    """(K,) bool: member k's slice of every tensor is finite."""
+    ok = torch.ones(len(tensors[0]), dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        ok &= torch.isfinite(t.flatten(1)).all(1)
+    return ok

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from trainables.members import Scalar, add_scaled_, per_member
 from trainables.registry import Registry
 
 Tensor = torch.Tensor
@@ -16,9 +17,13 @@ OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer")
 
 
 class Optimizer:
-    """Base: ``step(params, grads, scale)`` updates ``params`` with ``scale · grads``."""
+    """Base: ``step(params, grads, scale)`` updates ``params`` with ``scale · grads``.
 
-    def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    For a population (stacked parameters, ``trainables/population.py``) ``lr``,
+    ``momentum`` and ``weight_decay`` may be (K,) tensors, one value per member.
+    """
+
+    def __init__(self, lr: Scalar, momentum: Scalar = 0.0, weight_decay: Scalar = 0.0):
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
@@ -26,13 +31,28 @@ class Optimizer:
     def step(self, params: list[Tensor], grads: list[Tensor], scale: float = 1.0) -> None:
         raise NotImplementedError
 
+    @property
+    def per_member(self) -> bool:
+        """Do the members of a population have their own numbers?"""
+        return any(isinstance(v, Tensor) for v in (self.lr, self.momentum, self.weight_decay))
+
     def _decayed(self, params: list[Tensor], grads: list[Tensor], scale: float) -> list[Tensor]:
         """scale·g + wd·w (L2 weight decay), or the scaled grads themselves."""
         if scale != 1.0:
             grads = torch._foreach_mul(grads, scale)
-        if self.weight_decay:
+        if isinstance(self.weight_decay, Tensor):
+            grads = [g.clone() for g in grads] if scale == 1.0 else grads
+            for g, p in zip(grads, params, strict=True):
+                add_scaled_(g, p, self.weight_decay)
+        elif self.weight_decay:
             grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
         return grads
+
+    def keep(self, index: Tensor) -> None:
+        """Keep only the members at ``index`` of a population."""
+        for key in ("lr", "momentum", "weight_decay"):
+            if isinstance(value := getattr(self, key), Tensor):
+                setattr(self, key, value[index])
 
     def state_dict(self) -> dict:
         return {}
@@ -45,11 +65,14 @@ class Optimizer:
 class SGD(Optimizer):
     """w ← w − η·v with v = μ·v + g (plain SGD when μ = 0)."""
 
-    def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    def __init__(self, lr: Scalar, momentum: Scalar = 0.0, weight_decay: Scalar = 0.0):
         super().__init__(lr, momentum, weight_decay)
         self.velocity: list[Tensor] | None = None
 
     def step(self, params: list[Tensor], grads: list[Tensor], scale: float = 1.0) -> None:
+        if self.per_member:
+            self._member_step(params, grads, scale)
+            return
         if not self.momentum and not self.weight_decay:
             torch._foreach_add_(params, grads, alpha=-self.lr * scale)
             return
@@ -62,6 +85,23 @@ class SGD(Optimizer):
                 torch._foreach_add_(self.velocity, grads)
             grads = self.velocity
         torch._foreach_add_(params, grads, alpha=-self.lr)
+
+    def _member_step(self, params: list[Tensor], grads: list[Tensor], scale: float) -> None:
+        """The step of a population whose members have their own η, μ, wd: the same
+        sums as ``step`` (v = μ·v + g with μ = 0 is g itself)."""
+        grads = self._decayed(params, grads, scale)
+        if self.velocity is None:
+            self.velocity = [g.clone() for g in grads]
+        else:
+            for v, g in zip(self.velocity, grads, strict=True):
+                v.mul_(per_member(self.momentum, v)).add_(g)
+        for p, v in zip(params, self.velocity, strict=True):
+            add_scaled_(p, v, -self.lr)
+
+    def keep(self, index: Tensor) -> None:
+        super().keep(index)
+        if self.velocity is not None:
+            self.velocity = [v[index] for v in self.velocity]
 
     def state_dict(self) -> dict:
         return {"velocity": None if self.velocity is None else [v.clone() for v in self.velocity]}
@@ -77,9 +117,9 @@ class Adam(Optimizer):
 
     def __init__(
         self,
-        lr: float,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
+        lr: Scalar,
+        momentum: Scalar = 0.0,
+        weight_decay: Scalar = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ):
@@ -104,7 +144,17 @@ class Adam(Optimizer):
         denom = torch._foreach_sqrt(self.v)
         torch._foreach_div_(denom, (1.0 - b2**self.t) ** 0.5)
         torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(params, self.m, denom, value=-step_size)
+        if isinstance(step_size, Tensor):  # a population: one η per member
+            for p, m, d in zip(params, self.m, denom, strict=True):
+                add_scaled_(p, m / d, -step_size)
+        else:
+            torch._foreach_addcdiv_(params, self.m, denom, value=-step_size)
+
+    def keep(self, index: Tensor) -> None:
+        super().keep(index)
+        if self.m is not None:
+            self.m = [m[index] for m in self.m]
+            self.v = [v[index] for v in self.v]
 
     def state_dict(self) -> dict:
         return {"t": self.t, "m": _clone(self.m), "v": _clone(self.v)}
@@ -119,5 +169,5 @@ def _clone(xs: list[Tensor] | None) -> list[Tensor] | None:
     return None if xs is None else [x.clone() for x in xs]
 
 
-def make_optimizer(name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+def make_optimizer(name: str, lr: Scalar, momentum: Scalar = 0.0, weight_decay: Scalar = 0.0):
     return OPTIMIZERS.get(name)(lr=lr, momentum=momentum, weight_decay=weight_decay)

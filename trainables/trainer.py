@@ -26,9 +26,10 @@ from trainables.config import TrainConfig
 from trainables.data import Dataset, load_dataset
 from trainables.errors import ConfigError, DivergenceError
 from trainables.experiments import EXPERIMENTS
+from trainables.members import Scalar
 from trainables.network import FeedbackNetwork
-from trainables.optimizers import make_optimizer
-from trainables.rules import RuleSettings, Step, make_rule
+from trainables.optimizers import Optimizer, make_optimizer
+from trainables.rules import LearningRule, RuleSettings, Step, make_rule
 
 Tensor = torch.Tensor
 CHECKPOINT_VERSION = 1
@@ -101,6 +102,64 @@ class BatchSampler:
         self.perm = None if state["perm"] is None else state["perm"].to(self.device)
 
 
+def train_step(net: FeedbackNetwork, rule: LearningRule, optimizer: Optimizer, x: Tensor,
+               t: Tensor, noise_std: Scalar, noise_gen, grad_scale: float) -> Tensor:
+    """One mini-batch update of W (and of B, by the rule); returns the per-sample loss.
+
+    The same code trains one network and a population (``trainables/population.py``):
+    there every tensor has a leading member dimension and ``noise_std`` is (K,).
+    """
+    if rule.uses_noise:
+        fp = net.forward_noisy(x, noise_std, noise_gen)
+        noisy_loss = net.per_sample_loss(fp.noisy_output, t)
+    else:
+        fp, noisy_loss = net.forward(x), None
+    loss = net.per_sample_loss(fp.output, t)
+    e_out = net.output_error(fp, t)
+    errors, signals = rule.send_errors(fp, e_out)
+    grads = net.weight_gradients(fp, errors)
+    rule.update_feedback(Step(fp, e_out, errors, signals, loss, noisy_loss))
+    params = net.parameters()
+    if rule.tracks_weight_updates:
+        old = [w.clone() for w in net.weights]
+        optimizer.step(params, grads, scale=grad_scale)
+        rule.after_weight_update(torch._foreach_sub(net.weights, old), old)
+    else:
+        optimizer.step(params, grads, scale=grad_scale)
+    return loss
+
+
+def alignment(net: FeedbackNetwork, rule: LearningRule, x: Tensor,
+              target: Tensor) -> list[dict[str, float]]:
+    """Per-layer alignment of the rule's pathway with backprop's on the batch ``x``: one
+    dict for a network, one per member for a population (each from its own slices)."""
+    fp = net.forward(x)
+    e_out = net.output_error(fp, target)
+    true_errors, true_signals = net.backward(fp, e_out, [None, *net.weights[1:]])
+    syn_errors, syn_signals = rule.send_errors(fp, e_out)
+    true_grads = net.weight_gradients(fp, true_errors)
+    syn_grads = net.weight_gradients(fp, syn_errors)
+    pathway = rule.pathway()
+    top = len(net.layers) - 1
+    members = [(lambda t: t)] if net.members is None else \
+        [(lambda t, k=k: t[k]) for k in range(net.members)]
+    result = []
+    for m in members:
+        out: dict[str, float] = {}
+        for j in range(1, len(net.layers)):
+            name = net.layers[j].name
+            out[f"angle/{name}"] = M.mean_sample_angle(m(true_signals[j]), m(syn_signals[j]))
+            if not rule.direct or j == top:
+                W, B = m(net.weights[j]), m(pathway[j])
+                out[f"relative_error/{name}"] = M.relative_error(W, B)
+                out[f"sign_congruence/{name}"] = M.sign_congruence(W, B)
+        for i in range(top):
+            out[f"update_angle/{net.layers[i].name}"] = M.angle_degrees(
+                m(syn_grads[2 * i]), m(true_grads[2 * i]))
+        result.append(out)
+    return result
+
+
 class Trainer:
     """Trains one configuration; ``fit()`` runs the remaining epochs and returns the result."""
 
@@ -131,7 +190,6 @@ class Trainer:
         self.optimizer = make_optimizer(
             config.optimizer, config.lr, config.momentum, config.weight_decay
         )
-        self._params = self.net.parameters()
         self.noise_gen = torch.Generator(device=self.device).manual_seed(config.seed + 2)
         self.sampler = BatchSampler(
             len(self.data.x_train), config.batch_size,
@@ -171,24 +229,8 @@ class Trainer:
     # ------------------------------------------------------------------- step
     def train_step(self, x: Tensor, t: Tensor) -> Tensor:
         """One mini-batch update of W (and of B, by the rule); returns the per-sample loss."""
-        net, rule = self.net, self.rule
-        if rule.uses_noise:
-            fp = net.forward_noisy(x, self.config.noise_std, self.noise_gen)
-            noisy_loss = net.per_sample_loss(fp.noisy_output, t)
-        else:
-            fp, noisy_loss = net.forward(x), None
-        loss = net.per_sample_loss(fp.output, t)
-        e_out = net.output_error(fp, t)
-        errors, signals = rule.send_errors(fp, e_out)
-        grads = net.weight_gradients(fp, errors)
-        rule.update_feedback(Step(fp, e_out, errors, signals, loss, noisy_loss))
-        if rule.tracks_weight_updates:
-            old = [w.clone() for w in net.weights]
-            self.optimizer.step(self._params, grads, scale=self._grad_scale)
-            rule.after_weight_update(torch._foreach_sub(net.weights, old), old)
-        else:
-            self.optimizer.step(self._params, grads, scale=self._grad_scale)
-        return loss
+        return train_step(self.net, self.rule, self.optimizer, x, t, self.config.noise_std,
+                          self.noise_gen, self._grad_scale)
 
     def step_test_loss(self) -> Tensor:
         """Summed loss of ``step_test_images`` random test images (the authors' metric)."""
@@ -287,26 +329,7 @@ class Trainer:
     @torch.no_grad()
     def alignment(self) -> dict[str, float]:
         """Per-layer alignment of the rule's pathway with backprop's, on the fixed batch."""
-        net, rule = self.net, self.rule
-        fp = net.forward(self.metrics_x)
-        e_out = net.output_error(fp, self.metrics_t)
-        true_errors, true_signals = net.backward(fp, e_out, [None, *net.weights[1:]])
-        syn_errors, syn_signals = rule.send_errors(fp, e_out)
-        true_grads = net.weight_gradients(fp, true_errors)
-        syn_grads = net.weight_gradients(fp, syn_errors)
-        pathway = rule.pathway()
-        top = len(net.layers) - 1
-        out: dict[str, float] = {}
-        for j in range(1, len(net.layers)):
-            name = net.layers[j].name
-            out[f"angle/{name}"] = M.mean_sample_angle(true_signals[j], syn_signals[j])
-            if not rule.direct or j == top:
-                out[f"relative_error/{name}"] = M.relative_error(net.weights[j], pathway[j])
-                out[f"sign_congruence/{name}"] = M.sign_congruence(net.weights[j], pathway[j])
-        for i in range(top):
-            name = net.layers[i].name
-            out[f"update_angle/{name}"] = M.angle_degrees(syn_grads[2 * i], true_grads[2 * i])
-        return out
+        return alignment(self.net, self.rule, self.metrics_x, self.metrics_t)[0]
 
     @torch.no_grad()
     def latent_codes(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

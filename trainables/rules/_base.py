@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 import torch
 
 from trainables.catalog import check_rule_settings
 from trainables.errors import ConfigError
-from trainables.network import FeedbackNetwork, ForwardPass, init_weight
+from trainables.members import Scalar, add_scaled_
+from trainables.network import FeedbackNetwork, ForwardPass, finite_rows, init_weight
 
 Tensor = torch.Tensor
 
@@ -21,11 +22,11 @@ class RuleSettings:
     """The part of a trial's configuration that learning rules read: these fields of a
     ``TrainConfig``, which declares them (types, defaults, ranges)."""
 
-    noise_std: float
-    feedback_lr: float
+    noise_std: Scalar  # in a population, the numbers are (K,) tensors, one per member
+    feedback_lr: Scalar
     feedback_solver: str
-    lr: float
-    weight_decay: float
+    lr: Scalar
+    weight_decay: Scalar
     loss_reduction: str  # "sum": feedback steps on batch sums, as the W steps
 
     @classmethod
@@ -66,6 +67,30 @@ class LearningRule(ABC):
         self.net = net
         self.settings = settings
         self.feedback: list[Tensor | None] = self.init_feedback(generator)
+
+    @classmethod
+    def stack(cls, rules: list[LearningRule], net: FeedbackNetwork,
+              settings: RuleSettings) -> LearningRule:
+        """The population of ``rules`` (one per member, each checked alone) on the stacked
+        ``net``, with ``settings`` whose numbers are (K,) tensors."""
+        first = rules[0]
+        pop = cls.__new__(cls)
+        pop.__dict__.update(first.__dict__)
+        pop.net, pop.settings = net, settings
+        pop.feedback = [None if b is None else torch.stack([r.feedback[j] for r in rules])
+                        for j, b in enumerate(first.feedback)]
+        pop.stack_state(rules)
+        return pop
+
+    def stack_state(self, rules: list[LearningRule]) -> None:
+        """Stack what else the rule keeps per member (a solver's state)."""
+
+    def keep(self, index: Tensor) -> None:
+        """Keep only the members at ``index``."""
+        self.feedback = [None if b is None else b[index] for b in self.feedback]
+        self.settings = replace(self.settings, **{
+            f.name: v[index] for f in fields(self.settings)
+            if isinstance(v := getattr(self.settings, f.name), Tensor)})
 
     @classmethod
     def check_settings(cls, settings: RuleSettings) -> None:
@@ -115,6 +140,14 @@ class LearningRule(ABC):
     def all_finite(self) -> bool:
         return all(bool(torch.isfinite(b).all()) for b in self.feedback if b is not None)
 
+    def finite_members(self) -> Tensor:
+        """Per member of a population: is all its feedback finite? (K,) bool."""
+        feedback = [b for b in self.feedback if b is not None]
+        if not feedback:
+            return torch.ones(self.net.members, dtype=torch.bool,
+                              device=self.net.weights[0].device)
+        return finite_rows(feedback)
+
 
 class FeedbackSolver(ABC):
     """Regresses a target signal λ on an error e: min_B ‖Bᵀe − λ‖² (trainables/README.md §2)."""
@@ -130,13 +163,19 @@ class FeedbackSolver(ABC):
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def stack(self, solvers: list[FeedbackSolver]) -> None:
+        """Take the stacked state of ``solvers`` (one per member of a population)."""
+
+    def keep(self, index: Tensor) -> None:
+        """Keep only the members at ``index``."""
+
 
 class SGDSolver(FeedbackSolver):
     """B ← B − η_B · mean over the batch of e (Bᵀe − λ)ᵀ (the workshop text)."""
 
     name = "sgd"
 
-    def __init__(self, net: FeedbackNetwork, feedback_lr: float, direct: bool,
+    def __init__(self, net: FeedbackNetwork, feedback_lr: Scalar, direct: bool,
                  loss_reduction: str = "mean"):
         self.net = net
         self.feedback_lr = feedback_lr
@@ -146,8 +185,12 @@ class SGDSolver(FeedbackSolver):
     def update(self, j: int, B: Tensor, e: Tensor, target: Tensor, prediction: Tensor) -> None:
         residual = prediction - target.reshape(prediction.shape)
         grad = self.net.feedback_gradient(j, e, residual, None, self.direct)
-        scale = e.shape[0] if self.batch_mean else 1
-        B.add_(grad, alpha=-self.feedback_lr / scale)
+        scale = e.shape[-2] if self.batch_mean else 1
+        add_scaled_(B, grad, -self.feedback_lr / scale)
+
+    def keep(self, index: Tensor) -> None:
+        if isinstance(self.feedback_lr, Tensor):
+            self.feedback_lr = self.feedback_lr[index]
 
 
 class LeastSquaresSolver(FeedbackSolver):
@@ -170,10 +213,16 @@ class LeastSquaresSolver(FeedbackSolver):
 
     def update(self, j: int, B: Tensor, e: Tensor, target: Tensor, prediction: Tensor) -> None:
         if j not in self.V:
-            self.V[j] = self.ridge * torch.eye(e.shape[1], device=e.device, dtype=e.dtype)
+            eye = self.ridge * torch.eye(e.shape[-1], device=e.device, dtype=e.dtype)
+            self.V[j] = eye.expand(*B.shape[:-2], -1, -1).clone()
             self.C[j] = torch.zeros_like(B)
-        self.V[j].addmm_(e.t(), e)
-        self.C[j].addmm_(e.t(), target.reshape(e.shape[0], -1))
+        target = target.reshape(*e.shape[:-1], -1)
+        if e.dim() == 2:
+            self.V[j].addmm_(e.t(), e)
+            self.C[j].addmm_(e.t(), target)
+        else:  # a population: one product per member
+            self.V[j].baddbmm_(e.mT, e)
+            self.C[j].baddbmm_(e.mT, target)
         B.copy_(torch.linalg.solve(self.V[j], self.C[j]))
 
     def state_dict(self) -> dict:
@@ -183,6 +232,14 @@ class LeastSquaresSolver(FeedbackSolver):
     def load_state_dict(self, state: dict) -> None:
         self.V = {int(j): v.clone() for j, v in state["V"].items()}
         self.C = {int(j): c.clone() for j, c in state["C"].items()}
+
+    def stack(self, solvers: list[FeedbackSolver]) -> None:
+        self.V = {j: torch.stack([s.V[j] for s in solvers]) for j in self.V}
+        self.C = {j: torch.stack([s.C[j] for s in solvers]) for j in self.C}
+
+    def keep(self, index: Tensor) -> None:
+        self.V = {j: v[index] for j, v in self.V.items()}
+        self.C = {j: c[index] for j, c in self.C.items()}
 
 
 FEEDBACK_SOLVERS = ("sgd", "lstsq")
@@ -207,6 +264,14 @@ class RegressedFeedback(LearningRule):
     def targets(self, step: Step) -> list[Tensor | None]:
         """The signal each feedback[j] should reproduce (index j, like ``signals``)."""
         raise NotImplementedError
+
+    def stack_state(self, rules: list[LearningRule]) -> None:
+        self.solver = make_solver(self.net, self.settings, self.direct)
+        self.solver.stack([r.solver for r in rules])
+
+    def keep(self, index: Tensor) -> None:
+        super().keep(index)
+        self.solver.keep(index)
 
     def update_feedback(self, step: Step) -> None:
         targets = self.targets(step)

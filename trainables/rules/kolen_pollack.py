@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from trainables.members import add_scaled_
 from trainables.rules._base import LearningRule
 
 
@@ -21,4 +22,8 @@ class KolenPollack(LearningRule):
         B = self.feedback[1:]
         gap = torch._foreach_sub(old_weights[1:], B)
         torch._foreach_add_(B, deltas[1:])
-        torch._foreach_add_(B, gap, alpha=d)
+        if isinstance(d, torch.Tensor):  # a population: one decay per member
+            for b, g in zip(B, gap, strict=True):
+                add_scaled_(b, g, d)
+        else:
+            torch._foreach_add_(B, gap, alpha=d)

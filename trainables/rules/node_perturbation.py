@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from trainables.members import per_member
 from trainables.rules._base import RegressedFeedback, Step
 
 
@@ -17,5 +18,9 @@ class NodePerturbation(RegressedFeedback):
     uses_noise = True
 
     def targets(self, step: Step):
-        scale = (step.noisy_loss - step.loss) / self.settings.noise_std  # (L̃ − L)/c
-        return [None] + [xi * scale.view((-1,) + (1,) * (xi.dim() - 1)) for xi in step.fp.noise]
+        diff = step.noisy_loss - step.loss
+        scale = diff / per_member(self.settings.noise_std, diff)  # (L̃ − L)/c
+        # one trailing 1 per feature dimension of ξ (a population's layers are linear)
+        features = 1 if self.net.members is not None else None
+        return [None] + [xi * scale.reshape(scale.shape + (1,) * (features or xi.dim() - 1))
+                         for xi in step.fp.noise]
