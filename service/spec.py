@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from search_spaces import Objective, SearchSpace, load_space, parse_space
 from trainables.errors import CreditError
+from trainables.experiments import EXPERIMENTS
 
 STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: The shape of a study id (the API's UUIDs): no name may have it, so that a name and
@@ -25,6 +26,15 @@ SAMPLERS: tuple[str, ...] = get_args(Sampler)
 #: a client of the HTTP API never names them.
 SERVER_FIELDS = ("data_dir", "tracking_uri", "storage", "experiment_name", "group_run_id",
                  "labels")
+
+
+#: The most members a population may have, and what ``population: "auto"`` reaches.
+POPULATION_MAX = 4096
+POPULATION_AUTO_MAX = 1024
+#: The memory ``population: "auto"`` fills per trial: this many bytes per CPU it holds
+#: (on a GPU, per GPU share: CREDIT_POPULATION_GPU_BYTES, default 8 GiB).
+POPULATION_CPU_BYTES = 1 << 30
+POPULATION_GPU_BYTES = 8 << 30
 
 
 class StudyError(CreditError):
@@ -66,7 +76,11 @@ class StudySpec(BaseModel):
         None, ge=0, lt=2**31, description="every trial's training seed; default: the sampler seed"
     )
     objective: Objective | None = Field(None, description="default: the space's objective")
-    max_trials: int = Field(20, ge=1, le=10_000, description="number of trials")
+    max_trials: int = Field(20, ge=1, le=100_000, description="number of trials")
+    population: int | Literal["auto"] = Field(
+        1, description="configurations trained together in one Ray trial as one stacked model "
+        "(each still its own trial: own Optuna trial, MLflow run, row); 1: one per trial; "
+        f"'auto': as many as fit the memory of a trial, at most {POPULATION_AUTO_MAX}")
     parallel_trials: int = Field(1, ge=1, le=256, description="trials run at once")
     max_failed_trials: int | None = Field(
         None, ge=0, le=10_000, description="stop the study after more failed trials than this"
@@ -122,13 +136,38 @@ class StudySpec(BaseModel):
             return load_space(v)
         return v
 
+    @field_validator("population")
+    @classmethod
+    def _population(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= POPULATION_MAX:
+            raise ValueError(f"must be 'auto' or an integer from 1 to {POPULATION_MAX}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
         if self.objective is None:
             self.objective = self.space.objective
+        if self.population != 1:
+            experiment = EXPERIMENTS.get(self.search_space().experiment)
+            if any(layer.kind != "linear" for layer in experiment.build_layers(None, None)):
+                raise ValueError(
+                    f"population: {experiment.name!r} is a convolutional network; populations "
+                    "stack networks of linear layers only (use population 1)")
         # the study-level settings must make a valid trial config
         self.trial_config({})
         return self
+
+    def members(self, memory_per_member: int | None = None) -> int:
+        """Configurations per Ray trial: ``population``, or for ``"auto"`` as many as fill
+        the trial's memory (``memory_per_member`` bytes each), at most
+        ``POPULATION_AUTO_MAX`` and at most the trials each of ``parallel_trials`` runs."""
+        if isinstance(self.population, int):
+            return min(self.population, self.max_trials)
+        share = -(-self.max_trials // self.parallel_trials)
+        budget = (self.resources.gpu * POPULATION_GPU_BYTES if self.resources.gpu > 0
+                  else self.resources.cpu * POPULATION_CPU_BYTES)
+        fit = int(budget // memory_per_member) if memory_per_member else POPULATION_AUTO_MAX
+        return max(1, min(POPULATION_AUTO_MAX, share, fit))
 
     def search_space(self) -> SearchSpace:
         """The study's search space (resolved when the spec was validated)."""

@@ -4,6 +4,7 @@ derived, how a study counts them, and which of two values is better."""
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
 
 
@@ -72,3 +73,21 @@ def better(value: float, than: float | None, mode: str) -> bool:
     if than is None:
         return True
     return value < than if mode == "min" else value > than
+
+
+# ------------------------------------------------------------------ populations
+#: The Optuna user attribute of a population's member: its Tune trial's id.
+POPULATION_ATTR = "credit.population"
+_MEMBER = re.compile(r"^(?P<trial>.+)-m(?P<index>\d+)$")
+
+
+def member_id(trial_id: str, index: int) -> str:
+    """The trial id of member ``index`` of the population that Tune trial ``trial_id``
+    trains: its id in Optuna, in MLflow and in the API."""
+    return f"{trial_id}-m{index}"
+
+
+def ray_trial_of(trial_id: str) -> str:
+    """The Tune trial that trains ``trial_id``: itself, or its population's."""
+    match = _MEMBER.match(trial_id)
+    return match["trial"] if match else trial_id

@@ -394,3 +394,15 @@ class PopulationTrainer:
             for cb in self.callbacks.get(k, ()):
                 if type(cb).__qualname__ in saved:
                     cb.load_state_dict(saved[type(cb).__qualname__])
+
+
+def member_bytes(config: TrainConfig) -> int:
+    """An estimate of one member's memory: its weights, feedback, gradients, optimizer and
+    solver states, and a step's activations (clean and noisy), in float32."""
+    layers = EXPERIMENTS.get(config.experiment).build_layers(config.hidden_width,
+                                                              config.output_activation)
+    params = sum(math.prod(s.weight_shape) + s.out_size for s in layers)
+    states = 4 + (2 if config.optimizer == "adam" else 1)  # W, B, grad, ΔW; m, v or velocity
+    solver = sum(s.out_size ** 2 for s in layers) if config.feedback_solver == "lstsq" else 0
+    activations = config.batch_size * 2 * sum(s.out_size for s in layers) * 6
+    return 4 * (params * states + 2 * solver + activations)

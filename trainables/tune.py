@@ -9,6 +9,8 @@ which keeps this module free of any tracking library.
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 
 from trainables.config import TrainConfig
 from trainables.experiments import EXPERIMENTS
+from trainables.population import PopulationTrainer, shared_fields
 from trainables.trainer import Callback, Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -78,3 +81,155 @@ def train_trial(config: dict[str, Any], callback_factory: CallbackFactory | None
         if last is None:
             raise
         tune.report(last)
+
+
+# ------------------------------------------------------------------ populations
+#: The key of a population trial's config that lists its members ({"key", "params"}).
+POPULATION_KEY = "population"
+#: The key of a population's report that holds each member's state (a JSON string).
+MEMBERS_KEY = "members"
+POPULATION_FILE = "population.pt"
+
+
+def members_of(result: dict[str, Any] | None) -> dict[str, dict[str, Any]] | None:
+    """Each member's ``{"state", "value", "epoch", "error"}`` from a population's report
+    (None for the report of a lone trial)."""
+    if not result or MEMBERS_KEY not in result:
+        return None
+    return json.loads(result[MEMBERS_KEY])
+
+
+class Populations:
+    """The groups of a population trial: members sharing all but ``MEMBER_FIELDS`` train
+    as one stacked ``PopulationTrainer`` each, epoch by epoch side by side."""
+
+    def __init__(self, config: dict[str, Any], metric: str, mode: str,
+                 callback_factory: CallbackFactory | None):
+        base = {k: v for k, v in config.items() if k != POPULATION_KEY}
+        self.metric, self.mode = metric, mode
+        configs = {m["key"]: TrainConfig(**{**base, **m["params"]})
+                   for m in config[POPULATION_KEY]}
+        groups: dict[str, list[str]] = {}
+        for key, cfg in configs.items():
+            groups.setdefault(json.dumps(shared_fields([cfg]), sort_keys=True), []).append(key)
+        self.order = list(configs)
+        self.groups = [PopulationTrainer(
+            [configs[k] for k in keys], keys,
+            {k: list(callback_factory(configs[k], k)) if callback_factory else []
+             for k in keys}) for keys in groups.values()]
+        self.epochs = base.get("epochs") or next(iter(configs.values())).epochs
+
+    @property
+    def epoch(self) -> int:
+        return max(g.epoch for g in self.groups)
+
+    def run_epoch(self) -> None:
+        for group in self.groups:
+            if group.keys and group.epoch < group.config.epochs:
+                group.run_epoch()
+
+    def halve(self, grace_period: int, reduction_factor: int) -> None:
+        """Successive halving over the members (ASHA's rungs: epochs grace·rfⁱ): at a rung,
+        the members outside the best 1/rf stop (PRUNED); the population goes on."""
+        epoch, rung = self.epoch, grace_period
+        while rung < epoch:
+            rung *= reduction_factor
+        if rung != epoch or epoch >= self.epochs:
+            return
+        alive = [(g, k) for g in self.groups for k in g.keys]
+        sign = 1.0 if self.mode == "min" else -1.0
+
+        def score(item):
+            value = item[0].members[item[1]].history[-1].get(self.metric, math.nan)
+            return math.inf if not math.isfinite(value) else sign * value
+
+        ranked = sorted(alive, key=score)
+        for group, key in ranked[math.ceil(len(alive) / reduction_factor):]:
+            group.stop([key])
+
+    def report(self) -> dict[str, Any]:
+        """The population's report: each member's state, and the best alive value."""
+        members, best = {}, None
+        for g in self.groups:
+            for key in self.order:
+                if key not in g.members:
+                    continue
+                m = g.members[key]
+                value = m.history[-1].get(self.metric) if m.history else None
+                if key in g.failed:
+                    state, value = "FAILED", None
+                elif key in g.stopped:
+                    state, value = "PRUNED", None
+                elif m.epoch >= m.config.epochs:
+                    state = "COMPLETE"
+                else:
+                    state = "RUNNING"
+                members[key] = {"state": state, "value": value, "epoch": m.epoch,
+                                "error": g.failed.get(key)}
+                if value is not None and math.isfinite(value) and state != "PRUNED" and (
+                        best is None or (value < best if self.mode == "min" else value > best)):
+                    best = value
+        return {"epoch": self.epoch, self.metric: math.nan if best is None else best,
+                "population_size": sum(len(g.keys) for g in self.groups),
+                MEMBERS_KEY: json.dumps(members)}
+
+    def fail_all(self, reason: str) -> dict[str, Any]:
+        """The report of a population that failed as a whole: every running member FAILED."""
+        for g in self.groups:
+            for key in g.keys:
+                g.failed[key] = reason
+        return self.report()
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [g.state_dict() for g in self.groups]
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        for g, state in zip(self.groups, states, strict=True):
+            g.load_state_dict(state)
+
+
+def train_population(config: dict[str, Any], metric: str, mode: str,
+                     callback_factory: CallbackFactory | None = None,
+                     on_error: ErrorHandler | None = None,
+                     halving: tuple[int, int] | None = None) -> None:
+    """Ray Tune function trainable of a population (``config[POPULATION_KEY]`` lists its
+    members): every epoch one report with each member's state and a checkpoint of all.
+
+    A member that diverges fails alone; ``halving`` = (grace period, reduction factor)
+    stops the weaker members at each rung. An exception of the population as a whole is
+    ``train_trial``'s: ``on_error`` decides between its last report and a restart.
+    """
+    from ray import tune
+
+    pop = None
+    try:
+        context = tune.get_context()
+        cpus = context.get_trial_resources().required_resources.get("CPU", 1)
+        pop = Populations(config, metric, mode, callback_factory)
+        torch.set_num_threads(trial_threads(pop.groups[0].config, cpus))
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                pop.load_state_dict(torch.load(Path(directory) / POPULATION_FILE,
+                                               weights_only=False))
+        for g in pop.groups:
+            for key in g.keys:
+                for cb in g.callbacks[key]:
+                    cb.on_fit_start(g.members[key])
+        while pop.epoch < pop.epochs and any(g.keys for g in pop.groups):
+            pop.run_epoch()
+            if halving is not None:
+                pop.halve(*halving)
+            with tempfile.TemporaryDirectory(prefix="credit-ckpt-") as tmp:
+                torch.save(pop.state_dict(), Path(tmp) / POPULATION_FILE)
+                tune.report(pop.report(), checkpoint=tune.Checkpoint.from_directory(tmp))
+    except Exception as error:
+        last = None if on_error is None else on_error(error, 0 if pop is None else pop.epoch)
+        if last is None or pop is None:
+            raise
+        for g in pop.groups:
+            for key in g.keys:
+                for cb in g.callbacks[key]:
+                    cb.on_fit_error(g.members[key], error)
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        tune.report({**last, **pop.fail_all(reason)})

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 import sqlalchemy.exc
 
-from service.trials import TrialState
+from service.trials import POPULATION_ATTR, TrialState
 
 #: The Optuna user attribute that holds a trial's Tune trial id.
 TUNE_TRIAL_ID = "tune_trial_id"
@@ -125,8 +125,9 @@ def fail_unfinished_trials(storage: Any, study_name: str,
     failed = 0
     for t in storage.get_all_trials(study_id, deepcopy=False, states=UNFINISHED):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        lost = known_trial_ids is not None and t.user_attrs.get(TUNE_TRIAL_ID) not in \
-            known_trial_ids
+        tune_id = t.user_attrs.get(TUNE_TRIAL_ID)
+        lost = known_trial_ids is not None and tune_id not in known_trial_ids and \
+            t.user_attrs.get(POPULATION_ATTR) not in known_trial_ids
         if lost_only and not lost:
             continue
         if lost:
@@ -143,12 +144,14 @@ def set_trial_attr(storage: Any, study_name: str, tune_trial_id: str, key: str,
     study_id = study_id_of(storage, study_name)
     if study_id is None:
         return False
+    found = False
     for t in storage.get_all_trials(study_id, deepcopy=False):
-        if t.user_attrs.get(TUNE_TRIAL_ID) == tune_trial_id:
+        # a Ray trial's own Optuna trial, or each member of its population
+        if tune_trial_id in (t.user_attrs.get(TUNE_TRIAL_ID), t.user_attrs.get(POPULATION_ATTR)):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             storage.set_trial_user_attr(trial_id, key, value)
-            return True
-    return False
+            found = True
+    return found
 
 
 def set_study_attr(storage: Any, study_name: str, key: str, value: Any) -> None:

@@ -16,6 +16,7 @@ from service.records import tags
 from service.records.optuna_trials import LOST, fail_unfinished_trials, open_storage
 from service.records.tracking import child_runs, client, find_runs, log_params
 from service.spec import StudyError, StudySpec
+from service.trials import member_id, ray_trial_of
 
 
 # ------------------------------------------------------------------ a study's parent run
@@ -110,7 +111,8 @@ def close_stale_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
             continue
         if trial_id in pruned_trial_ids:
             state = "PRUNED"
-        elif known_trial_ids is not None and trial_id not in known_trial_ids:
+        elif known_trial_ids is not None and trial_id not in known_trial_ids \
+                and ray_trial_of(trial_id or "") not in known_trial_ids:
             state = "LOST"
             c.set_tag(run.info.run_id, tags.FAILURE, LOST)
         else:
@@ -207,16 +209,17 @@ def record_failures(tracking_uri: str, experiment_id: str, parent_run_id: str,
 
 def tag_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
                   values: dict[str, str]) -> bool:
-    """Set ``values`` as tags of Tune trial ``trial_id``'s run; whether it was found."""
-    runs = find_runs(tracking_uri, experiment_id,
-                     f"tags.`{tags.PARENT}` = '{parent_run_id}' and tags.`{tags.TRIAL}` = "
-                     f"'{trial_id}' and tags.`{tags.ROLE}` = '{tags.TRIAL_ROLE}'")
-    if not runs:
-        return False
+    """Set ``values`` as tags of Tune trial ``trial_id``'s run (of each member's, for a
+    population's Ray trial); whether one was found."""
+    where = (f"tags.`{tags.PARENT}` = '{parent_run_id}' and "
+             f"tags.`{tags.ROLE}` = '{tags.TRIAL_ROLE}' and tags.`{tags.TRIAL}` ")
+    runs = find_runs(tracking_uri, experiment_id, where + f"= '{trial_id}'") or \
+        find_runs(tracking_uri, experiment_id, where + f"LIKE '{member_id(trial_id, 0)[:-1]}%'")
     c = client(tracking_uri)
-    for key, value in values.items():
-        c.set_tag(runs[0].info.run_id, key, value)
-    return True
+    for run in runs:
+        for key, value in values.items():
+            c.set_tag(run.info.run_id, key, value)
+    return bool(runs)
 
 
 def close_study_records(spec: StudySpec, tracking_uri: str, optuna_url: str,

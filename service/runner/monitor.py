@@ -20,7 +20,8 @@ from ray.tune.stopper import Stopper
 
 from service.runner.failures import failure_reason_of, infrastructure_verdict, trial_failure
 from service.spec import StudySpec
-from service.trials import better, count, trial_state
+from service.trials import TrialState, better, count, trial_state
+from trainables.tune import POPULATION_KEY, members_of
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -109,6 +110,7 @@ class MonitorCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if (monitor := LIVE.get(self.study)) is not None:
+            monitor.failed.update(failed_members(result))
             monitor.result(trials, trial, result)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -119,6 +121,7 @@ class MonitorCallback(Callback):
         if (monitor := LIVE.get(self.study)) is not None:
             if (reason := trial_failure(trial.last_result)) is not None:
                 monitor.failed[trial.trial_id] = reason
+            monitor.failed.update(failed_members(trial.last_result))
             monitor.seen(trials, trial.last_result)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -146,12 +149,34 @@ class FailureBudget(Stopper):
                                         or monitor.stop_reason is not None)
 
 
+def failed_members(result: dict | None) -> dict[str, str]:
+    """The members of a population's report that failed, with their reasons."""
+    return {key: m["error"] for key, m in (members_of(result) or {}).items()
+            if m["state"] == TrialState.FAILED and m.get("error")}
+
+
 def counts_from_tune(trials, epochs: int) -> dict[str, int]:
-    """The study's counts from Tune's trials (a trial Tune ended early is PRUNED)."""
+    """The study's counts from Tune's trials (a trial Tune ended early is PRUNED; the
+    members of a population count one by one, in the states it reported)."""
     def done(t) -> int:
         return int((t.last_result or {}).get("epoch", 0)) if t.status == "TERMINATED" else 0
 
-    return count(trial_state(done(t), epochs, failed=t.status == "ERROR"
-                             or trial_failure(t.last_result) is not None,
-                             running=t.status == "RUNNING", ended=t.status == "TERMINATED")
-                 for t in trials)
+    def states(t):
+        members = (t.config or {}).get(POPULATION_KEY)
+        if not members:
+            yield trial_state(done(t), epochs, failed=t.status == "ERROR"
+                              or trial_failure(t.last_result) is not None,
+                              running=t.status == "RUNNING", ended=t.status == "TERMINATED")
+            return
+        reported = members_of(t.last_result) or {}
+        for m in members:
+            state = reported.get(m["key"], {}).get("state")
+            if state is None:
+                state = TrialState.RUNNING if t.status == "RUNNING" else \
+                    TrialState.FAILED if t.status in ("ERROR", "TERMINATED") \
+                    else TrialState.PENDING
+            elif state == TrialState.RUNNING and t.status in ("ERROR", "TERMINATED"):
+                state = TrialState.FAILED
+            yield TrialState(state)
+
+    return count(s for t in trials for s in states(t))

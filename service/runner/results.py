@@ -20,7 +20,7 @@ from service.spec import StudySpec
 from service.tracebacks import reason_of_exception
 from service.trials import TrialState, count, trial_state
 from trainables.metrics import LAYER_METRICS, finite_or_none, mean_sem
-from trainables.tune import train_trial
+from trainables.tune import POPULATION_KEY, members_of, train_trial
 
 
 @dataclass
@@ -58,8 +58,30 @@ class StudyResult:
         return asdict(self)
 
 
+def member_summaries(spec: StudySpec, config: dict, metrics: dict,
+                     error: str | None) -> list[TrialSummary]:
+    """One summary per member of a population trial (``error``: why the Ray trial itself
+    failed, if it did: the members it left unfinished failed with it)."""
+    reported = members_of(metrics) or {}
+    out = []
+    for member in config.get(POPULATION_KEY, []):
+        m = reported.get(member["key"], {})
+        state = TrialState(m.get("state", TrialState.FAILED))
+        reason = m.get("error")
+        if state in (TrialState.RUNNING, TrialState.PENDING):
+            state, reason = TrialState.FAILED, error or "the population ended before it"
+        elif state == TrialState.FAILED and reason is None:
+            reason = error or "the population failed before its first report"
+        value = m.get("value") if state == TrialState.COMPLETE else None
+        out.append(TrialSummary(member["key"], state, dict(member["params"]), value,
+                                int(m.get("epoch", 0)), None, reason,
+                                failure_kind(reason) if state == TrialState.FAILED else None))
+    return out
+
+
 def trial_summaries(spec: StudySpec, grid, monitor) -> list[TrialSummary]:
-    """One summary per trial of Tune's result grid: state, parameters, value, reason."""
+    """One summary per trial of Tune's result grid (per member of a population): state,
+    parameters, value, reason."""
     out = []
     # ResultGrid keeps its results in the order of Tune's trials (ray 2.60), which the
     # monitor saw at the experiment's end: they carry the id also of trials that failed
@@ -69,6 +91,11 @@ def trial_summaries(spec: StudySpec, grid, monitor) -> list[TrialSummary]:
     for i, r in enumerate(grid):
         metrics = r.metrics or {}
         trial_id = metrics.get("trial_id") or (trials[i].trial_id if i < len(trials) else "?")
+        if POPULATION_KEY in (r.config or {}):
+            error = (reason_of_exception(r.error) if r.error else trial_failure(metrics)) \
+                or monitor.failed.get(trial_id)
+            out.extend(member_summaries(spec, r.config, metrics, error))
+            continue
         done = int(metrics.get("epoch", 0) or 0)
         own = trial_failure(metrics)  # the trial failed by itself (not retried)
         state = trial_state(done, spec.epochs, failed=r.error is not None or own is not None)

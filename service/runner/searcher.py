@@ -30,8 +30,9 @@ from service.records.optuna_trials import (
     fail_unfinished_trials,
 )
 from service.spec import SAMPLERS
-from service.trials import TrialState, is_finite, trial_state
+from service.trials import POPULATION_ATTR, TrialState, is_finite, member_id, trial_state
 from trainables.errors import ConfigError
+from trainables.tune import POPULATION_KEY, members_of
 
 #: How each of ``SAMPLERS`` is built from a seed.
 SAMPLER_FACTORIES = {
@@ -67,7 +68,7 @@ class OptunaAskTell(Searcher):
 
     def __init__(self, *, space: dict[str, Any], metric: str, mode: str, study_name: str,
                  storage: Any, sampler: str, seed: int, epochs: int,
-                 max_trials: int | None = None):
+                 max_trials: int | None = None, population: int = 1):
         super().__init__(metric=metric, mode=mode)
         self.space = space
         self.study_name = study_name
@@ -76,7 +77,9 @@ class OptunaAskTell(Searcher):
         self.seed = seed
         self.epochs = epochs
         self.max_trials = max_trials
-        self.numbers: dict[str, int] = {}  # Tune trial id → Optuna trial number
+        self.population = population
+        self.numbers: dict[str, int] = {}  # Tune trial id (or member id) → Optuna trial number
+        self.members: dict[str, list[str]] = {}  # Tune trial id → its members' ids
         self._study: optuna.Study | None = None
 
     @property
@@ -95,12 +98,25 @@ class OptunaAskTell(Searcher):
         return self._study
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self.max_trials is not None and self._spent() >= self.max_trials:
+        left = None if self.max_trials is None else self.max_trials - self._spent()
+        if left is not None and left <= 0:
             return Searcher.FINISHED
-        trial = self.study.ask(fixed_distributions=self.space)
-        trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
-        self.numbers[trial_id] = trial.number
-        return dict(trial.params)
+        if self.population == 1:
+            trial = self.study.ask(fixed_distributions=self.space)
+            trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+            self.numbers[trial_id] = trial.number
+            return dict(trial.params)
+        # a population: K configurations at once, each its own Optuna trial
+        members = []
+        for i in range(self.population if left is None else min(self.population, left)):
+            trial = self.study.ask(fixed_distributions=self.space)
+            key = member_id(trial_id, i)
+            trial.set_user_attr(TUNE_TRIAL_ID, key)
+            trial.set_user_attr(POPULATION_ATTR, trial_id)
+            self.numbers[key] = trial.number
+            members.append({"key": key, "params": dict(trial.params)})
+        self.members[trial_id] = [m["key"] for m in members]
+        return {POPULATION_KEY: members}
 
     def number_of(self, trial_id: str) -> int | None:
         """The Optuna trial number of Tune trial ``trial_id`` (from the storage when the
@@ -113,6 +129,9 @@ class OptunaAskTell(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        if self.population != 1:
+            self._tell_members(trial_id, result, error)
+            return
         number = self.number_of(trial_id)
         if number is None:
             return
@@ -123,6 +142,27 @@ class OptunaAskTell(Searcher):
         value = value if state == TrialState.COMPLETE else None
         # skip_if_finished: a trial told before a driver restart keeps its state
         self.study.tell(number, value, state=OPTUNA_STATES[state], skip_if_finished=True)
+
+    def _tell_members(self, trial_id: str, result: dict | None, error: bool) -> None:
+        """Each member of a population told alone: its own state and value. Members the
+        population never reported (it failed first) fail with it."""
+        reported = members_of(result) or {}
+        keys = self.members.get(trial_id) or [
+            t.user_attrs[TUNE_TRIAL_ID] for t in self.study.get_trials(deepcopy=False)
+            if t.user_attrs.get(POPULATION_ATTR) == trial_id]
+        for key in keys:
+            number = self.number_of(key)
+            if number is None:
+                continue
+            member = reported.get(key, {})
+            value = member.get("value")
+            state = TrialState(member.get("state", TrialState.FAILED))
+            if state in (TrialState.RUNNING, TrialState.PENDING):  # it never ended
+                state = TrialState.FAILED
+            if state == TrialState.COMPLETE and not is_finite(value):
+                state = TrialState.FAILED
+            self.study.tell(number, value if state == TrialState.COMPLETE else None,
+                            state=OPTUNA_STATES[state], skip_if_finished=True)
 
     def save(self, checkpoint_path: str) -> None:
         state = {k: v for k, v in self.__dict__.items() if k != "_study"}

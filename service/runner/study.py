@@ -44,10 +44,16 @@ from service.runner.results import (
     record_best,
     trial_summaries,
 )
-from service.runner.tuner import EXPERIMENT_SAVE_PERIOD_S, ProgressFn, new_tuner
+from service.runner.tuner import (
+    EXPERIMENT_SAVE_PERIOD_S,
+    ProgressFn,
+    halving,
+    members,
+    new_tuner,
+)
 from service.spec import StudyError, StudySpec
 from service.trials import TrialState
-from trainables.tune import train_trial
+from trainables.tune import train_population, train_trial
 
 
 # ------------------------------------------------------------------------ the runner
@@ -127,10 +133,15 @@ def _tuner(spec: StudySpec, records: _Records, monitor, resume: bool):
     """A new Tuner, or (``resume``) the one saved in Tune's storage (``CREDIT_STORAGE``)."""
     factory = TrialLoggerFactory(records.tracking_uri, records.experiment_id,
                                    records.parent_id, spec.name)
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, callback_factory=factory,
-                             on_error=TrialErrors(spec.objective.metric)),
-        spec.resources.ray())
+    errors = TrialErrors(spec.objective.metric)
+    if members(spec) > 1:  # K configurations per Ray trial, one stacked model
+        trainable = tune.with_parameters(
+            train_population, metric=spec.objective.metric, mode=spec.objective.mode,
+            callback_factory=factory, on_error=errors, halving=halving(spec))
+    else:
+        trainable = tune.with_parameters(train_trial, callback_factory=factory,
+                                         on_error=errors)
+    trainable = tune.with_resources(trainable, spec.resources.ray())
     # Tune saves the experiment (its trials, the searcher) every few seconds; a trial it
     # created since its last save is lost when the driver dies. Save often: trials last
     # minutes, the state is a few kB.

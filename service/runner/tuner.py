@@ -11,9 +11,10 @@ from ray.tune.search import ConcurrencyLimiter
 from service.runner.monitor import ProgressFn
 from service.runner.searcher import OptunaAskTell
 from service.spec import EarlyStopping, StudySpec
+from trainables.population import member_bytes
 
-__all__ = ["CHECKPOINTS_KEPT", "EXPERIMENT_SAVE_PERIOD_S", "ProgressFn", "make_searcher",
-           "new_tuner"]
+__all__ = ["CHECKPOINTS_KEPT", "EXPERIMENT_SAVE_PERIOD_S", "ProgressFn", "halving",
+           "make_searcher", "members", "new_tuner"]
 
 #: Seconds between two saves (and uploads to the storage) of a study's Tune experiment
 #: state: its trials and their latest checkpoints, the searcher. Tune's defaults: 10 s
@@ -24,25 +25,37 @@ EXPERIMENT_SAVE_PERIOD_S = 2
 CHECKPOINTS_KEPT = 5
 
 
+def members(spec: StudySpec) -> int:
+    """Configurations per Ray trial (``population``; ``"auto"`` by memory)."""
+    return spec.members(member_bytes(spec.trial_config({})))
+
+
+def halving(spec: StudySpec) -> tuple[int, int] | None:
+    """(grace period, reduction factor) of the study's early stopping, or None."""
+    if not spec.early_stopping:
+        return None
+    es = spec.early_stopping if isinstance(spec.early_stopping, EarlyStopping) \
+        else EarlyStopping()
+    return min(es.grace_period, spec.epochs), es.reduction_factor
+
+
 def make_searcher(spec: StudySpec, storage) -> OptunaAskTell:
     """Optuna's ask-and-tell behind Tune's ``Searcher`` (early-stopped trials PRUNED)."""
     return OptunaAskTell(space=spec.search_space().to_optuna(),
                          metric=spec.objective.metric, mode=spec.objective.mode,
                          study_name=spec.name, storage=storage, sampler=spec.sampler,
-                         seed=spec.seed, epochs=spec.epochs, max_trials=spec.max_trials)
+                         seed=spec.seed, epochs=spec.epochs, max_trials=spec.max_trials,
+                         population=members(spec))
 
 
 def new_tuner(spec: StudySpec, storage, trainable, monitor, tune_store) -> tune.Tuner:
     """A new Tuner of the study's trials."""
     searcher = ConcurrencyLimiter(make_searcher(spec, storage),
                                   max_concurrent=spec.parallel_trials)
-    if spec.early_stopping:
-        es = spec.early_stopping if isinstance(spec.early_stopping, EarlyStopping) \
-            else EarlyStopping()
+    if (rungs := halving(spec)) is not None and members(spec) == 1:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.epochs,
-                                  grace_period=min(es.grace_period, spec.epochs),
-                                  reduction_factor=es.reduction_factor)
-    else:
+                                  grace_period=rungs[0], reduction_factor=rungs[1])
+    else:  # a population halves its members itself (trainables.tune.train_population)
         scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,

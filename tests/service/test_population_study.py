@@ -1,0 +1,110 @@
+"""Population studies on real Ray, MLflow and Optuna: K configurations per Ray trial, each
+member its own Optuna trial, MLflow run and value."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
+
+from service.records import tags
+from service.records.optuna_trials import TUNE_TRIAL_ID
+from service.spec import StudySpec
+from service.trials import POPULATION_ATTR
+from tests.service.test_study import TINY, _children, _optuna_trials, _stores, run_study
+
+
+def test_population_members_are_trials_with_their_own_records(ray_cluster, tmp_path):
+    spec = StudySpec(space="mnist-fc-node-perturbation", max_trials=6, population=4,
+                     parallel_trials=2, sampler="random", seed=1, **TINY,
+                     **_stores(tmp_path, "pop"))
+    seen = []
+    result = run_study(spec, progress=seen.append)
+    assert result.status == "SUCCEEDED"
+    assert result.counts["complete"] == 6 and len(result.trials) == 6
+    assert seen[-1]["counts"]["complete"] == 6
+    trials = _optuna_trials(spec)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 6
+    # 6 trials in two Ray trials: one population of 4, then one of the 2 left
+    populations = {t.user_attrs[POPULATION_ATTR] for t in trials}
+    assert sorted(sum(t.user_attrs[POPULATION_ATTR] == p for t in trials)
+                  for p in populations) == [2, 4]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
+    runs = {r.data.tags[tags.TRIAL]: r for r in _children(result)}
+    assert set(runs) == {t.user_attrs[TUNE_TRIAL_ID] for t in trials}
+    client = MlflowClient(result.tracking_uri)
+    for t in trials:
+        run = runs[t.user_attrs[TUNE_TRIAL_ID]]
+        assert run.info.status == "FINISHED"
+        assert float(run.data.params["lr"]) == pytest.approx(t.params["lr"])
+        history = client.get_metric_history(run.info.run_id, "test_error")
+        assert [m.step for m in history] == [1, 2]
+        assert history[-1].value == pytest.approx(t.value)  # its own value, told alone
+        arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert "plots/learning_curves.png" in arts
+    assert result.best_value == min(t.value for t in trials)
+    assert runs[result.best_trial_id].info.run_id == result.best_run_id
+
+
+def test_a_diverging_member_fails_alone_in_its_population(ray_cluster, tmp_path):
+    space = {"name": "diverge", "experiment": "mnist-fc", "rule": "backprop",
+             "fixed": {"momentum": 0.9},
+             "params": {"lr": {"type": "categorical", "choices": [5000.0, 0.05]}}}
+    spec = StudySpec(space=space, max_trials=4, population=4, seed=0, **TINY,
+                     **_stores(tmp_path, "popdiv"))
+    result = run_study(spec)
+    assert result.status == "SUCCEEDED"
+    trials = _optuna_trials(spec)
+    diverged = [t for t in trials if t.params["lr"] == 5000.0]
+    assert diverged and len(diverged) < 4
+    for t in trials:
+        assert t.state.name == ("FAIL" if t.params["lr"] == 5000.0 else "COMPLETE")
+    assert result.counts["failed"] == len(diverged)
+    runs = {r.data.tags[tags.TRIAL]: r for r in _children(result)}
+    for t in diverged:
+        run = runs[t.user_attrs[TUNE_TRIAL_ID]]
+        assert run.info.status == "FAILED"
+        assert "diverged in epoch 1" in run.data.tags[tags.FAILURE]
+    assert all(s.error and "diverged" in s.error for s in result.trials if s.state == "FAILED")
+
+
+def test_early_stopping_prunes_members_not_the_population(ray_cluster, tmp_path):
+    spec = StudySpec(space="mnist-fc-feedback-alignment", max_trials=6, population=6,
+                     early_stopping={"grace_period": 1, "reduction_factor": 3}, seed=0,
+                     epochs=3, batches_per_epoch=10, dataset="mnist-5k",
+                     **_stores(tmp_path, "popasha"))
+    result = run_study(spec)
+    states = sorted(t.state.name for t in _optuna_trials(spec))
+    # rung 1: the best 2 of 6 go on; rung 3 is the last epoch: both complete
+    assert states == ["COMPLETE"] * 2 + ["PRUNED"] * 4
+    assert result.counts == {**result.counts, "complete": 2, "pruned": 4}
+    client = MlflowClient(result.tracking_uri)
+    for run in _children(result):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_error")]
+        if run.data.tags[tags.STATE] == "PRUNED":
+            assert steps == [1] and run.info.status == "KILLED"
+        else:
+            assert steps == [1, 2, 3] and run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("fields, where", [
+    (dict(population=0), "population"), (dict(population="many"), "population"),
+    (dict(population=4, space="cifar10-cnn-backprop"), "convolutional"),
+])
+def test_bad_population_names_the_field(fields, where, tmp_path):
+    base = dict(space="mnist-fc-backprop", **_stores(tmp_path, "bad"))
+    with pytest.raises(ValidationError, match=where):
+        StudySpec(**{**base, **fields})
+
+
+def test_auto_population_fills_the_memory_it_is_given(tmp_path):
+    spec = StudySpec(space="mnist-fc-backprop", population="auto", max_trials=5000,
+                     parallel_trials=2, **_stores(tmp_path, "auto"))
+    from trainables.population import member_bytes
+    per = member_bytes(spec.trial_config({}))
+    assert spec.members(per) == min(1024, 2500, (1 << 30) // per)
+    assert spec.members(1 << 29) == 2  # 1 GiB per CPU / 512 MiB each
+    small = spec.model_copy(update={"max_trials": 10})
+    assert small.members(per) == 5  # 10 trials over 2 parallel Ray trials
+    assert optuna  # imported for the storage-backed tests above
