@@ -14,14 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from search_spaces import Objective, SearchSpace, load_space, parse_space
 from trainables.errors import CreditError
 from trainables.experiments import EXPERIMENTS
+from trainables.metrics import LAYER_METRICS
 
 STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: The shape of a study id (the API's UUIDs): no name may have it, so that a name and
 #: an id never find two different studies.
 STUDY_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 #: Optuna's samplers, by the name a study gives (``service.runner.tuner`` builds them).
-Sampler = Literal["random", "tpe", "qmc", "cmaes"]
+Sampler = Literal["random", "tpe", "qmc", "cmaes", "nsga2"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
+#: The samplers that optimise several objectives at once (Optuna's CMA-ES cannot).
+MULTI_OBJECTIVE_SAMPLERS = ("random", "tpe", "qmc", "nsga2")
 #: StudySpec fields only the server sets (where records go, data, campaign nesting, tags):
 #: a client of the HTTP API never names them.
 SERVER_FIELDS = ("data_dir", "tracking_uri", "storage", "experiment_name", "group_run_id",
@@ -39,6 +42,41 @@ POPULATION_GPU_BYTES = 8 << 30
 
 class StudyError(CreditError):
     """A study cannot start or resume (the message says why)."""
+
+
+class SpecProblems(ValueError):
+    """Raised by ``StudySpec``'s whole-study checks: each problem names the field it is
+    about (``("objectives",)``, ``("enqueue", 0, "lr")``), which a pydantic error of the
+    whole model could not; the HTTP API and the CLI read ``problems``."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {reason}"
+                                   for loc, reason in problems))
+
+
+class StudyProblems(StudyError):
+    """A study cannot start for reasons each tied to a field of its spec (a warm start
+    whose trials do not fit): ``problems`` as in ``SpecProblems``."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {reason}"
+                                   for loc, reason in problems))
+
+    def __reduce__(self):
+        return type(self), (self.problems,)
+
+
+def metrics_of(experiment: str) -> list[str]:
+    """The per-epoch metrics a trial of ``experiment`` reports (what a study can optimise)."""
+    exp = EXPERIMENTS.get(experiment)
+    names = ["train_loss", "test_loss", "time_s"]
+    if exp.classification:
+        names.insert(0, "test_error")
+    for layer in exp.layers:
+        names += [f"{kind}/{layer.name}" for kind in LAYER_METRICS]
+    return names
 
 
 class Resources(BaseModel):
@@ -75,7 +113,14 @@ class StudySpec(BaseModel):
     training_seed: int | None = Field(
         None, ge=0, lt=2**31, description="every trial's training seed; default: the sampler seed"
     )
-    objective: Objective | None = Field(None, description="default: the space's objective")
+    objective: Objective | None = Field(
+        None, description="the one objective; default: the space's (with `objectives`: "
+        "their first)")
+    objectives: list[Objective] | None = Field(
+        None, min_length=1, max_length=8,
+        description="several objectives at once (a Pareto front; samplers random, tpe, "
+        "qmc, nsga2; no early_stopping, no final_seeds); the first is also Ray Tune's. "
+        "Not with `objective`")
     max_trials: int = Field(20, ge=1, le=100_000, description="number of trials")
     population: int | Literal["auto"] = Field(
         1, description="configurations trained together in one Ray trial as one stacked model "
@@ -98,6 +143,14 @@ class StudySpec(BaseModel):
         None, ge=1, le=10_000_000, description="batches per epoch; default: one pass"
     )
     resources: Resources = Field(default_factory=Resources)
+    warm_start: list[str] = Field(
+        default_factory=list, max_length=20,
+        description="earlier studies (names; ids over HTTP) whose COMPLETE trials the "
+        "sampler learns from before it samples; they do not count as this study's trials")
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=1000,
+        description="configurations ({param: value}) tried first, in order, then the "
+        "sampler's; a parameter left out is sampled")
     final_seeds: int = Field(0, ge=0, le=100,
                              description="rerun the best configuration with this many seeds")
     tracking_uri: str | None = Field(
@@ -143,16 +196,40 @@ class StudySpec(BaseModel):
             raise ValueError(f"must be 'auto' or an integer from 1 to {POPULATION_MAX}")
         return v
 
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start(cls, v: list[str]) -> list[str]:
+        for i, name in enumerate(v):
+            if not (STUDY_NAME.match(name) or STUDY_ID.match(name)):
+                raise ValueError(f"warm_start[{i}]: {name!r} is not a study name or id")
+        if len(set(v)) < len(v):
+            raise ValueError("a study is named twice")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
-        if self.objective is None:
-            self.objective = self.space.objective
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.objectives is not None:
+            # the stored form holds both, the first objective repeated in ``objective``
+            if self.objective is not None and self.objective != self.objectives[0]:
+                problems.append((("objectives",), "give either objective (one) or "
+                                 "objectives (several), not both"))
+            self.objective = self.objectives[0]
+            # checked as given (a stored single-objective spec holds both, unchecked)
+            if self.multi_objective or "objective" not in self.model_fields_set:
+                problems += self._objectives_problems()
+        else:
+            self.objective = self.objective or self.space.objective
+            self.objectives = [self.objective]
+        problems += self._enqueue_problems()
         if self.population != 1:
             experiment = EXPERIMENTS.get(self.search_space().experiment)
             if any(layer.kind != "linear" for layer in experiment.build_layers(None, None)):
-                raise ValueError(
-                    f"population: {experiment.name!r} is a convolutional network; populations "
-                    "stack networks of linear layers only (use population 1)")
+                problems.append((("population",), f"{experiment.name!r} is a convolutional "
+                                 "network; populations stack networks of linear layers only "
+                                 "(use population 1)"))
+        if problems:
+            raise SpecProblems(problems)
         # the study-level settings must make a valid trial config
         self.trial_config({})
         return self
@@ -168,6 +245,59 @@ class StudySpec(BaseModel):
                   else self.resources.cpu * POPULATION_CPU_BYTES)
         fit = int(budget // memory_per_member) if memory_per_member else POPULATION_AUTO_MAX
         return max(1, min(POPULATION_AUTO_MAX, share, fit))
+
+    def _objectives_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        valid = metrics_of(self.search_space().experiment)
+        seen: set[str] = set()
+        for i, o in enumerate(self.objectives):
+            if o.metric not in valid:
+                problems.append((("objectives", i, "metric"), (
+                    f"unknown metric {o.metric!r} for experiment "
+                    f"{self.search_space().experiment!r}; valid: {', '.join(valid)}")))
+            elif o.metric in seen:
+                problems.append((("objectives", i, "metric"),
+                                 f"metric {o.metric!r} is named twice"))
+            seen.add(o.metric)
+        if self.multi_objective:
+            if self.sampler not in MULTI_OBJECTIVE_SAMPLERS:
+                problems.append((("sampler",), (
+                    f"{self.sampler!r} optimises one objective; with several objectives "
+                    f"use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}")))
+            if self.early_stopping:
+                problems.append((("early_stopping",), (
+                    "ASHA ranks trials by one metric; it cannot stop trials early for "
+                    "several objectives")))
+            if self.final_seeds:
+                problems.append((("final_seeds",), (
+                    "several objectives have no single best configuration to rerun; "
+                    "pick one from the Pareto front and run it with 'credit train'")))
+        return problems
+
+    def _enqueue_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        params = self.search_space().params
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if len(self.enqueue) > self.max_trials:
+            problems.append((("enqueue",), (f"{len(self.enqueue)} configurations, more than "
+                                            f"max_trials={self.max_trials}")))
+        for i, config in enumerate(self.enqueue):
+            if not config:
+                problems.append((("enqueue", i), "an empty configuration"))
+            for name, value in config.items():
+                if name not in params:
+                    problems.append((("enqueue", i, name), (
+                        f"not a searched parameter of space {self.search_space().name!r}; "
+                        f"valid: {', '.join(params)}")))
+                elif not params[name].contains(value):
+                    bounds = ", ".join(f"{k}={v!r}" for k, v in params[name].extremes())
+                    problems.append((("enqueue", i, name),
+                                     f"{value!r} is outside the space ({bounds})"))
+        return problems
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the study optimises several objectives (a Pareto front, no best)."""
+        return self.objectives is not None and len(self.objectives) > 1
 
     def search_space(self) -> SearchSpace:
         """The study's search space (resolved when the spec was validated)."""

@@ -91,3 +91,18 @@ def ray_trial_of(trial_id: str) -> str:
     """The Tune trial that trains ``trial_id``: itself, or its population's."""
     match = _MEMBER.match(trial_id)
     return match["trial"] if match else trial_id
+
+
+def dominates(a: list[float], b: list[float], modes: list[str]) -> bool:
+    """Whether values ``a`` Pareto-dominate ``b`` (objective modes ``min``/``max``): no
+    worse in every objective and better in one."""
+    signs = [1.0 if m == "min" else -1.0 for m in modes]
+    no_worse = all(s * x <= s * y for s, x, y in zip(signs, a, b, strict=True))
+    return no_worse and any(s * x < s * y for s, x, y in zip(signs, a, b, strict=True))
+
+
+def pareto_front(points: list[list[float]], modes: list[str]) -> list[int]:
+    """The indices of ``points`` no other point dominates (the Pareto front), in order;
+    of points with equal values, each is kept."""
+    return [i for i, p in enumerate(points)
+            if not any(dominates(q, p, modes) for j, q in enumerate(points) if j != i)]

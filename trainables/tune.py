@@ -165,7 +165,9 @@ class Populations:
                 else:
                     state = "RUNNING"
                 members[key] = {"state": state, "value": value, "epoch": m.epoch,
-                                "error": g.failed.get(key)}
+                                "error": g.failed.get(key),
+                                # its last metrics, once it completed (every objective)
+                                "metrics": m.history[-1] if state == "COMPLETE" else None}
                 if value is not None and math.isfinite(value) and state != "PRUNED" and (
                         best is None or (value < best if self.mode == "min" else value > best)):
                     best = value

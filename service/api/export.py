@@ -17,11 +17,13 @@ def _iso(value: Any) -> Any:
 
 
 def export_rows(study: str, objective: dict[str, str],
-                trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                trials: list[dict[str, Any]],
+                objectives: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """Flat rows: study, trial number and id, state, restarts (after infrastructure
-    failures), every parameter (``param.<name>``), the objective (named by its metric),
-    the failure reason, the MLflow run and link."""
-    metric = objective.get("metric", "objective")
+    failures), every parameter (``param.<name>``), each objective (a column named by its
+    metric; ``objectives``, default ``[objective]``), the failure reason, the MLflow run
+    and link."""
+    metrics = [o.get("metric", "objective") for o in objectives or [objective]]
     names = sorted({k for t in trials for k in t.get("params", {})})
     rows = []
     for t in sorted(trials, key=lambda t: t["number"]):
@@ -29,7 +31,9 @@ def export_rows(study: str, objective: dict[str, str],
                                "trial_id": t.get("trial_id"), "state": t["state"],
                                "restarts": t.get("restarts") or 0}
         row.update({f"param.{n}": t.get("params", {}).get(n) for n in names})
-        row[metric] = t.get("value")
+        values = t.get("values") or {}
+        for i, metric in enumerate(metrics):
+            row[metric] = values.get(metric, t.get("value") if i == 0 else None)
         row.update({"failure": t.get("failure"), "mlflow_run_id": t.get("mlflow_run_id"),
                     "mlflow_url": t.get("mlflow_url"),
                     "started_at": _iso(t.get("started_at")),

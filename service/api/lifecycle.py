@@ -16,6 +16,8 @@ from typing import Any
 from service.api.errors import (
     BackendUnavailable,
     NameTaken,
+    StudyNotFound,
+    StudyRejected,
     StudyStateConflict,
     TooManyStudies,
 )
@@ -27,6 +29,8 @@ from service.api.validation import build_spec
 from service.jobs import JOB_ENDED, JobError, JobNotFound
 from service.records import db, study_runs
 from service.records.db import StudyRecord
+from service.records.warm_start import warm_trials
+from service.spec import StudyProblems, StudySpec
 from trainables.errors import CreditError
 
 log = logging.getLogger("credit.api")
@@ -68,6 +72,26 @@ def _check_room(svc: Services) -> None:
         raise TooManyStudies(problem)
 
 
+def _with_warm_start(svc: Services, spec: StudySpec, principal: Principal) -> StudySpec:
+    """``spec`` with its warm-start studies named (a client may give ids), each one the
+    caller owns (``StudyNotFound`` otherwise, as for any other study), and every COMPLETE
+    trial of theirs fitting the new space (``StudyRejected`` naming each misfit)."""
+    if not spec.warm_start:
+        return spec
+    names = []
+    for i, ref in enumerate(spec.warm_start):
+        try:
+            names.append(get_study(svc, ref, principal).name)
+        except StudyNotFound:
+            raise StudyNotFound(f"warm_start[{i}]: no study with id or name {ref!r}") from None
+    spec = spec.model_copy(update={"warm_start": names})
+    try:
+        warm_trials(spec, svc.optuna_storage())
+    except StudyProblems as error:
+        raise StudyRejected(error.problems) from None
+    return spec
+
+
 def submit_study(svc: Services, body: Any, principal: Principal = ANYONE) -> StudyRecord:
     """Validate, store and start a study as a Ray job; a rejected one leaves nothing.
 
@@ -78,7 +102,7 @@ def submit_study(svc: Services, body: Any, principal: Principal = ANYONE) -> Stu
     neither a row nor a job. The study belongs to ``principal``.
     """
     _check_room(svc)
-    spec = build_spec(svc, body)
+    spec = _with_warm_start(svc, build_spec(svc, body), principal)
     where = _name_used_outside(svc, spec.name)
     if where is not None:
         raise NameTaken(f"study name {spec.name!r} is taken (by a study in {where})")

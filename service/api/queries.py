@@ -22,7 +22,14 @@ from service.api.validation import CREATE_FIELDS
 from service.records import db, study_runs, tags, tracking
 from service.records.db import StudyRecord
 from service.records.links import optuna_study
-from service.records.optuna_trials import RESTARTS_ATTR, STATES, TUNE_TRIAL_ID, WAITING_ATTR
+from service.records.optuna_trials import (
+    RESTARTS_ATTR,
+    STATES,
+    TUNE_TRIAL_ID,
+    WAITING_ATTR,
+    values_of,
+)
+from service.records.warm_start import own_trials
 from service.runner.failures import failure_kind
 from service.spec import StudySpec
 from service.trials import COUNT_KEYS, TrialState, better, empty_counts
@@ -114,6 +121,10 @@ def best_of(svc: Services, ref: str, principal: Principal = ANYONE) -> dict[str,
     """The best configuration (``current_best``) with the study's objective, from the
     row alone. ``StudyStateConflict`` while no trial has completed."""
     record = get_study(svc, ref, principal)
+    if svc.spec_of(record).multi_objective:
+        raise StudyStateConflict(
+            f"study {record.name!r} has several objectives and no single best "
+            f"configuration: its Pareto front is GET /studies/{record.id}/pareto")
     best = current_best(record)
     if best is None:
         state = record.status if not record.active else \
@@ -152,11 +163,11 @@ def read_progress(svc: Services, spec: StudySpec) -> dict[str, Any] | None:
     counts = empty_counts()
     best = None
     restarts = 0
-    for t in storage.get_all_trials(study_id, deepcopy=False):
+    for t in own_trials(storage.get_all_trials(study_id, deepcopy=False)):
         state = STATES[t.state]
         counts[state.key] += 1
         restarts += restarts_of(t)
-        if state == TrialState.COMPLETE and \
+        if state == TrialState.COMPLETE and not spec.multi_objective and \
                 better(t.value, None if best is None else best.value, spec.objective.mode):
             best = t
     waiting = storage.get_study_user_attrs(study_id).get(WAITING_ATTR)
@@ -201,14 +212,18 @@ def live_trials(svc: Services, record: StudyRecord) -> tuple[list[dict[str, Any]
     except KeyError:
         return [], True
     runs, mlflow_ok = _trial_runs(svc.settings.mlflow_tracking_uri, record)
+    metrics = [o.metric for o in svc.spec_of(record).objectives]
     out = []
-    for t in storage.get_all_trials(study_id, deepcopy=False):
+    # a warm start's trials inform the sampler; they are not the study's own
+    for t in own_trials(storage.get_all_trials(study_id, deepcopy=False)):
         state = STATES[t.state]
         trial_id = t.user_attrs.get(TUNE_TRIAL_ID)
         run = runs.get(trial_id)
+        values = values_of(t, metrics)
         out.append({"number": t.number, "trial_id": trial_id, "state": state.value,
                     "params": dict(t.params),
-                    "value": t.value if state == TrialState.COMPLETE else None,
+                    "value": None if values is None else values[metrics[0]],
+                    "values": values,
                     "restarts": restarts_of(t), "started_at": _iso(t.datetime_start),
                     "completed_at": _iso(t.datetime_complete),
                     "mlflow_run_id": run.info.run_id if run is not None else None,

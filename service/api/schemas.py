@@ -96,7 +96,10 @@ class StudyPublic(BaseModel):
                         "runs, why it waits (\"waiting for resources: ...\")")
     space: str
     sampler: str
-    objective: dict[str, str]
+    objective: dict[str, str] = Field(
+        description="the objective; with several, the first (the one Ray Tune ranks by)")
+    objectives: list[dict[str, str]] = Field(
+        default_factory=list, description="every objective; several: see `/pareto`")
     max_trials: int
     parallel_trials: int
     counts: TrialCounts
@@ -131,7 +134,9 @@ class TrialPublic(BaseModel):
     trial_id: str | None = Field(None, description="Ray Tune trial id")
     state: Literal["COMPLETE", "RUNNING", "FAILED", "PRUNED", "PENDING"]
     params: dict[str, Any]
-    value: float | None = None
+    value: float | None = Field(None, description="COMPLETE: the (first) objective's value")
+    values: dict[str, float] | None = Field(
+        None, description="COMPLETE: each objective's value, by metric")
     started_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     mlflow_run_id: str | None = None
@@ -171,6 +176,30 @@ class BestPublic(BaseModel):
     mlflow_run_id: str | None = None
     mlflow_url: str | None = None
     final_evaluation: dict[str, float] | None = None
+
+
+class ParetoTrialPublic(BaseModel):
+    """A trial of the Pareto front: no other COMPLETE trial is as good in every objective
+    and better in one."""
+
+    number: int = Field(description="Optuna trial number")
+    trial_id: str | None = Field(None, description="Ray Tune trial id")
+    params: dict[str, Any]
+    values: dict[str, float] = Field(description="each objective's value, by metric")
+    mlflow_run_id: str | None = None
+    mlflow_url: str | None = None
+
+
+class ParetoPublic(BaseModel):
+    """The Pareto front of a study with several objectives (final once it has ended)."""
+
+    study_id: str
+    status: StudyStatus
+    final: bool = Field(description="the study has ended: this is its result")
+    objectives: list[dict[str, str]]
+    complete_trials: int = Field(description="COMPLETE trials the front is taken from")
+    data: list[ParetoTrialPublic]
+    count: int
 
 
 class SearchSpaceSummary(BaseModel):

@@ -15,10 +15,9 @@ from service.api.errors import (
 )
 from service.api.services import Services
 from service.jobs import JobError
-from service.spec import SERVER_FIELDS, StudySpec
+from service.spec import SERVER_FIELDS, SpecProblems, StudySpec, metrics_of
 from trainables.config import DATASET_NAMES
 from trainables.experiments import EXPERIMENTS
-from trainables.metrics import LAYER_METRICS
 from trainables.validation import error_phrase
 
 # --------------------------------------------------------------------- validation
@@ -47,17 +46,6 @@ def resolve_space(space: Any) -> SearchSpace:
                              for where, reason in error.problems]) from None
 
 
-def metrics_of(experiment: str) -> list[str]:
-    """The per-epoch metrics a trial of ``experiment`` reports (what a study can optimise)."""
-    exp = EXPERIMENTS.get(experiment)
-    names = ["train_loss", "test_loss", "time_s"]
-    if exp.classification:
-        names.insert(0, "test_error")
-    for layer in exp.layers:
-        names += [f"{kind}/{layer.name}" for kind in LAYER_METRICS]
-    return names
-
-
 def build_spec(svc: Services, body: Any) -> StudySpec:
     """The full ``StudySpec`` of a submitted ``StudyCreate``, with the server's stores.
 
@@ -69,6 +57,10 @@ def build_spec(svc: Services, body: Any) -> StudySpec:
     fields = body.model_dump(exclude_unset=False)
     space = resolve_space(fields.pop("space"))
     problems: list[tuple[Loc, str]] = []
+    if body.objective is not None and body.objectives is not None:
+        problems.append((("objectives",), "give either objective (one) or objectives "
+                                          "(several), not both"))
+        fields["objective"] = None
     if body.max_trials > settings.max_trials_per_study:
         problems.append((("max_trials",), (
             f"must be <= {settings.max_trials_per_study}, this server's limit per study "
@@ -108,7 +100,9 @@ def _spec_problems(error: ValidationError) -> list[tuple[Loc, str]]:
     for e in error.errors():
         loc = tuple(e.get("loc", ()))
         inner = (e.get("ctx") or {}).get("error")
-        if isinstance(inner, SearchSpaceError):
+        if isinstance(inner, SpecProblems):
+            problems += [(tuple(where), reason) for where, reason in inner.problems]
+        elif isinstance(inner, SearchSpaceError):
             for where, reason in inner.problems:
                 head = where.split(".")[0] if where else ""
                 if loc:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from search_spaces import Objective
-from service.spec import SERVER_FIELDS, Resources, StudySpec
+from service.spec import SERVER_FIELDS, Resources, SpecProblems, StudySpec
 from trainables.errors import ConfigError
 from trainables.validation import error_phrase
 
@@ -105,6 +106,11 @@ def validation_message(err: ValidationError, name=flag) -> str:
     """
     parts = []
     for error in err.errors():
+        inner = (error.get("ctx") or {}).get("error")
+        if isinstance(inner, SpecProblems):  # whole-study checks, each naming its field
+            parts += [f"{name('.'.join(map(str, loc)))}: {reason}"
+                      for loc, reason in inner.problems]
+            continue
         loc = ".".join(str(p) for p in error.get("loc", ()))
         problem = _problem(error)
         parts.append(f"{name(loc)}: {problem}" if loc else problem)
@@ -116,11 +122,19 @@ STUDY_FLAGS = {"max_trials": "--trials", "parallel_trials": "--concurrency",
                "max_failed_trials": "--max-failed", "max_trial_restarts": "--max-restarts",
                "early_stopping": "--asha",
                "objective.metric": "--metric", "objective.mode": "--mode",
-               "resources.cpu": "--cpus-per-trial", "resources.gpu": "--gpus-per-trial"}
+               "resources.cpu": "--cpus-per-trial", "resources.gpu": "--gpus-per-trial",
+               "objectives": "--objective"}
+#: StudySpec fields given by repeatable flags of their own (``_list_options``).
+LIST_FIELDS = ("objectives", "warm_start", "enqueue")
 
 
 def study_flag(field: str) -> str:
-    """The command-line flag of a StudySpec field (``max_trials`` → ``--trials``)."""
+    """The command-line flag of a StudySpec field (``max_trials`` → ``--trials``); an item
+    of a list field keeps its place: ``enqueue.0.lr`` → ``--enqueue[0].lr``."""
+    head, *rest = field.split(".")
+    if head in LIST_FIELDS and rest:
+        index, *sub = rest
+        return f"{study_flag(head)}[{index}]" + "".join(f".{p}" for p in sub)
     return STUDY_FLAGS.get(field, flag(field))
 
 
@@ -131,7 +145,8 @@ def study_options(extra: tuple[str, ...] = ()) -> dict[str, Any]:
     nested = {"objective": Objective, "resources": Resources}
     options: dict[str, Any] = {}
     for name, info in StudySpec.model_fields.items():
-        if name == "space" or (name in SERVER_FIELDS and name not in extra):
+        if name == "space" or name in LIST_FIELDS or (name in SERVER_FIELDS
+                                                      and name not in extra):
             continue
         if name in nested:
             for sub, sub_info in nested[name].model_fields.items():
@@ -153,6 +168,18 @@ def add_study_options(p: argparse.ArgumentParser, extra: tuple[str, ...] = ()) -
             if name == "objective.metric":
                 option["help"] = "objective metric (default: the space's)"
             group.add_argument(study_flag(name), **option)
+        group.add_argument(
+            "--objective", action="append", metavar="METRIC:MODE", dest="objectives",
+            help="an objective (repeatable: several make a Pareto front), e.g. "
+            "test_error:min --objective angle/fc2:min; not with --metric/--mode")
+        group.add_argument(
+            "--warm-start", action="append", metavar="STUDY", dest="warm_start",
+            help="an earlier study whose complete trials the sampler learns from first "
+            "(repeatable); a trial that does not fit the space is an error")
+        group.add_argument(
+            "--enqueue", action="append", metavar="JSON", dest="enqueue",
+            help="a configuration to try first, e.g. '{\"lr\": 0.01}' (repeatable, or a "
+            "JSON list of them)")
         group.add_argument(
             "--trial-resource", action="append", metavar="NAME=AMOUNT",
             help="a custom Ray resource per trial (repeatable), e.g. worker_host=1 to pin "
@@ -178,6 +205,7 @@ def study_fields(args: argparse.Namespace, base: dict[str, Any] | None = None,
                 fields[head].setdefault("metric", "test_error")
         else:
             fields[name] = value
+    fields.update(_list_fields(args))
     for item in getattr(args, "trial_resource", None) or []:
         key, _, amount = item.partition("=")
         try:
@@ -187,4 +215,37 @@ def study_fields(args: argparse.Namespace, base: dict[str, Any] | None = None,
         resources = dict(fields.get("resources") or {})
         resources["custom"] = {**(resources.get("custom") or {}), **custom}
         fields["resources"] = resources
+    return fields
+
+
+def _list_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """``objectives``, ``warm_start`` and ``enqueue`` from their repeatable flags."""
+    fields: dict[str, Any] = {}
+    if getattr(args, "objectives", None):
+        if hasattr(args, "objective.metric") or hasattr(args, "objective.mode"):
+            raise UsageError("--objective: give either --objective (repeatable) or "
+                             "--metric/--mode, not both")
+        objectives = []
+        for item in args.objectives:
+            metric, sep, mode = item.rpartition(":")
+            if not sep or not metric or mode not in ("min", "max"):
+                raise UsageError(f"--objective: expected METRIC:MODE with MODE min or max "
+                                 f"(got {item!r})")
+            objectives.append({"metric": metric, "mode": mode})
+        fields["objectives"] = objectives
+    if getattr(args, "warm_start", None):
+        fields["warm_start"] = list(args.warm_start)
+    configs: list[Any] = []
+    for item in getattr(args, "enqueue", None) or []:
+        try:
+            value = json.loads(item)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--enqueue: not JSON ({error.msg}): {item!r}") from None
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(c, dict) for c in items):
+            raise UsageError(f"--enqueue: expected a JSON object of parameters, or a list "
+                             f"of them (got {item!r})")
+        configs += items
+    if configs:
+        fields["enqueue"] = configs
     return fields

@@ -238,10 +238,11 @@ def list_studies(args: argparse.Namespace) -> int:
 def format_study(s: dict[str, Any], base_url: str) -> str:
     c = s["counts"]
     obj = s["objective"]
+    goals = ", ".join(f"{o['mode']} {o['metric']}" for o in s.get("objectives") or [obj])
     lines = [f"study {s['name']} ({s['id']}): {s['status']}"
              + (f" — {s['message']}" if s["message"] else ""),
-             f"  space {s['space']}, sampler {s['sampler']}, objective {obj['mode']} "
-             f"{obj['metric']}, {s['max_trials']} trials, {s['parallel_trials']} at once",
+             f"  space {s['space']}, sampler {s['sampler']}, objective "
+             f"{goals}, {s['max_trials']} trials, {s['parallel_trials']} at once",
              f"  trials: {c['complete']} complete, {c['running']} running, "
              f"{c['failed']} failed, {c['pruned']} pruned; restarts {s.get('restarts', 0)}"]
     if s["best"] is not None:
@@ -281,10 +282,28 @@ def format_best(b: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_pareto(front: dict[str, Any]) -> str:
+    """A ``GET /studies/{id}/pareto`` answer: one line per trial of the front."""
+    goals = front["objectives"]
+    lines = [f"  Pareto front: {front['count']} of {front['complete_trials']} complete "
+             "trials, " + ", ".join(f"{o['metric']} ({o['mode']})" for o in goals)]
+    for t in front["data"]:
+        values = "  ".join(f"{o['metric']} {_num(t['values'].get(o['metric']))}"
+                           for o in goals)
+        params = ", ".join(f"{k}={_num(v)}" for k, v in sorted(t["params"].items()))
+        lines.append(f"    #{t['number']}  {values}  ({params})  run {t['mlflow_run_id']}")
+    return "\n".join(lines)
+
+
 def show(args: argparse.Namespace) -> int:
     client = _client(args)
     study = client.call("GET", f"/studies/{args.study}")
-    print(json.dumps(study, indent=2) if args.json else format_study(study, client.url))
+    front = client.call("GET", f"/studies/{args.study}/pareto") \
+        if len(study.get("objectives") or []) > 1 else None
+    if args.json:
+        print(json.dumps({**study, "pareto": front} if front else study, indent=2))
+    else:
+        print(format_study(study, client.url) + (f"\n{format_pareto(front)}" if front else ""))
     return 0
 
 

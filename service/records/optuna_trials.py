@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 import sqlalchemy.exc
 
-from service.trials import POPULATION_ATTR, TrialState
+from service.trials import POPULATION_ATTR, TrialState, pareto_front
 
 #: The Optuna user attribute that holds a trial's Tune trial id.
 TUNE_TRIAL_ID = "tune_trial_id"
@@ -179,3 +179,19 @@ STATES = {optuna.trial.TrialState.COMPLETE: TrialState.COMPLETE,
           optuna.trial.TrialState.WAITING: TrialState.PENDING}
 #: Ours in Optuna's.
 OPTUNA_STATES = {ours: theirs for theirs, ours in STATES.items()}
+
+
+def values_of(trial: Any, metrics: list[str]) -> dict[str, float] | None:
+    """A COMPLETE trial's value of each objective, by metric; None for any other trial."""
+    if trial.state != optuna.trial.TrialState.COMPLETE or trial.values is None:
+        return None
+    return dict(zip(metrics, trial.values, strict=False))
+
+
+def pareto_trials(trials: list[Any], objectives: list[tuple[str, str]]) -> list[Any]:
+    """The COMPLETE trials among ``trials`` that no other COMPLETE one dominates, by
+    number, for ``objectives`` ((metric, mode) pairs, the study's order)."""
+    complete = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+                       and t.values is not None), key=lambda t: t.number)
+    front = pareto_front([list(t.values) for t in complete], [m for _, m in objectives])
+    return [complete[i] for i in front]

@@ -12,13 +12,15 @@ from ray import tune
 
 from service.records import tags
 from service.records import tracking as T
-from service.records.optuna_trials import TUNE_TRIAL_ID
+from service.records.optuna_trials import TUNE_TRIAL_ID, pareto_trials, values_of
+from service.records.study_plots import log_pareto_plot
 from service.records.trial_logger import TrialLoggerFactory
 from service.records.tune_storage import tune_storage
+from service.records.warm_start import own_trials
 from service.runner.failures import TrialErrors, failure_kind, trial_failure
 from service.spec import StudySpec
 from service.tracebacks import reason_of_exception
-from service.trials import TrialState, count, trial_state
+from service.trials import TrialState, better, count, trial_state
 from trainables.metrics import LAYER_METRICS, finite_or_none, mean_sem
 from trainables.tune import POPULATION_KEY, members_of, train_trial
 
@@ -33,6 +35,7 @@ class TrialSummary:
     run_id: str | None = None
     error: str | None = None
     failure_kind: str | None = None  # infrastructure | trial (service.runner.failures)
+    values: dict[str, float] | None = None  # COMPLETE: each objective's value, by metric
 
 
 @dataclass
@@ -53,6 +56,9 @@ class StudyResult:
     final: dict[str, float] | None = None
     message: str = ""
     wall_time_s: float = 0.0
+    #: every objective (the first is ``objective``); several: the Pareto front, no best
+    objectives: list[dict[str, str]] = field(default_factory=list)
+    pareto: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,10 +109,12 @@ def trial_summaries(spec: StudySpec, grid, monitor) -> list[TrialSummary]:
         params = {k: v for k, v in (r.config or {}).items() if k in tuned}
         error = (reason_of_exception(r.error) if r.error else own) \
             or monitor.failed.get(trial_id)
-        out.append(TrialSummary(trial_id, state, params,
-                                value if state == TrialState.COMPLETE else None, done, None,
-                                error,
-                                failure_kind(error) if state == TrialState.FAILED else None))
+        complete = state == TrialState.COMPLETE
+        out.append(TrialSummary(trial_id, state, params, value if complete else None, done,
+                                None, error,
+                                failure_kind(error) if state == TrialState.FAILED else None,
+                                {o.metric: metrics.get(o.metric) for o in spec.objectives}
+                                if complete else None))
     return out
 
 
@@ -121,22 +129,39 @@ def best_of(spec: StudySpec, storage, tracking_uri: str, experiment_id: str, par
             s.run_id = runs[s.trial_id].info.run_id
     counts = count(s.state for s in summaries)
     study = optuna.load_study(study_name=spec.name, storage=storage)
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    best_params = best_config = best_value = best_trial = best_run = None
-    if completed:
-        best = study.best_trial
-        best_params = dict(best.params)
-        best_value = best.value
-        best_trial = best.user_attrs.get(TUNE_TRIAL_ID)
-        best_config = spec.trial_config(best_params).model_dump()
-        best_run = runs[best_trial].info.run_id if best_trial in runs else None
+    own = own_trials(study.get_trials(deepcopy=False))  # not those of a warm start
+    best_params = best_config = best_value = best_trial = best_run = pareto = None
+    if spec.multi_objective:
+        pareto = [pareto_entry(t, spec, runs) for t in
+                  pareto_trials(own, [(o.metric, o.mode) for o in spec.objectives])]
+    else:
+        best = None
+        for t in own:
+            if t.state == optuna.trial.TrialState.COMPLETE and \
+                    better(t.value, None if best is None else best.value, spec.objective.mode):
+                best = t
+        if best is not None:
+            best_params = dict(best.params)
+            best_value = best.value
+            best_trial = best.user_attrs.get(TUNE_TRIAL_ID)
+            best_config = spec.trial_config(best_params).model_dump()
+            best_run = runs[best_trial].info.run_id if best_trial in runs else None
     return StudyResult(
         name=spec.name, status="SUCCEEDED", objective=spec.objective.model_dump(),
         best_params=best_params, best_config=best_config, best_value=best_value,
         best_trial_id=best_trial, best_run_id=best_run, parent_run_id=parent_id,
         experiment_id=experiment_id, tracking_uri=tracking_uri, counts=counts,
-        trials=summaries,
+        trials=summaries, objectives=[o.model_dump() for o in spec.objectives],
+        pareto=pareto,
     )
+
+
+def pareto_entry(trial, spec: StudySpec, runs: dict[str, Any]) -> dict[str, Any]:
+    """One trial of the Pareto front: number, Tune id, parameters, values, MLflow run."""
+    trial_id = trial.user_attrs.get(TUNE_TRIAL_ID)
+    return {"number": trial.number, "trial_id": trial_id, "params": dict(trial.params),
+            "values": values_of(trial, [o.metric for o in spec.objectives]),
+            "run_id": runs[trial_id].info.run_id if trial_id in runs else None}
 
 
 def final_evaluation(spec: StudySpec, result: StudyResult, tracking_uri: str,
@@ -188,6 +213,9 @@ def record_best(c, parent_id: str, result: StudyResult) -> None:
         c.set_tag(parent_id, tags.BEST_TRIAL, result.best_trial_id or "")
     if result.final:
         T.log_metrics(c, parent_id, result.final, step=0)
+    if result.pareto:
+        log_pareto_plot(c, parent_id, result.name, result.objectives,
+                        [t.values for t in result.trials if t.values], result.pareto)
     counts = {f"trials_{k}": float(v) for k, v in result.counts.items()}
     T.log_metrics(c, parent_id, counts, step=0)
     c.log_dict(parent_id, finite_or_none(result.to_dict()), "result.json")

@@ -11,6 +11,11 @@ The storage is the truth: each Optuna trial carries its Tune trial id (the user
 attribute ``TUNE_TRIAL_ID``), so a restored searcher finds its trials there, whatever
 state Tune saved with the experiment.
 
+Several objectives: Optuna is told one value per objective (``objectives``, in order);
+Tune itself ranks by ``metric``/``mode``, the first of them. Trials copied into the study
+by a warm start (``service.records.warm_start``) inform the sampler but are not the
+study's own: they do not count against ``max_trials``.
+
 Imported only where a study runs: it imports Ray Tune and Optuna.
 """
 
@@ -28,7 +33,10 @@ from service.records.optuna_trials import (
     OPTUNA_STATES,
     TUNE_TRIAL_ID,
     fail_unfinished_trials,
+    set_trial_attr,
+    study_id_of,
 )
+from service.records.warm_start import METRICS_ATTR, is_own, reported_metrics
 from service.spec import SAMPLERS
 from service.trials import POPULATION_ATTR, TrialState, is_finite, member_id, trial_state
 from trainables.errors import ConfigError
@@ -41,14 +49,20 @@ SAMPLER_FACTORIES = {
     "qmc": lambda seed: optuna.samplers.QMCSampler(seed=seed, scramble=True),
     "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed,
                                                        warn_independent_sampling=False),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
 }
 assert tuple(SAMPLER_FACTORIES) == SAMPLERS
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler of that name (one of ``SAMPLERS``)."""
+def make_sampler(name: str, seed: int,
+                 warm: list[optuna.trial.FrozenTrial] | None = None) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of that name (one of ``SAMPLERS``). CMA-ES reads trials of
+    other studies only as ``source_trials`` (warm-starting CMA-ES): given ``warm``."""
     if name not in SAMPLER_FACTORIES:
         raise ConfigError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+    if name == "cmaes" and warm:
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+                                            source_trials=warm)
     return SAMPLER_FACTORIES[name](seed)
 
 
@@ -68,8 +82,11 @@ class OptunaAskTell(Searcher):
 
     def __init__(self, *, space: dict[str, Any], metric: str, mode: str, study_name: str,
                  storage: Any, sampler: str, seed: int, epochs: int,
-                 max_trials: int | None = None, population: int = 1):
+                 max_trials: int | None = None,
+                 objectives: list[tuple[str, str]] | None = None, population: int = 1):
         super().__init__(metric=metric, mode=mode)
+        #: (metric, mode) of each objective Optuna is told; the first is Tune's
+        self.objectives = objectives or [(metric, mode)]
         self.space = space
         self.study_name = study_name
         self.storage = storage
@@ -85,16 +102,18 @@ class OptunaAskTell(Searcher):
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            existing = 0
-            try:
-                existing = len(optuna.load_study(study_name=self.study_name,
-                                                 storage=self.storage).trials)
-            except KeyError:
-                pass
-            self._study = optuna.create_study(
+            study = optuna.create_study(
                 study_name=self.study_name, storage=self.storage, load_if_exists=True,
-                sampler=make_sampler(self.sampler, self.seed + existing),
-                direction="minimize" if self.mode == "min" else "maximize")
+                directions=["minimize" if mode == "min" else "maximize"
+                            for _, mode in self.objectives])
+            trials = study.get_trials(deepcopy=False)
+            warm = [t for t in trials if not is_own(t)]
+            # the study's own trials so far (not those queued by hand): a resumed study
+            # does not draw the same configurations again
+            existing = sum(is_own(t) and t.state != optuna.trial.TrialState.WAITING
+                           for t in trials)
+            study.sampler = make_sampler(self.sampler, self.seed + existing, warm)
+            self._study = study
         return self._study
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -135,13 +154,20 @@ class OptunaAskTell(Searcher):
         number = self.number_of(trial_id)
         if number is None:
             return
-        value = None if result is None else result.get(self.metric)
+        values = [None if result is None else result.get(m) for m, _ in self.objectives]
         done = self.epochs if result is None else int(result.get("epoch", self.epochs))
-        state = trial_state(done, self.epochs, ended=True,
-                            failed=error or not is_finite(value))  # PRUNED: stopped by ASHA
-        value = value if state == TrialState.COMPLETE else None
+        state = trial_state(done, self.epochs, ended=True,  # PRUNED: stopped by ASHA
+                            failed=error or not all(map(is_finite, values)))
+        told = (values if len(values) > 1 else values[0]) \
+            if state == TrialState.COMPLETE else None
+        if result is not None and state == TrialState.COMPLETE:
+            try:  # what a later study may warm-start from, whatever its objectives
+                set_trial_attr(self.storage, self.study_name, trial_id, METRICS_ATTR,
+                               reported_metrics(result))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # told before a driver restart: it has them
         # skip_if_finished: a trial told before a driver restart keeps its state
-        self.study.tell(number, value, state=OPTUNA_STATES[state], skip_if_finished=True)
+        self.study.tell(number, told, state=OPTUNA_STATES[state], skip_if_finished=True)
 
     def _tell_members(self, trial_id: str, result: dict | None, error: bool) -> None:
         """Each member of a population told alone: its own state and value. Members the
@@ -155,14 +181,30 @@ class OptunaAskTell(Searcher):
             if number is None:
                 continue
             member = reported.get(key, {})
-            value = member.get("value")
+            metrics = member.get("metrics") or {}
+            values = [metrics.get(m) for m, _ in self.objectives] if metrics \
+                else [member.get("value")]
             state = TrialState(member.get("state", TrialState.FAILED))
             if state in (TrialState.RUNNING, TrialState.PENDING):  # it never ended
                 state = TrialState.FAILED
-            if state == TrialState.COMPLETE and not is_finite(value):
+            if state == TrialState.COMPLETE and not all(map(is_finite, values)):
                 state = TrialState.FAILED
-            self.study.tell(number, value if state == TrialState.COMPLETE else None,
-                            state=OPTUNA_STATES[state], skip_if_finished=True)
+            if state == TrialState.COMPLETE and metrics:
+                self._set_attr(number, METRICS_ATTR, reported_metrics(metrics))
+            told = (values if len(values) > 1 else values[0]) \
+                if state == TrialState.COMPLETE else None
+            self.study.tell(number, told, state=OPTUNA_STATES[state], skip_if_finished=True)
+
+    def _set_attr(self, number: int, key: str, value: Any) -> None:
+        """A user attribute of trial ``number`` (through the storage's public API)."""
+        storage = self.storage if not isinstance(self.storage, str) \
+            else optuna.storages.get_storage(self.storage)
+        study_id = study_id_of(storage, self.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        try:
+            storage.set_trial_user_attr(trial_id, key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # told before a driver restart: it has them
 
     def save(self, checkpoint_path: str) -> None:
         state = {k: v for k, v in self.__dict__.items() if k != "_study"}
@@ -176,8 +218,8 @@ class OptunaAskTell(Searcher):
         self._mark_lost()
 
     def _spent(self) -> int:
-        """Trials of the budget: every trial of the study but the lost ones."""
-        return sum(t.user_attrs.get(FAILURE_ATTR) != LOST
+        """Trials of the budget: every own trial of the study but the lost ones."""
+        return sum(t.user_attrs.get(FAILURE_ATTR) != LOST and is_own(t)
                    for t in self.study.get_trials(deepcopy=False))
 
     def _mark_lost(self) -> None:

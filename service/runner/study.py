@@ -26,6 +26,7 @@ from service.records.optuna_trials import fail_unfinished_trials, lost_trial_ids
 from service.records.stores import check_database
 from service.records.trial_logger import TrialLoggerFactory
 from service.records.tune_storage import can_restore, tune_storage
+from service.records.warm_start import seed_study, warm_trials
 from service.runner.failures import (
     TrialErrors,
     failure_kind,
@@ -65,6 +66,8 @@ def run_study(spec: StudySpec, *, resume: bool = False,
     records = _open_records(spec, resume)
     monitor = None
     try:
+        if not resume:  # earlier studies' trials, then the configurations given by hand
+            seed_study(spec, records.storage, records.warm)
         monitor = StudyMonitor(
             spec, progress,
             recovery=Recovery(spec.name, records.tracking_uri, records.experiment_id,
@@ -95,6 +98,7 @@ class _Records:
     experiment_id: str
     parent_id: str
     storage: Any
+    warm: list  # trials of earlier studies for a new study's sampler (warm_start)
 
 
 def _open_records(spec: StudySpec, resume: bool) -> _Records:
@@ -108,6 +112,9 @@ def _open_records(spec: StudySpec, resume: bool) -> _Records:
     # before any record: one line, the name kept free
     check_database("--storage (Optuna)", storage_url)
     check_database("--tracking-uri (MLflow)", tracking_uri)
+    storage = open_storage(storage_url)
+    # a warm start whose trials do not fit fails here, before any record
+    warm = [] if resume else warm_trials(spec, storage)
     artifact_root = settings.default_artifact_root() if local_tracking(tracking_uri) else None
     experiment_id = T.ensure_experiment(tracking_uri, spec.experiment_name, artifact_root)
     if os.environ.get("RAY_ADDRESS"):  # a cluster: check every node before any record
@@ -125,8 +132,7 @@ def _open_records(spec: StudySpec, resume: bool) -> _Records:
     except Exception as error:  # never a reason not to start this study
         print(f"credit: could not close orphaned runs: {error}", file=sys.stderr)
     parent = R.open_study_run(spec, tracking_uri, experiment_id, resume)
-    storage = open_storage(storage_url)
-    return _Records(tracking_uri, experiment_id, parent.info.run_id, storage)
+    return _Records(tracking_uri, experiment_id, parent.info.run_id, storage, warm)
 
 
 def _tuner(spec: StudySpec, records: _Records, monitor, resume: bool):
@@ -189,7 +195,7 @@ def _outcome(spec: StudySpec, records: _Records, grid, monitor,
                      lost_trial_ids(records.storage, spec.name))
     result = best_of(spec, records.storage, records.tracking_uri, records.experiment_id,
                      records.parent_id, summaries)
-    if result.best_params is None:
+    if result.best_params is None and not result.pareto:
         status, message = "FAILED", message or "no trial completed"
     result.status, result.message = status, message
     if progress is not None:

@@ -40,12 +40,14 @@ def halving(spec: StudySpec) -> tuple[int, int] | None:
 
 
 def make_searcher(spec: StudySpec, storage) -> OptunaAskTell:
-    """Optuna's ask-and-tell behind Tune's ``Searcher`` (early-stopped trials PRUNED)."""
+    """Optuna's ask-and-tell behind Tune's ``Searcher`` (early-stopped trials PRUNED); Tune
+    ranks trials by the first objective, Optuna is told every one."""
     return OptunaAskTell(space=spec.search_space().to_optuna(),
                          metric=spec.objective.metric, mode=spec.objective.mode,
                          study_name=spec.name, storage=storage, sampler=spec.sampler,
                          seed=spec.seed, epochs=spec.epochs, max_trials=spec.max_trials,
-                         population=members(spec))
+                         population=members(spec),
+                         objectives=[(o.metric, o.mode) for o in spec.objectives])
 
 
 def new_tuner(spec: StudySpec, storage, trainable, monitor, tune_store) -> tune.Tuner:

@@ -24,11 +24,12 @@ _MEDIA = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 def export_study(study: StudyRef, services: ServicesDep, principal: PrincipalDep,
                  format: Annotated[Literal["csv", "json"], Query(
                      description="csv or json")] = "csv") -> Response:
-    """One row per trial: parameters, state, objective value, failure reason, MLflow run
+    """One row per trial: parameters, state, a value per objective, failure reason, MLflow run
     and its link. `format=csv` (a header row, `param.<name>` columns) or `json`."""
     record = queries.get_study(services, study, principal)
     trials = lifecycle.study_trials(services, record.id, principal)
     objective = dict(record.spec.get("objective") or {})
-    body = render(export_rows(record.name, objective, trials), format, objective)
+    objectives = record.spec.get("objectives") or [objective]
+    body = render(export_rows(record.name, objective, trials, objectives), format, objective)
     return Response(body, media_type=_MEDIA[format], headers={
         "Content-Disposition": f'attachment; filename="{record.name}.{format}"'})

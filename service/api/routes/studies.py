@@ -12,11 +12,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
-from service.api import lifecycle, queries, reports
+from service.api import lifecycle, pareto, queries, reports
 from service.api.deps import Authenticated, PrincipalDep, ServicesDep
 from service.api.schemas import (
     BestPublic,
     ErrorPublic,
+    ParetoPublic,
     StudiesPublic,
     StudyCreate,
     StudyPublic,
@@ -41,7 +42,8 @@ def to_public(services: Services, record: StudyRecord) -> StudyPublic:
     return StudyPublic(
         id=record.id, name=record.name, status=record.status, message=record.message or "",
         space=spec["space"]["name"] if isinstance(spec["space"], dict) else spec["space"],
-        sampler=spec["sampler"], objective=spec["objective"], max_trials=spec["max_trials"],
+        sampler=spec["sampler"], objective=spec["objective"],
+        objectives=spec.get("objectives") or [spec["objective"]], max_trials=spec["max_trials"],
         parallel_trials=spec["parallel_trials"], counts=queries.current_counts(record),
         restarts=queries.current_restarts(record), best=queries.current_best(record),
         job_id=record.job_id, mlflow_experiment_id=record.experiment_id,
@@ -109,12 +111,33 @@ def get_trials(study: StudyRef, services: ServicesDep, principal: PrincipalDep) 
 
 @router.get("/{study}/best", response_model=BestPublic,
             responses={404: {"model": ErrorPublic},
-                       409: {"model": ErrorPublic, "description": "no trial completed yet"}})
+                       409: {"model": ErrorPublic, "description": "no trial completed yet, "
+                             "or several objectives (the body points to `/pareto`)"}})
 def get_best(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -> Any:
     """The best configuration, its metrics and its MLflow run; 409 while no trial has
-    completed. `final` says whether the study has really finished (ended, and no trial
-    of it still counted running)."""
+    completed, and for a study with several objectives (see `/pareto`). `final` says
+    whether the study has really finished (ended, and no trial of it still counted
+    running)."""
     return BestPublic(**queries.best_of(services, study, principal))
+
+
+@router.get("/{study}/pareto", response_model=ParetoPublic,
+            responses={404: {"model": ErrorPublic},
+                       409: {"model": ErrorPublic, "description": "one objective (see `/best`)"}})
+def get_pareto(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -> Any:
+    """The Pareto front of a study with several objectives: its COMPLETE trials that no
+    other COMPLETE trial dominates, each with its number, parameters, value per objective
+    and MLflow run; 409 for a study with one objective."""
+    return ParetoPublic(**pareto.pareto_of(services, study, principal))
+
+
+@router.get("/{study}/pareto.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorPublic},
+                       409: {"model": ErrorPublic, "description": "one objective"}})
+def get_pareto_png(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -> Any:
+    """The Pareto plot (PNG): every COMPLETE trial in the first two objectives, the front
+    marked and joined."""
+    return Response(pareto.pareto_png(services, study, principal), media_type="image/png")
 
 
 @router.post("/{study}/cancel", response_model=StudyPublic,

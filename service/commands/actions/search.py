@@ -19,9 +19,10 @@ from trainables.metrics import finite_or_none
 
 def search(args: argparse.Namespace, spec: StudySpec) -> int:
     """Run ``spec`` to its end; print the result, write the JSON."""
+    goals = ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives)
     progress = Progress(args.quiet, f"study {spec.name}: space {spec.search_space().name}, "
-                        f"{spec.max_trials} trials, sampler {spec.sampler}, objective "
-                        f"{spec.objective.mode} {spec.objective.metric}")
+                        f"{spec.max_trials} trials, sampler {spec.sampler}, "
+                        f"objective{'s' if spec.multi_objective else ''} {goals}")
     try:
         result = run_study(spec, resume=args.resume, progress=progress)
     except StudyError as e:
@@ -68,7 +69,9 @@ def format_result(result) -> str:
              + (f" ({result.message})" if result.message else ""),
              f"trials: {c.get('complete', 0)} complete, {c.get('failed', 0)} failed, "
              f"{c.get('pruned', 0)} pruned · {result.wall_time_s:.1f} s", ""]
-    if result.best_params is None:
+    if result.pareto:
+        lines += format_pareto(result.objectives, result.pareto)
+    elif result.best_params is None:
         lines.append("no best configuration: no trial completed")
     else:
         obj = result.objective
@@ -92,6 +95,17 @@ def format_result(result) -> str:
     lines.append(f"MLflow parent run: {result.parent_run_id} ({result.tracking_uri})")
     return "\n".join(lines)
 
+def format_pareto(objectives: list[dict[str, str]], pareto: list[dict[str, Any]]) -> list[str]:
+    """The Pareto front as lines: one per trial, its values then its parameters."""
+    lines = [f"Pareto front ({len(pareto)} trials), "
+             + ", ".join(f"{o['metric']} ({o['mode']})" for o in objectives) + ":"]
+    for p in pareto:
+        got = p.get("values") or {}
+        values = "  ".join(f"{o['metric']} {number(got.get(o['metric']), '.4g')}"
+                           for o in objectives)
+        params = " ".join(f"{k}={number(v, '.3g')}" for k, v in sorted(p["params"].items()))
+        lines.append(f"  #{p['number']}  {values}  · {params}  (run {p.get('run_id')})")
+    return lines
 
 
 def _failure_line(trial) -> str:

@@ -118,3 +118,15 @@ def test_a_hundred_parallel_submissions_at_the_limit_are_each_refused(full_api):
     assert [r[1] for r in full_api.rows()] == ["the-one"]
     slowest = max(t for _, t in answers)
     print(f"100 parallel submissions at the limit: slowest answer {slowest:.3f} s")
+
+
+def test_a_warm_start_from_another_owners_study_is_a_404(owners_api):
+    with _client(owners_api, ALICE) as alice, _client(owners_api, BOB) as bob:
+        a = alice.post("/studies", json={"name": "alice-warm-source",
+                                         "space": "mnist-fc-backprop", "max_trials": 1, **TINY})
+        assert a.status_code == 201, a.text
+        for ref in (a.json()["id"], "alice-warm-source"):
+            r = bob.post("/studies", json={"name": "bob-warm", "space": "mnist-fc-backprop",
+                                           "warm_start": [ref], **TINY})
+            assert r.status_code == 404 and "warm_start[0]: no study" in r.text, r.text
+        alice.post(f"/studies/{a.json()['id']}/cancel")
