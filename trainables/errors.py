@@ -25,3 +25,8 @@ class DivergenceError(CreditError):
 
     def __reduce__(self):  # picklable across processes (Ray sends it to the driver)
         return type(self), (self.epoch, self.what)
+
+
+class DeviceUnavailableError(CreditError):
+    """The node a trial was placed on lacks the device it was given (e.g. Ray granted a
+    GPU that torch cannot see): a fault of the cluster, not of the configuration."""

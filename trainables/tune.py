@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from trainables.config import TrainConfig
+from trainables.errors import DeviceUnavailableError
 from trainables.experiments import EXPERIMENTS
 from trainables.population import PopulationTrainer, shared_fields
 from trainables.trainer import Callback, Trainer
@@ -50,6 +52,19 @@ def trial_threads(config: TrainConfig, cpus: float) -> int:
     return max(1, min(int(cpus), EXPERIMENTS.get(config.experiment).threads))
 
 
+def check_device(config: TrainConfig) -> None:
+    """A trial Ray placed with a GPU must see one: else ``DeviceUnavailableError`` naming
+    the node (an infrastructure failure: the node's drivers or torch build are wrong)."""
+    if not config.device.startswith("cuda") or torch.cuda.is_available():
+        return
+    import ray
+
+    raise DeviceUnavailableError(
+        f"node {ray.util.get_node_ip_address()} ({os.uname().nodename}) was given GPU "
+        f"{ray.get_gpu_ids() or '?'} by Ray but torch {torch.__version__} sees no CUDA "
+        f"device there (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+
+
 def train_trial(config: dict[str, Any], callback_factory: CallbackFactory | None = None,
                 on_error: ErrorHandler | None = None) -> None:
     """Ray Tune function trainable: train ``config`` and report every epoch.
@@ -66,6 +81,7 @@ def train_trial(config: dict[str, Any], callback_factory: CallbackFactory | None
     try:
         context = tune.get_context()
         cfg = TrainConfig(**config)
+        check_device(cfg)
         cpus = context.get_trial_resources().required_resources.get("CPU", 1)
         torch.set_num_threads(trial_threads(cfg, cpus))
         extra = list(callback_factory(cfg, context.get_trial_id())) if callback_factory else []
@@ -207,6 +223,7 @@ def train_population(config: dict[str, Any], metric: str, mode: str,
     try:
         context = tune.get_context()
         cpus = context.get_trial_resources().required_resources.get("CPU", 1)
+        check_device(TrainConfig(**{k: v for k, v in config.items() if k != POPULATION_KEY}))
         pop = Populations(config, metric, mode, callback_factory)
         torch.set_num_threads(trial_threads(pop.groups[0].config, cpus))
         checkpoint = tune.get_checkpoint()

@@ -69,9 +69,19 @@ def field_option(name: str, info: FieldInfo) -> dict[str, Any]:
     help from its description, range and default. The flag is optional and absent from
     the namespace when not given (the model's own default then applies)."""
     kind = info.annotation
+    option: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+    words = [w for a in get_args(kind) if get_origin(a) is Literal for w in get_args(a)]
+    if get_origin(kind) in (Union, types.UnionType) and int in get_args(kind) and words:
+        # int | Literal["auto"]: a number or one of the words (the model checks which)
+        def number_or_word(value: str) -> int | str:
+            return value if value in words else int(value)
+
+        number_or_word.__name__ = "integer or " + "/".join(map(repr, words))
+        option.update(type=number_or_word, metavar="{N," + ",".join(words) + "}")
+        option["help"] = (info.description or name).replace("%", "%%")
+        return option
     if get_origin(kind) in (Union, types.UnionType):  # X | None, or bool | Settings: X, bool
         kind = next(a for a in get_args(kind) if a is not type(None))
-    option: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
     label = name.rsplit(".", 1)[-1]  # objective.metric → METRIC
     if get_origin(kind) is Literal:
         choices = get_args(kind)

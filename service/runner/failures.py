@@ -25,7 +25,7 @@ _INFRA_TYPES = {
     "LocalRayletDiedError", "OutOfMemoryError", "MlflowException", "RestException",
     "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "TimeoutError",
     "PermissionError", "OperationalError", "DataUnavailableError", "TuneError",
-    "StorageInternalError", "InterfaceError", "DatabaseError",
+    "StorageInternalError", "InterfaceError", "DatabaseError", "DeviceUnavailableError",
 }
 _INFRA_TEXT = re.compile(
     r"cluster storage|storage_path|not accessible by worker nodes|checkpoint|"

@@ -2,6 +2,7 @@
 against the same trials run as a study through ``run_study`` (Ray Tune + Optuna + MLflow).
 
     python -m tests.bench.bench_search [--trials 8] [--epochs 2] [--batches 20] [--no-profile]
+    python -m tests.bench.bench_search --population 12 [--trials 24] [--epochs 2]
 
 mnist-fc backprop on mnist-5k. The baseline builds and fits one ``Trainer`` per
 configuration in this process (Trainer setup included, as in a trial). The study
@@ -11,6 +12,12 @@ with concurrency 1 (comparable with the baseline) and then 2. It runs on a priva
 local Ray cluster, or on the cluster at ``RAY_ADDRESS``; MLflow and Optuna stores live
 in a temporary directory. One-off costs (starting or joining Ray, creating the MLflow
 store) are measured and printed apart and are not in the study times.
+
+With ``--population K`` it measures populations instead (issue #17): the same random
+search of the ``mnist-fc-node-perturbation`` space (η, c, η_B) on mnist-5k, full
+epochs, two Ray trials at once, run with one configuration per Ray trial and then with
+K per Ray trial (same sampler seed: the same configurations). It prints both walls,
+their ratio (target ≤ 0.4) and both best configurations, which must be the same.
 
 Target (issue #3): overhead ≤ 1 s per trial, where overhead = (study − baseline) / N.
 Unless ``--no-profile``, it then breaks the overhead down: the timeline of the
@@ -352,6 +359,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batches", type=int, default=20, help="batches per epoch")
     ap.add_argument("--no-profile", action="store_true", help="skip the breakdown")
+    ap.add_argument("--population", type=int, default=None,
+                    help="measure populations of this size instead (see above)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="credit-bench-"))
@@ -363,7 +372,7 @@ def main() -> None:
         os.environ["CREDIT_RAY_TMP"] = private_ray
     torch.set_num_threads(1)  # as a trial holding one CPU
     try:
-        failed = run(args, tmp)
+        failed = run(args, tmp) if args.population is None else populations(args, tmp)
     finally:
         import ray
 
@@ -438,6 +447,39 @@ def run(args, tmp: Path) -> bool:
     if not args.no_profile:
         profile(args, lrs, stores, configs, tmp, studies[1], base_s)
     return failed
+
+
+POPULATION_TARGET = 0.4
+
+
+def populations(args, tmp: Path) -> bool:
+    """One configuration per Ray trial against ``--population K``; True on a miss."""
+    from service.runner.ray_cluster import connect_ray
+    from service.runner.study import run_study
+    from service.spec import StudySpec
+
+    trials = args.trials if args.trials != 8 else 24  # the issue's case by default
+    print(f"random search, mnist-fc-node-perturbation, {trials} trials x {args.epochs} "
+          f"epochs of mnist-5k (full), 2 Ray trials at once, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}")
+    connect_ray()
+    walls, results = {}, {}
+    for k in (1, args.population):
+        spec = StudySpec(name=f"bench-pop{k}", space="mnist-fc-node-perturbation",
+                         sampler="random", seed=0, max_trials=trials, parallel_trials=2,
+                         population=k, epochs=args.epochs, dataset="mnist-5k",
+                         tracking_uri=f"sqlite:///{tmp / f'mlflow{k}.db'}",
+                         storage=f"sqlite:///{tmp / f'optuna{k}.db'}")
+        t = time.perf_counter()
+        results[k] = run_study(spec)
+        walls[k] = time.perf_counter() - t
+        print(f"population {k:>4}: {walls[k]:8.2f} s  {results[k].counts}  best "
+              f"{results[k].best_value:.4f} at {results[k].best_params}")
+    ratio = walls[args.population] / walls[1]
+    same = results[1].best_params == results[args.population].best_params
+    print(f"wall ratio population {args.population} / population 1: {ratio:.2f} "
+          f"(target ≤ {POPULATION_TARGET}); same best configuration: {same}")
+    return ratio > POPULATION_TARGET or not same
 
 
 if __name__ == "__main__":

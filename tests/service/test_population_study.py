@@ -108,3 +108,39 @@ def test_auto_population_fills_the_memory_it_is_given(tmp_path):
     small = spec.model_copy(update={"max_trials": 10})
     assert small.members(per) == 5  # 10 trials over 2 parallel Ray trials
     assert optuna  # imported for the storage-backed tests above
+
+
+def test_a_gpu_trial_on_a_node_whose_torch_sees_none_is_an_infrastructure_failure(
+        ray_cluster, tmp_path):
+    """A node that tells Ray it has a GPU (``--num-gpus 1``) on this CPU-only machine: the
+    trial placed there fails as an infrastructure error that names the node."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    node = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start",
+         f"--address={os.environ['RAY_ADDRESS']}", "--node-ip-address=127.0.0.2",
+         "--num-cpus=1", "--num-gpus=1", "--disable-usage-stats", "--block"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import ray
+        deadline = time.time() + 60
+        while ray.cluster_resources().get("GPU", 0) < 1 and time.time() < deadline:
+            time.sleep(0.5)
+        spec = StudySpec(space="mnist-fc-backprop", max_trials=1, epochs=1,
+                         batches_per_epoch=5, dataset="mnist-5k", max_trial_restarts=0,
+                         resources={"gpu": 0.5}, **_stores(tmp_path, "gpu"))
+        result = run_study(spec)
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        node.wait(timeout=60)
+    assert result.status == "FAILED"
+    [trial] = result.trials
+    assert trial.failure_kind == "infrastructure"
+    assert "DeviceUnavailableError: node 127.0.0.2" in trial.error
+    assert "sees no CUDA device" in trial.error
+    assert "infrastructure" in result.message
