@@ -144,3 +144,29 @@ def test_a_gpu_trial_on_a_node_whose_torch_sees_none_is_an_infrastructure_failur
     assert "DeviceUnavailableError: node 127.0.0.2" in trial.error
     assert "sees no CUDA device" in trial.error
     assert "infrastructure" in result.message
+
+
+def test_a_population_whose_worker_dies_resumes_as_one(ray_cluster, tmp_path):
+    """The worker training a population is SIGKILLed after its first epoch: the population
+    restarts from its checkpoint as one, and every member completes with one point per
+    epoch in its own run and the restart counted on it."""
+    from service.records.optuna_trials import RESTARTS_ATTR
+    from tests.service.test_study import _kill_after_first_epoch, _run_study_beside
+
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=3, population=3, epochs=4,
+                     batches_per_epoch=60, dataset="mnist-5k", **_stores(tmp_path, "popkill"))
+    box: dict = {}
+    result = _run_study_beside(spec, lambda stop: _kill_after_first_epoch(box, tmp_path, stop))
+    assert "killed_at" in box, "no trial worker was found to kill"
+    assert result.status == "SUCCEEDED", result.message
+    assert result.counts["complete"] == 3
+    trials = _optuna_trials(spec)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert all(t.user_attrs[RESTARTS_ATTR] == 1 for t in trials)
+    client = MlflowClient(spec.tracking_uri)
+    runs = _children(result)
+    assert len(runs) == 3
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags[tags.RESTARTS] == "1"
+        history = client.get_metric_history(run.info.run_id, "test_loss")
+        assert sorted(m.step for m in history) == [1, 2, 3, 4]
