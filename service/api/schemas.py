@@ -101,6 +101,8 @@ class StudyPublic(BaseModel):
     objectives: list[dict[str, str]] = Field(
         default_factory=list, description="every objective; several: see `/pareto`")
     max_trials: int
+    population: int | str = Field(
+        1, description="configurations trained together per Ray trial (each its own trial)")
     parallel_trials: int
     counts: TrialCounts
     restarts: int = Field(

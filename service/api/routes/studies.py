@@ -44,6 +44,7 @@ def to_public(services: Services, record: StudyRecord) -> StudyPublic:
         space=spec["space"]["name"] if isinstance(spec["space"], dict) else spec["space"],
         sampler=spec["sampler"], objective=spec["objective"],
         objectives=spec.get("objectives") or [spec["objective"]], max_trials=spec["max_trials"],
+        population=spec.get("population", 1),
         parallel_trials=spec["parallel_trials"], counts=queries.current_counts(record),
         restarts=queries.current_restarts(record), best=queries.current_best(record),
         job_id=record.job_id, mlflow_experiment_id=record.experiment_id,
