@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from tests.trainables.test_population import MEMBERS, RULES, _member_configs
+from tests.trainables.test_population import RULES, _member_configs
 from trainables.config import TrainConfig
 from trainables.data import load_dataset
 from trainables.population import PopulationTrainer
@@ -94,9 +94,9 @@ def throughput(device: str, sizes: list[int], batches: int) -> None:
           f"{'steps/s':>12}{'speed-up':>10}")
     per_member = None
     for k in sizes:
-        numbers = [MEMBERS[i % len(MEMBERS)] for i in range(k)]
-        configs = [TrainConfig(**base, **{**n, "lr": n["lr"] * (1 + i / k)})
-                   for i, n in enumerate(numbers)]
+        # η from 0.02 to 0.1, c from 0.005 to 0.05 (none diverges)
+        configs = [TrainConfig(**base, lr=0.02 + 0.08 * i / k, noise_std=0.005 + 0.045 * i / k,
+                               feedback_lr=0.01) for i in range(k)]
         pop = PopulationTrainer(configs, dataset=data)
         _sync(device)
         t = time.perf_counter()
