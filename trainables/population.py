@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from trainables.config import TrainConfig
-from trainables.data import Dataset, load_dataset
+from trainables.data import Dataset
 from trainables.errors import ConfigError, DivergenceError
 from trainables.experiments import EXPERIMENTS
 from trainables.network import FeedbackNetwork
@@ -37,7 +37,8 @@ from trainables.trainer import (
     Callback,
     TrainResult,
     alignment,
-    resolve_device,
+    on_device,
+    targets,
     train_step,
 )
 
@@ -126,9 +127,7 @@ class PopulationTrainer:
         base = configs[0]
         self.config = base
         self.experiment = EXPERIMENTS.get(base.experiment)
-        self.device = resolve_device(base.device)
-        data = dataset if dataset is not None else load_dataset(base.dataset, base.data_dir)
-        self.data = data.to(self.device)
+        self.device, self.data = on_device(base, dataset)
         self.keys = list(keys)
         self.members = {k: Member(self, k, c) for k, c in zip(keys, configs, strict=True)}
         self.callbacks = {k: list((callbacks or {}).get(k, ())) for k in keys}
@@ -186,11 +185,7 @@ class PopulationTrainer:
 
     # ---------------------------------------------------------------- helpers
     def _targets(self, x: Tensor, y: Tensor) -> Tensor:
-        if self.experiment.target == "input":
-            return x.flatten(1)
-        if self.experiment.loss == "cross_entropy":
-            return y
-        return torch.nn.functional.one_hot(y, self.net.output_size).to(x.dtype)
+        return targets(self.experiment, x, y, self.net.output_size)
 
     def _per_seed(self, draws: list[Tensor]) -> Tensor:
         """One draw per seed → the members' view: shared when all members share a seed."""

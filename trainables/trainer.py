@@ -25,7 +25,7 @@ from trainables import metrics as M
 from trainables.config import TrainConfig
 from trainables.data import Dataset, load_dataset
 from trainables.errors import ConfigError, DivergenceError
-from trainables.experiments import EXPERIMENTS
+from trainables.experiments import EXPERIMENTS, Experiment
 from trainables.members import Scalar
 from trainables.network import FeedbackNetwork
 from trainables.optimizers import Optimizer, make_optimizer
@@ -102,6 +102,23 @@ class BatchSampler:
         self.perm = None if state["perm"] is None else state["perm"].to(self.device)
 
 
+def targets(experiment: Experiment, x: Tensor, y: Tensor, outputs: int) -> Tensor:
+    """What the network's output is compared with: the input (autoencoder), the labels
+    (cross-entropy) or their one-hot rows (MSE)."""
+    if experiment.target == "input":
+        return x.flatten(1)
+    if experiment.loss == "cross_entropy":
+        return y
+    return torch.nn.functional.one_hot(y, outputs).to(x.dtype)
+
+
+def on_device(config: TrainConfig, dataset: Dataset | None) -> tuple[torch.device, Dataset]:
+    """The config's device and its dataset there (``dataset``, else loaded)."""
+    device = resolve_device(config.device)
+    data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
+    return device, data.to(device)
+
+
 def train_step(net: FeedbackNetwork, rule: LearningRule, optimizer: Optimizer, x: Tensor,
                t: Tensor, noise_std: Scalar, noise_gen, grad_scale: float) -> Tensor:
     """One mini-batch update of W (and of B, by the rule); returns the per-sample loss.
@@ -171,9 +188,7 @@ class Trainer:
     ):
         self.config = config
         self.experiment = EXPERIMENTS.get(config.experiment)
-        self.device = resolve_device(config.device)
-        data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
-        self.data = data.to(self.device)
+        self.device, self.data = on_device(config, dataset)
         self.callbacks = list(callbacks)
         self._batch_callbacks = [
             cb for cb in self.callbacks if type(cb).on_batch_end is not Callback.on_batch_end
@@ -214,11 +229,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- helpers
     def _targets(self, x: Tensor, y: Tensor) -> Tensor:
-        if self.experiment.target == "input":
-            return x.flatten(1)
-        if self.experiment.loss == "cross_entropy":
-            return y
-        return torch.nn.functional.one_hot(y, self.net.output_size).to(x.dtype)
+        return targets(self.experiment, x, y, self.net.output_size)
 
     @property
     def batches_per_epoch(self) -> int:
