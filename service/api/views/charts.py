@@ -86,7 +86,7 @@ def _range(values: list[float], log: bool) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def ticks(lo: float, hi: float, log: bool) -> list[float]:
+def ticks(lo: float, hi: float, log: bool, integer: bool = False) -> list[float]:
     """Tick values inside ``lo..hi``: powers of ten on a log axis (when at least two fall
     inside), else about five round numbers."""
     if log:
@@ -96,7 +96,7 @@ def ticks(lo: float, hi: float, log: bool) -> list[float]:
         logs = [t for t in MaxNLocator(4).tick_values(math.log10(lo), math.log10(hi))
                 if math.log10(lo) <= t <= math.log10(hi)]
         return [10 ** t for t in logs]
-    return [t for t in MaxNLocator(5).tick_values(lo, hi) if lo <= t <= hi]
+    return [t for t in MaxNLocator(5, integer=integer).tick_values(lo, hi) if lo <= t <= hi]
 
 
 def chart(id: str, x_label: str, y_label: str, series: list[Series], *, log_x: bool = False,
@@ -124,7 +124,9 @@ def chart(id: str, x_label: str, y_label: str, series: list[Series], *, log_x: b
             lo, hi = _range([lo], log_x)
         sx = Scale(lo, hi, left, right, log_x)
         to_x = sx
-        out.x_ticks = [(sx(t), number(float(t), ".3g")) for t in ticks(lo, hi, log_x)]
+        integer = all(isinstance(x, int) for x in xs)  # trial numbers
+        out.x_ticks = [(sx(t), number(float(t), ".3g"))
+                       for t in ticks(lo, hi, log_x, integer)]
     y_lo, y_hi = _range(ys, False)
     sy = Scale(y_lo, y_hi, bottom, top)
     out.y_ticks = [(sy(t), number(float(t), ".3g")) for t in ticks(y_lo, y_hi, False)]
