@@ -8,15 +8,26 @@ The records themselves (client, retries, a trial's own run) are ``service.record
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
-from service.records import tags
+from service.records import series, tags
+from service.records.links import study_view, view_key
 from service.records.optuna_trials import LOST, fail_unfinished_trials, open_storage
+from service.records.study_artifacts import (
+    FOLDER,
+    log_study_artifacts,
+    optuna_trials,
+    study_files,
+)
 from service.records.tracking import child_runs, client, find_runs, log_params
 from service.spec import StudyError, StudySpec
 from service.trials import member_id, ray_trial_of
+
+log = logging.getLogger("credit.records")
 
 
 # ------------------------------------------------------------------ a study's parent run
@@ -68,8 +79,34 @@ def open_study_run(spec, tracking_uri: str, experiment_id: str, resume: bool):
         "early_stopping": bool(spec.early_stopping), "final_seeds": spec.final_seeds,
         "dataset": spec.trial_config({}).dataset,
     })
-    c.log_dict(run.info.run_id, json.loads(spec.model_dump_json()), "study_spec.json")
+    spec_json = json.loads(spec.model_dump_json())
+    c.log_dict(run.info.run_id, spec_json, "study_spec.json")
+    save_study_view(c, experiment_id, spec.name, series.objectives_of(spec_json),
+                    list(space.params))
     return run
+
+
+def save_study_view(c, experiment_id: str, study: str, objectives: list[dict[str, str]],
+                    params: list[str]) -> None:
+    """The study's runs table as a view of MLflow's UI (``links.study_view``), which the
+    study's link opens (``links.mlflow_runs``)."""
+    c.set_experiment_tag(experiment_id, tags.SHARED_VIEW_PREFIX + view_key(study),
+                         json.dumps(study_view(study, objectives, params)))
+
+
+def record_study_results(tracking_uri: str, run_id: str, spec: StudySpec, storage: Any,
+                         final: dict[str, float] | None = None) -> str | None:
+    """The study's table and plots on its parent run (``study_artifacts``), drawn from its
+    Optuna trials. Never fails a study's ending: what went wrong comes back, in one line
+    (MLflow or the Optuna storage down), None when they were written."""
+    try:
+        files = study_files(spec.name, optuna_trials(storage, spec.name),
+                            series.objectives_of(json.loads(spec.model_dump_json())),
+                            series.axes_of(spec.search_space()), final)
+        log_study_artifacts(client(tracking_uri), run_id, files)
+    except Exception as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None
 
 
 def close_study_run(tracking_uri: str, experiment_name: str, study: str, status: str,
@@ -121,6 +158,12 @@ def close_stale_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
         c.set_terminated(run.info.run_id, status="KILLED")
         closed += 1
     return closed
+
+
+def _has_results(tracking_uri: str, run_id: str) -> bool:
+    """Whether run ``run_id`` has the study's results (``study_artifacts.FOLDER``)."""
+    return any(f.path == f"{FOLDER}/trials.html"
+               for f in client(tracking_uri).list_artifacts(run_id, FOLDER))
 
 
 # --------------------------------------------------------------------- orphaned runs
@@ -228,5 +271,13 @@ def close_study_records(spec: StudySpec, tracking_uri: str, optuna_url: str,
     every RUNNING MLflow run of the study (parent and children) → ``status``, and every
     unfinished Optuna trial → FAIL. Idempotent; returns the number of runs closed."""
     closed = close_study_run(tracking_uri, spec.experiment_name, spec.name, status, reason)
-    fail_unfinished_trials(open_storage(optuna_url), spec.name)
+    storage = open_storage(optuna_url)
+    fail_unfinished_trials(storage, spec.name)
+    # a driver stopped or dead before its end drew nothing: draw what its trials left
+    parent = find_study_run(tracking_uri, spec.experiment_name, spec.name)
+    if parent is not None and not _has_results(tracking_uri, parent.info.run_id):
+        problem = record_study_results(tracking_uri, parent.info.run_id, spec, storage)
+        if problem:
+            log.warning("study %s: its results were not drawn on its parent run: %s",
+                        spec.name, problem)
     return closed

@@ -29,6 +29,8 @@ ARM, ARM_LABEL = "credit.arm", "credit.arm_label"
 FIXED, REFERENCE = "credit.fixed", "credit.reference"
 ERROR_PREFIX = "credit.error."  # + an arm's key: why that arm of a campaign failed
 LABEL_PREFIX = "credit."  # + a key of a study's ``labels``
+#: MLflow's own (its UI's "shared view"), on the experiment: + a key, the view's JSON
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 
 #: The roles of runs.
 STUDY_ROLE, TRIAL_ROLE, FINAL_ROLE, CAMPAIGN_ROLE = "study", "trial", "final", "campaign"

@@ -80,7 +80,7 @@ def run_study(spec: StudySpec, *, resume: bool = False,
         if result.best_params is not None and spec.final_seeds > 0:
             result.final = final_evaluation(spec, result, records.tracking_uri,
                                             records.experiment_id, records.parent_id)
-        _finish(records, result, start)
+        _finish(spec, records, result, start)
         return result
     except BaseException as error:
         _abort(records, error)
@@ -204,10 +204,16 @@ def _outcome(spec: StudySpec, records: _Records, grid, monitor,
     return result
 
 
-def _finish(records: _Records, result: StudyResult, start: float) -> None:
-    """The result on the parent run, which ends FINISHED (SUCCEEDED) or FAILED."""
+def _finish(spec: StudySpec, records: _Records, result: StudyResult, start: float) -> None:
+    """The result on the parent run (with its table and plots: ``record_study_results``),
+    which ends FINISHED (SUCCEEDED) or FAILED."""
     c = T.client(records.tracking_uri)
     record_best(c, records.parent_id, result)
+    problem = R.record_study_results(records.tracking_uri, records.parent_id, spec,
+                                     records.storage, result.final)
+    if problem:  # the results stand without their pictures
+        print(f"credit: study {result.name!r}: its table and plots were not put on its "
+              f"parent run: {problem}", file=sys.stderr)
     result.wall_time_s = time.perf_counter() - start
     c.log_metric(records.parent_id, "wall_time_s", result.wall_time_s)
     c.set_terminated(records.parent_id,

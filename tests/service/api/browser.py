@@ -1,11 +1,16 @@
 """Headless Chromium (Debian's ``chromium``) for the browser tests: dump a page's DOM
-after its scripts ran, or take a screenshot. ``.ci/run`` installs it when absent."""
+after its scripts ran, or take a screenshot; or drive one over real time (``Browser``).
+``.ci/run`` installs it when absent."""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -40,3 +45,98 @@ def screenshot(url: str, out: Path, size: str = "1280,900", budget_ms: int = 150
          budget_ms=budget_ms)
     assert out.exists() and out.stat().st_size > 1000
     return out
+
+
+class Browser:
+    """One headless Chromium driven over the DevTools protocol on a pipe
+    (``--remote-debugging-pipe``: commands in on fd 3, answers out on fd 4, each JSON
+    message ended by a NUL byte), for pages watched over real time: open a URL, run
+    JavaScript in it, take screenshots, as long as the page lives."""
+
+    def __init__(self, width: int = 1280, height: int = 900):
+        self.profile = tempfile.TemporaryDirectory(prefix="credit-chromium-")
+        to_chrome, self._out = os.pipe()
+        self._in, from_chrome = os.pipe()
+
+        def fds() -> None:  # in the child: the pipe ends as fds 3 and 4
+            a, b = os.dup(to_chrome), os.dup(from_chrome)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self.proc = subprocess.Popen(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-dev-shm-usage",
+             "--remote-debugging-pipe", f"--user-data-dir={self.profile.name}",
+             f"--window-size={width},{height}", "about:blank"],
+            preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        os.close(to_chrome)
+        os.close(from_chrome)
+        self._next, self._buffer = 0, b""
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target,
+                                 flatten=True)["sessionId"]
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                  deviceScaleFactor=1, mobile=False, session=True)
+
+    def call(self, method: str, session: bool = False, **params) -> dict:
+        self._next += 1
+        message = {"id": self._next, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._in, 1 << 20)
+                assert chunk, "chromium closed its DevTools pipe"
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            answer = json.loads(raw)
+            if answer.get("id") == self._next:
+                assert "error" not in answer, answer["error"]
+                return answer.get("result", {})
+
+    def open(self, url: str, settle_s: float = 2.0) -> None:
+        self.call("Page.navigate", url=url, session=True)
+        time.sleep(settle_s)
+
+    def js(self, expression: str):
+        """The value of ``expression`` in the page (awaited if a promise)."""
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                           awaitPromise=True, session=True)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout_s: float = 60.0, every_s: float = 0.3):
+        """The first truthy value of ``expression``, polled."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(every_s)
+        raise AssertionError(f"{expression} stayed falsy for {timeout_s} s")
+
+    def screenshot(self, out: Path, full_page: bool = True) -> Path:
+        params = {"format": "png", "captureBeyondViewport": full_page}
+        out.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", session=True,
+                                                   **params)["data"]))
+        assert out.stat().st_size > 1000
+        return out
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self._in, self._out):
+            os.close(fd)
+        self.profile.cleanup()
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

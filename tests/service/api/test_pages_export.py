@@ -81,7 +81,7 @@ def test_credit_studies_export(api, done_study, tmp_path) -> None:
 
 def test_study_answers_link_to_the_runs_table(done_study) -> None:
     link = done_study["links"]["mlflow"]
-    assert "/#/experiments/" in link and "/runs?searchFilter=" in link
+    assert "/#/experiments/" in link and "/runs?viewStateShareKey=credit-export-me" in link
     assert "export-me" in link and done_study["links"]["mlflow_parent_run"].endswith(
         done_study["mlflow_parent_run_id"])
 
