@@ -20,9 +20,10 @@ from service import settings as defaults
 from service.api.docs_assets import ASSET_PATHS
 from service.api.principals import Principal, principals_of
 
-#: Paths anyone may call without a token: the page shell, the probes, the docs.
-OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
-              "/openapi.json", *ASSET_PATHS)
+#: Paths anyone may call without a token: the page shells (no data: they fetch it with
+#: the token), the probes, the docs.
+OPEN_PATHS = ("/", "/ui/compare", "/healthz", "/livez", "/readyz", "/docs",
+              "/docs/oauth2-redirect", "/redoc", "/openapi.json", *ASSET_PATHS)
 
 
 class ApiSettings(BaseSettings):
