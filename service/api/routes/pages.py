@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
 from service.api import lifecycle, queries
@@ -54,7 +54,9 @@ if (location.hash.startsWith("#token=")) {{  // a link that carries the token (n
   sessionStorage.setItem(KEY, decodeURIComponent(location.hash.slice(7)));
   history.replaceState(null, "", location.pathname + location.search);
 }}
-const path = study ? "/pages/studies/" + encodeURIComponent(study) : "/pages/studies";
+const offset = new URLSearchParams(location.search).get("offset");
+const path = study ? "/pages/studies/" + encodeURIComponent(study)
+  + (offset ? "?offset=" + encodeURIComponent(offset) : "") : "/pages/studies";
 async function load() {{
   const token = sessionStorage.getItem(KEY);
   const headers = token ? {{"Authorization": "Bearer " + token}} : {{}};
@@ -154,13 +156,30 @@ def studies_fragment(services: ServicesDep, principal: PrincipalDep) -> HTMLResp
         f"<th>created</th><th>links</th></tr></thead><tbody>{body}</tbody></table>")
 
 
+#: Trials shown on one page of a study (``?offset=`` pages on).
+PAGE_TRIALS = 200
+
+
+def _pager(study_id: str, offset: int, shown: int, total: int) -> str:
+    """"trials a–b of n", with links to the pages before and after (``?offset=``)."""
+    if total <= PAGE_TRIALS and offset == 0:
+        return ""
+    base = f"/?study={_e(study_id)}&offset="
+    before = f'<a href="{base}{max(0, offset - PAGE_TRIALS)}">previous</a>' if offset else ""
+    after = f'<a href="{base}{offset + PAGE_TRIALS}">next</a>' \
+        if offset + shown < total else ""
+    where = f"trials {offset + 1}–{offset + shown} of {total}" if shown else \
+        f"no trials from {offset + 1} (of {total})"
+    return f'<p id="pager">{where} {" · ".join(x for x in (before, after) if x)}</p>'
+
+
 @fragments.get("/studies/{study}", response_class=HTMLResponse)
-def study_fragment(study: StudyRef, services: ServicesDep,
-                   principal: PrincipalDep) -> HTMLResponse:
-    record = queries.get_study(services, study, principal)
+def study_fragment(study: StudyRef, services: ServicesDep, principal: PrincipalDep,
+                   offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0) -> HTMLResponse:
+    record = lifecycle.trials_record(services, study, principal)
     s = to_public(services, record)
-    trials = lifecycle.study_trials(services, record.id, principal)
-    names = sorted({k for t in trials for k in t["params"]})
+    trials, total = queries.trials_page(services, record, offset, PAGE_TRIALS)
+    names = sorted(services.spec_of(record).search_space().params)
     best = "" if s.best is None else (
         f"<p>best {_e(s.objective.get('metric'))}: <b>{_num(s.best.value)}</b> with "
         + ", ".join(f"{_e(k)} = {_num(v)}" for k, v in sorted(s.best.params.items())) + "</p>")
@@ -170,7 +189,7 @@ def study_fragment(study: StudyRef, services: ServicesDep,
         f'<a data-auth href="/studies/{_e(s.id)}/export?format=json" download>JSON</a>')
         if x)
     rows = []
-    for t in sorted(trials, key=lambda t: t["number"]):
+    for t in trials:
         params = "".join(f'<td class="num">{_num(t["params"].get(n))}</td>' for n in names)
         rows.append(
             f'<tr><td class="num">{t["number"]}</td>'
@@ -185,7 +204,7 @@ def study_fragment(study: StudyRef, services: ServicesDep,
         f'<h2>{_e(s.name)} <span class="{_e(s.status)}">{_e(s.status)}</span></h2>'
         f"<p>{_e(s.message)}</p>{best}"
         f'<p id="restarts">trial restarts after infrastructure failures: {s.restarts}</p>'
-        f"<p>{links}</p>"
+        f"<p>{links}</p>{_pager(s.id, offset, len(trials), total)}"
         f'<table id="trials"><thead><tr><th>trial</th><th>state</th><th>restarts</th>{head}'
         f"<th>{_e(s.objective.get('metric'))}</th><th>failure</th><th>MLflow</th></tr>"
         f"</thead><tbody>{body}</tbody></table>")
