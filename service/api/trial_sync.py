@@ -44,7 +44,10 @@ log = logging.getLogger("credit.api")
 
 #: How far before a trial's start its MLflow run may say it started (another host's
 #: clock): the search for runs not yet linked starts that much earlier.
-RUN_CLOCK_SLACK_S = 300.0
+RUN_CLOCK_SLACK_S = 60.0
+#: More new trials than this since the last sync are read with all the others in one
+#: query, not one by one.
+BULK_NEW = 200
 FINISHED = (TrialState.COMPLETE.value, TrialState.FAILED.value, TrialState.PRUNED.value)
 
 
@@ -108,8 +111,20 @@ def _trial_dict(t: Any, old: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _exists(storage: Any, study_id: int, number: int) -> bool:
+    try:
+        storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        return True
+    except KeyError:
+        return False
+
+
 def _changed_trials(storage: Any, study_id: int, cursor: trial_table.Cursor) -> list[Any]:
-    """The Optuna trials that may differ from the stored rows."""
+    """The Optuna trials that may differ from the stored rows. Many new trials at once
+    (the first sync of a study, or one after a long pause) are read in one go."""
+    if _exists(storage, study_id, cursor.next_number + BULK_NEW):
+        return [t for t in storage.get_all_trials(study_id, deepcopy=False)
+                if t.number >= cursor.next_number or t.number in cursor.open_rows]
     found = {t.number: t for t in storage.get_all_trials(study_id, deepcopy=False,
                                                          states=UNFINISHED)}
     wanted = [n for n, row in cursor.open_rows.items()
