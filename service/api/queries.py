@@ -1,9 +1,11 @@
 """Reads of the study domain: a study by id or name, the list, its counts and best
 configuration, its trials. Nothing here writes.
 
-Reads are served from the study's row alone: the sync (``service.api.sync``) keeps its
-counts, best, trials and the best run's metrics there (``read_records`` computes them
-from Optuna and MLflow), so a request never waits on Optuna, MLflow or Ray. Every read
+Reads are served from the study's row and its rows of the ``trials`` table alone: the
+sync (``service.api.sync``) keeps its counts, best and the best run's metrics in the row
+(``read_records`` computes them after ``trial_sync.sync_trials`` has brought the trials
+up to date from Optuna and MLflow), so a request never waits on Optuna, MLflow or Ray.
+The trials are read a page (``trials_page``) or a chunk (``each_trial``) at a time. Every read
 takes the caller's ``Principal``: a study it does not own is ``StudyNotFound``, as if it
 did not exist. MLflow is read at the service's own address
 (``settings.mlflow_tracking_uri``), never at the one stored with a study: that one goes
