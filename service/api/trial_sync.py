@@ -3,16 +3,16 @@
 sync: its cost grows with the trials that changed, not with the trials there are.
 
 What one sync reads:
-- Optuna: the unfinished trials (RUNNING or WAITING: one query filtered by state), the
-  trials numbered from one past the highest stored (new ones, each by its number) and
-  the stored trials that were unfinished last time and are not any more (each by its
-  number). A finished Optuna trial never changes again, so nothing else is read.
-- MLflow, only for the trials that still need it: the child runs started since the
-  earliest start of a trial without its run id (less ``RUN_CLOCK_SLACK_S``, for the
-  clocks of other hosts) — one search, none when every trial has its run id — and each
-  run of a trial that failed since, for its reason. A run id, once found, is kept with
-  its trial; a finished trial MLflow has answered for is ``checked`` and never read
-  again.
+- Optuna: the stored trials that may still change (unfinished, or finished but not yet
+  ``checked``) and every trial Optuna made since the last sync, in one query by
+  Optuna's own trial ids (its primary key). A finished Optuna trial never changes again,
+  so nothing else is read.
+- MLflow, only for the trials that still need it: the runs started since the earliest
+  start of a trial without its run id (less ``RUN_CLOCK_SLACK_S``, for the clocks of
+  other hosts; filtered on the start time alone, the study's trial runs kept) — one
+  search, none when every trial has its run id — and the run of each trial that failed
+  since, for its reason. A run id, once found, is kept with its trial; a finished trial
+  MLflow has answered for is ``checked`` and never read again.
 
 A row is written only when the trial it holds changed. ``SyncStats`` counts what each
 sync read and wrote (``LAST_STATS`` keeps the latest per study, ``TOTALS`` the process's
@@ -34,7 +34,6 @@ from service.records.optuna_trials import (
     RESTARTS_ATTR,
     STATES,
     TUNE_TRIAL_ID,
-    UNFINISHED,
     study_id_of,
 )
 from service.runner.failures import failure_kind
@@ -45,9 +44,6 @@ log = logging.getLogger("credit.api")
 #: How far before a trial's start its MLflow run may say it started (another host's
 #: clock): the search for runs not yet linked starts that much earlier.
 RUN_CLOCK_SLACK_S = 60.0
-#: More new trials than this since the last sync are read with all the others in one
-#: query, not one by one.
-BULK_NEW = 200
 FINISHED = (TrialState.COMPLETE.value, TrialState.FAILED.value, TrialState.PRUNED.value)
 
 
@@ -111,39 +107,21 @@ def _trial_dict(t: Any, old: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _exists(storage: Any, study_id: int, number: int) -> bool:
-    try:
-        storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        return True
-    except KeyError:
-        return False
-
-
 def _changed_trials(storage: Any, study_id: int, cursor: trial_table.Cursor) -> list[Any]:
-    """The Optuna trials that may differ from the stored rows. Many new trials at once
-    (the first sync of a study, or one after a long pause) are read in one go."""
-    if _exists(storage, study_id, cursor.next_number + BULK_NEW):
+    """The Optuna trials that may differ from the stored rows: those stored unfinished
+    (or not yet ``checked``) and every trial Optuna made after the highest stored, by
+    Optuna's own id (its primary key: no scan of the study's trials). That is Optuna's
+    own incremental read (``RDBStorage._get_trials``, what its cached storage uses); a
+    storage without it, or rows stored without Optuna's ids, are read whole once."""
+    open_ids = {row["optuna_id"] for row in cursor.open_rows.values()}
+    incremental = getattr(storage, "_get_trials", None)
+    if incremental is None or None in open_ids or (
+            cursor.next_number and cursor.max_optuna_id is None):
+        every = cursor.max_optuna_id is None  # each row gets Optuna's id, once
         return [t for t in storage.get_all_trials(study_id, deepcopy=False)
-                if t.number >= cursor.next_number or t.number in cursor.open_rows]
-    found = {t.number: t for t in storage.get_all_trials(study_id, deepcopy=False,
-                                                         states=UNFINISHED)}
-    wanted = [n for n, row in cursor.open_rows.items()
-              if row["state"] not in FINISHED and n not in found]
-    for number in wanted:
-        found[number] = storage.get_trial(
-            storage.get_trial_id_from_study_id_trial_number(study_id, number))
-    number = cursor.next_number
-    while True:  # new trials: numbered one after another from the highest stored
-        if number in found:
-            number += 1
-            continue
-        try:
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        except KeyError:
-            break
-        found[number] = storage.get_trial(trial_id)
-        number += 1
-    return [found[n] for n in sorted(found)]
+                if every or t.number >= cursor.next_number or t.number in cursor.open_rows]
+    since = -1 if cursor.max_optuna_id is None else cursor.max_optuna_id
+    return sorted(incremental(study_id, None, open_ids, since), key=lambda t: t.number)
 
 
 def _runs(svc: Services, record: StudyRecord, needy: list[dict[str, Any]],
@@ -155,16 +133,17 @@ def _runs(svc: Services, record: StudyRecord, needy: list[dict[str, Any]],
     runs: dict[str, Any] = {}
     unlinked = [r for r in needy if not r["data"].get("mlflow_run_id")]
     if unlinked:
+        # by start time alone (a scan of one column); the study's own trial runs kept
         starts = [r["data"].get("started_at") for r in unlinked]
         since = min((dt.datetime.fromisoformat(s).timestamp() for s in starts if s), default=0.0)
-        query = f"tags.`{tags.PARENT}` = '{record.parent_run_id}'"
-        if since:
-            query += f" and attributes.start_time >= {int((since - RUN_CLOCK_SLACK_S) * 1000)}"
+        query = f"attributes.start_time >= {int((since - RUN_CLOCK_SLACK_S) * 1000)}" \
+            if since else ""
         found = tracking.find_runs(svc.settings.mlflow_tracking_uri, record.experiment_id, query)
         stats.mlflow_searches += 1
         stats.mlflow_runs_read += len(found)
         runs.update({r.data.tags.get(tags.TRIAL): r for r in found
-                     if r.data.tags.get(tags.ROLE) == tags.TRIAL_ROLE})
+                     if r.data.tags.get(tags.ROLE) == tags.TRIAL_ROLE
+                     and r.data.tags.get(tags.PARENT) == record.parent_run_id})
     for r in needy:
         d = r["data"]
         if d["state"] == TrialState.FAILED.value and d.get("mlflow_run_id") \
@@ -192,7 +171,7 @@ def sync_trials(svc: Services, record: StudyRecord) -> SyncStats | None:
     for t in changed:
         old = cursor.open_rows.get(t.number)
         rows[t.number] = trial_table.row_of(_trial_dict(t, old and old["data"]), False,
-                                            _changed_at(t))
+                                            _changed_at(t), t._trial_id)
     for number, old in cursor.open_rows.items():  # finished, MLflow not answered yet
         rows.setdefault(number, {**old, "data": dict(old["data"])})
     _link_runs(svc, record, list(rows.values()), stats)

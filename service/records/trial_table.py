@@ -42,11 +42,14 @@ class TrialRecord(Base):
 
     __tablename__ = "trials"
     __table_args__ = (Index("ix_trials_study_checked", "study_id", "checked"),
-                      Index("ix_trials_study_state", "study_id", "state", "value"))
+                      Index("ix_trials_study_state", "study_id", "state", "value"),
+                      Index("ix_trials_study_optuna", "study_id", "optuna_id"))
 
     study_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     trial_id: Mapped[str | None] = mapped_column(String(128))
+    #: Optuna's own id of the trial (its primary key there)
+    optuna_id: Mapped[int | None] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))
     value: Mapped[float | None] = mapped_column(Float)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
@@ -61,16 +64,20 @@ class TrialRecord(Base):
 @dataclass
 class Cursor:
     """Where a study's incremental sync starts: the next trial number not stored yet,
-    and the stored rows that may still change (unfinished, or not ``checked``)."""
+    the highest Optuna id stored (None: no row has one) and the stored rows that may
+    still change (unfinished, or not ``checked``)."""
 
     next_number: int = 0
+    max_optuna_id: int | None = None
     open_rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # number → row
 
 
-def row_of(trial: dict[str, Any], checked: bool, changed_at: float | None) -> dict[str, Any]:
+def row_of(trial: dict[str, Any], checked: bool, changed_at: float | None,
+           optuna_id: int | None = None) -> dict[str, Any]:
     """The columns of a trial dict (``number``, ``trial_id``, ``state``, ``value``,
     ``restarts``, ``mlflow_run_id``) and the dict itself."""
     return {"number": trial["number"], "trial_id": trial.get("trial_id"),
+            "optuna_id": optuna_id,
             "state": trial["state"], "value": trial.get("value"),
             "restarts": int(trial.get("restarts") or 0),
             "mlflow_run_id": trial.get("mlflow_run_id"), "checked": checked,
@@ -80,14 +87,17 @@ def row_of(trial: dict[str, Any], checked: bool, changed_at: float | None) -> di
 def cursor(session: Session, study_id: str) -> Cursor:
     top = session.scalar(select(func.max(TrialRecord.number))
                          .where(TrialRecord.study_id == study_id))
+    top_id = session.scalar(select(func.max(TrialRecord.optuna_id))
+                            .where(TrialRecord.study_id == study_id))
     rows = session.scalars(select(TrialRecord).where(TrialRecord.study_id == study_id,
                                                      TrialRecord.checked.is_(False))).all()
-    return Cursor(next_number=0 if top is None else top + 1,
+    return Cursor(next_number=0 if top is None else top + 1, max_optuna_id=top_id,
                   open_rows={r.number: _as_row(r) for r in rows})
 
 
 def _as_row(r: TrialRecord) -> dict[str, Any]:
-    return {"number": r.number, "trial_id": r.trial_id, "state": r.state, "value": r.value,
+    return {"number": r.number, "trial_id": r.trial_id, "optuna_id": r.optuna_id,
+            "state": r.state, "value": r.value,
             "restarts": r.restarts, "mlflow_run_id": r.mlflow_run_id, "checked": r.checked,
             "changed_at": r.changed_at, "data": r.data}
 

@@ -180,9 +180,10 @@ def test_a_sync_reads_only_the_trials_that_changed(services):
 
     advance(services, made, finish=2, start=1)
     step = _sync(services, "inc")
-    # the 3 still running, the 2 that finished; one search finds the new trial's run
+    # the 3 still running, the 2 that finished; one search of the runs started since the
+    # new trial began finds its run (and the study's parent run, if it began that late)
     assert (step.optuna_trials_read, step.rows_written) == (5, 3)
-    assert (step.mlflow_searches, step.mlflow_runs_read) == (1, 1)
+    assert step.mlflow_searches == 1 and step.mlflow_runs_read in (1, 2)
     rows = _rows(services, "inc")
     assert len(rows) == 301 and rows[300]["state"] == "RUNNING"
     assert rows[300]["mlflow_run_id"] == made.runs[trial_id("inc", 300)]
