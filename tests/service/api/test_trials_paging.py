@@ -20,9 +20,9 @@ import optuna
 import pytest
 import uvicorn
 
-from service.api import ApiSettings, create_app, queries, sync, trial_sync
+from service.api import ApiSettings, create_app, lifecycle, queries, sync, trial_sync
 from service.api.services import Services
-from service.records import tags, trial_table
+from service.records import db, tags, trial_table
 from service.records import tracking as T
 from tests.service.api.bulk_trials import advance, make_study, trial_id
 from tests.service.api.helpers import TOKEN, free_port
@@ -214,3 +214,46 @@ def test_a_failed_trial_gets_its_reason_from_its_own_run(services):
     assert queries.get_study(services, "fails").progress["counts"]["failed"] == 2
     after = _sync(services, "fails")  # MLflow has answered for both: never read again
     assert (after.optuna_trials_read, after.mlflow_runs_read, after.rows_written) == (0, 0, 0)
+
+
+def test_run_ids_and_reasons_missed_while_mlflow_is_down_come_later(services, monkeypatch):
+    made = make_study(services, "outage", 20, running=2)
+    _sync(services, "outage")
+    advance(services, made, finish=0, start=1)  # trial 20 and its run
+    storage = services.optuna_storage()
+    c = T.client(services.settings.mlflow_tracking_uri)
+    c.set_tag(made.runs[trial_id("outage", 18)], tags.FAILURE, "ValueError: the loss diverged")
+    storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(
+        made.optuna_id, 18), optuna.trial.TrialState.FAIL)
+    # the same stores, MLflow at an address that does not answer
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = Services.from_settings(ApiSettings(
+        home=services.settings.home, api_tokens="t", mlflow_tracking_uri="http://127.0.0.1:9"))
+    stats = trial_sync.sync_trials(down, queries.get_study(services, "outage"))
+    assert stats.mlflow_ok is False and stats.rows_written == 2
+    rows = _rows(services, "outage")
+    assert rows[20]["state"] == "RUNNING" and rows[20]["mlflow_run_id"] is None
+    assert rows[18]["failure"] == "failed (its reason is in MLflow, which did not answer)"
+    down.db.dispose()
+
+    stats = trial_sync.sync_trials(services, queries.get_study(services, "outage"))
+    assert stats.mlflow_ok is True and stats.rows_written == 2
+    rows = _rows(services, "outage")
+    assert rows[20]["mlflow_run_id"] == made.runs[trial_id("outage", 20)]
+    assert rows[18]["failure"] == "ValueError: the loss diverged"
+
+
+def test_trials_kept_in_the_row_before_the_table_are_served(services):
+    """A study that ended before the ``trials`` table existed kept its trials in its row:
+    they are copied into the table once, and served from it."""
+    made = make_study(services, "old-row", 3)
+    kept = [{"number": n, "trial_id": trial_id("old-row", n), "state": "COMPLETE",
+             "params": {"lr": 0.1}, "value": n / 3, "restarts": 0, "started_at": None,
+             "completed_at": None, "mlflow_run_id": made.runs[trial_id("old-row", n)]}
+            for n in range(2)]  # what the old sync had stored: 2 of the 3
+    with services.db.session() as session:
+        db.set_fields(session, made.record_id, trials=kept, status=db.SUCCEEDED)
+    served = lifecycle.study_trials(services, "old-row")
+    assert [t["number"] for t in served] == [0, 1]
+    assert [t["mlflow_run_id"] for t in served] == [t["mlflow_run_id"] for t in kept]
+    assert len(_rows(services, "old-row")) == 2
