@@ -131,13 +131,13 @@ def _runs(svc: Services, record: StudyRecord, needy: list[dict[str, Any]],
     the failed ones' runs one by one."""
     c = tracking.client(svc.settings.mlflow_tracking_uri)
     runs: dict[str, Any] = {}
-    unlinked = [r for r in needy if not r["data"].get("mlflow_run_id")]
-    if unlinked:
+    # a trial that never started (Optuna's WAITING) has no run to look for
+    starts = [r["data"]["started_at"] for r in needy
+              if not r["data"].get("mlflow_run_id") and r["data"].get("started_at")]
+    if starts:
         # by start time alone (a scan of one column); the study's own trial runs kept
-        starts = [r["data"].get("started_at") for r in unlinked]
-        since = min((dt.datetime.fromisoformat(s).timestamp() for s in starts if s), default=0.0)
-        query = f"attributes.start_time >= {int((since - RUN_CLOCK_SLACK_S) * 1000)}" \
-            if since else ""
+        since = min(dt.datetime.fromisoformat(s).timestamp() for s in starts)
+        query = f"attributes.start_time >= {int((since - RUN_CLOCK_SLACK_S) * 1000)}"
         found = tracking.find_runs(svc.settings.mlflow_tracking_uri, record.experiment_id, query)
         stats.mlflow_searches += 1
         stats.mlflow_runs_read += len(found)
