@@ -22,9 +22,9 @@ from service.api.errors import (
     TooManyStudies,
 )
 from service.api.principals import ANYONE, Principal
-from service.api.queries import get_study, trial_links
+from service.api.queries import each_trial, get_study, trials_page
 from service.api.services import Services
-from service.api.sync import CANCEL_REQUESTED, end_study, stored_trials, sync_study
+from service.api.sync import CANCEL_REQUESTED, end_study, ensure_trials, sync_study
 from service.api.validation import build_spec
 from service.jobs import JOB_ENDED, JobError, JobNotFound
 from service.records import db, study_runs
@@ -189,11 +189,18 @@ def cancel_active(svc: Services, reason: str) -> int:
     return len(records)
 
 
-
-
 # ------------------------------------------------------------------------ trials
-def study_trials(svc: Services, ref: str, principal: Principal = ANYONE) -> list[dict[str, Any]]:
-    """Every trial of a study with the link to its MLflow run, as the sync last stored
-    them (read once now for a study the sync has not reached: ``sync.stored_trials``)."""
-    record, trials = stored_trials(svc, get_study(svc, ref, principal))
-    return trial_links(svc, record, trials)
+def study_trials(svc: Services, ref: str, principal: Principal = ANYONE, offset: int = 0,
+                 limit: int | None = None) -> list[dict[str, Any]]:
+    """The study's trials by number (``limit`` of them from ``offset``; all if None)
+    with the links to their MLflow runs, as the sync last stored them."""
+    record = trials_record(svc, ref, principal)
+    if limit is None:
+        return list(each_trial(svc, record))
+    return trials_page(svc, record, offset, limit)[0]
+
+
+def trials_record(svc: Services, ref: str, principal: Principal = ANYONE) -> StudyRecord:
+    """The study, its trials stored (read once now for a study the sync has not reached:
+    ``sync.ensure_trials``)."""
+    return ensure_trials(svc, get_study(svc, ref, principal))

@@ -1,7 +1,8 @@
 """The Pareto front of a study with several objectives: its non-dominated COMPLETE
 trials (``GET /studies/{id}/pareto``) and their plot (``GET /studies/{id}/pareto.png``,
-the function ``pareto_png`` for the study page). Read live from Optuna (the study's own
-trials: a warm start's are left out) with each trial's MLflow run."""
+the function ``pareto_png`` for the study page). Read from the trials the sync stores
+(the study's own: a warm start's are left out), each with its value per objective and
+its MLflow run."""
 
 from __future__ import annotations
 
@@ -9,21 +10,21 @@ from typing import Any
 
 from service.api.errors import StudyStateConflict
 from service.api.principals import ANYONE, Principal
-from service.api.queries import get_study, is_final, live_trials
+from service.api.queries import each_trial, is_final, trials_record
 from service.api.services import Services
 from service.records.study_plots import pareto_figure, png
 from service.trials import pareto_front
 
 
 def _front(svc: Services, ref: str, principal: Principal):
-    record = get_study(svc, ref, principal)
+    record = trials_record(svc, ref, principal)
     spec = svc.spec_of(record)
     if not spec.multi_objective:
         raise StudyStateConflict(
             f"study {record.name!r} has one objective ({spec.objective.metric}): its best "
             f"configuration is GET /studies/{record.id}/best")
     metrics = [o.metric for o in spec.objectives]
-    complete = [t for t in live_trials(svc, record)[0]
+    complete = [t for t in each_trial(svc, record)
                 if t["state"] == "COMPLETE" and t.get("values")
                 and all(t["values"].get(m) is not None for m in metrics)]
     points = [[t["values"][m] for m in metrics] for t in complete]

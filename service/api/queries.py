@@ -1,9 +1,11 @@
 """Reads of the study domain: a study by id or name, the list, its counts and best
 configuration, its trials. Nothing here writes.
 
-Reads are served from the study's row alone: the sync (``service.api.sync``) keeps its
-counts, best, trials and the best run's metrics there (``read_records`` computes them
-from Optuna and MLflow), so a request never waits on Optuna, MLflow or Ray. Every read
+Reads are served from the study's row and its rows of the ``trials`` table alone: the
+sync (``service.api.sync``) keeps its counts, best and the best run's metrics in the row
+(``read_records`` computes them after ``trial_sync.sync_trials`` has brought the trials
+up to date from Optuna and MLflow), so a request never waits on Optuna, MLflow or Ray.
+The trials are read a page (``trials_page``) or a chunk (``each_trial``) at a time. Every read
 takes the caller's ``Principal``: a study it does not own is ``StudyNotFound``, as if it
 did not exist. MLflow is read at the service's own address
 (``settings.mlflow_tracking_uri``), never at the one stored with a study: that one goes
@@ -13,26 +15,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from service.api.errors import StudyNotFound, StudyStateConflict
 from service.api.principals import ANYONE, Principal
 from service.api.services import Services
+from service.api.trial_sync import sync_trials
 from service.api.validation import CREATE_FIELDS
-from service.records import db, study_runs, tags, tracking
+from service.records import db, study_runs, tracking, trial_table
 from service.records.db import StudyRecord
 from service.records.links import optuna_study
-from service.records.optuna_trials import (
-    RESTARTS_ATTR,
-    STATES,
-    TUNE_TRIAL_ID,
-    WAITING_ATTR,
-    values_of,
-)
-from service.records.warm_start import own_trials
-from service.runner.failures import failure_kind
-from service.spec import StudySpec
-from service.trials import COUNT_KEYS, TrialState, better, empty_counts
+from service.records.optuna_trials import WAITING_ATTR
+from service.trials import COUNT_KEYS, TrialState, empty_counts
 
 log = logging.getLogger("credit.api")
 
@@ -143,128 +138,55 @@ def best_of(svc: Services, ref: str, principal: Principal = ANYONE) -> dict[str,
 
 
 # --------------------------------------------------------- the records themselves
-def restarts_of(trial: Any) -> int:
-    """How many times an Optuna trial was restarted (its ``RESTARTS_ATTR``; absent: 0)."""
-    try:
-        return max(0, int(trial.user_attrs.get(RESTARTS_ATTR) or 0))
-    except (TypeError, ValueError):
-        return 0
-
-
-def read_progress(svc: Services, spec: StudySpec) -> dict[str, Any] | None:
-    """Trial counts by state, the best COMPLETE trial so far, the trials' restarts in all
-    and why the study waits ("" unless its driver says so: ``WAITING_ATTR``), from
-    Optuna storage."""
-    storage = svc.optuna_storage()
-    try:
-        study_id = storage.get_study_id_from_name(spec.name)
-    except KeyError:
-        return None
-    counts = empty_counts()
-    best = None
-    restarts = 0
-    for t in own_trials(storage.get_all_trials(study_id, deepcopy=False)):
-        state = STATES[t.state]
-        counts[state.key] += 1
-        restarts += restarts_of(t)
-        if state == TrialState.COMPLETE and not spec.multi_objective and \
-                better(t.value, None if best is None else best.value, spec.objective.mode):
-            best = t
-    waiting = storage.get_study_user_attrs(study_id).get(WAITING_ATTR)
-    return {"counts": counts,
-            "best": None if best is None else {
-                "value": best.value, "params": dict(best.params),
-                "trial_id": best.user_attrs.get(TUNE_TRIAL_ID), "number": best.number},
-            "restarts": restarts, "waiting": waiting if isinstance(waiting, str) else ""}
-
-
-def _trial_runs(tracking_uri: str, record: StudyRecord) -> tuple[dict[str, Any], bool]:
-    """MLflow child runs of the study's trials, by Tune trial id; whether MLflow answered."""
-    if not record.experiment_id or not record.parent_run_id:
-        return {}, True
-    try:
-        runs = tracking.child_runs(tracking_uri, record.experiment_id, record.parent_run_id)
-    except Exception as error:  # MLflow down: answer without the run links
-        log.warning("MLflow runs of study %s unavailable: %s", record.name, error)
-        return {}, False
-    return {r.data.tags.get(tags.TRIAL): r for r in runs
-            if r.data.tags.get(tags.ROLE) == "trial"}, True
-
-
-def _failure_of(run: Any, failed: bool, mlflow_ok: bool = True) -> dict[str, Any]:
-    """A failed trial's whole reason and its kind, as its MLflow run keeps them."""
-    if not failed:
-        return {}
-    reason = run.data.tags.get(tags.FAILURE) if run is not None else None
-    kind = run.data.tags.get(tags.FAILURE_KIND) if run is not None else None
-    unknown = "failed (no reason recorded: the trial never reached MLflow)" if mlflow_ok \
-        else "failed (its reason is in MLflow, which did not answer)"
-    return {"failure": reason or unknown, "failure_kind": kind or failure_kind(reason)}
-
-
-def live_trials(svc: Services, record: StudyRecord) -> tuple[list[dict[str, Any]], bool]:
-    """Every trial of a study from Optuna (state, parameters, value) with its MLflow run
-    id, and whether MLflow answered (the run ids are missing when it did not). JSON-ready:
-    timestamps as ISO strings."""
-    storage = svc.optuna_storage()
-    try:
-        study_id = storage.get_study_id_from_name(record.name)
-    except KeyError:
-        return [], True
-    runs, mlflow_ok = _trial_runs(svc.settings.mlflow_tracking_uri, record)
-    metrics = [o.metric for o in svc.spec_of(record).objectives]
-    out = []
-    # a warm start's trials inform the sampler; they are not the study's own
-    for t in own_trials(storage.get_all_trials(study_id, deepcopy=False)):
-        state = STATES[t.state]
-        trial_id = t.user_attrs.get(TUNE_TRIAL_ID)
-        run = runs.get(trial_id)
-        values = values_of(t, metrics)
-        out.append({"number": t.number, "trial_id": trial_id, "state": state.value,
-                    "params": dict(t.params),
-                    "value": None if values is None else values[metrics[0]],
-                    "values": values,
-                    "restarts": restarts_of(t), "started_at": _iso(t.datetime_start),
-                    "completed_at": _iso(t.datetime_complete),
-                    "mlflow_run_id": run.info.run_id if run is not None else None,
-                    **_failure_of(run, state == TrialState.FAILED, mlflow_ok)})
-    return out, mlflow_ok
-
-
-def _iso(when: dt.datetime | None) -> str | None:
-    """ISO 8601 in UTC with its offset; a naive time is Optuna's, in local time."""
-    return None if when is None else when.astimezone(dt.UTC).isoformat()
-
-
 def read_records(svc: Services, record: StudyRecord) -> dict[str, Any]:
-    """What the reads serve, computed from Optuna and MLflow (the sync stores it in the
-    row): counts and best so far (``progress``, with the best run's id and metrics),
-    ``best_value`` and ``trials``. Trials are left out while MLflow is down (the row
-    keeps the last complete list)."""
-    progress = read_progress(svc, svc.spec_of(record))
-    if progress is None:
+    """What the reads serve, from Optuna and MLflow (the sync stores it in the row): the
+    study's trials brought up to date in the ``trials`` table, reading only those that
+    changed (``trial_sync.sync_trials``), then counts and best so far (``progress``, with
+    the best run's id and metrics), the trials' restarts in all, why the study waits ("" unless
+    its driver says so: ``WAITING_ATTR``) and ``best_value`` from the table; {} while the
+    study is not in Optuna yet. While MLflow is down the trials are still stored, their
+    run ids and failure reasons filled in by a later sync."""
+    if sync_trials(svc, record) is None:
         return {}
-    trials, mlflow_ok = live_trials(svc, record)
-    best = progress["best"]
-    fields: dict[str, Any] = {"progress": progress,
-                              "best_value": None if best is None else best["value"]}
-    if mlflow_ok:
-        fields["trials"] = trials
+    spec = svc.spec_of(record)
+    with svc.db.session() as session:
+        summary = trial_table.summary(session, record.id, spec.objective.mode)
+    counts = empty_counts()
+    for state, n in summary["counts"].items():
+        counts[TrialState(state).key] = n
+    storage = svc.optuna_storage()
+    waiting = storage.get_study_user_attrs(storage.get_study_id_from_name(record.name)) \
+        .get(WAITING_ATTR)
+    found = None if spec.multi_objective else summary["best"]  # several: see /pareto
+    best = None if found is None else {
+        "value": found["value"], "params": dict(found["params"]),
+        "trial_id": found.get("trial_id"), "number": found["number"],
+        "run_id": found.get("mlflow_run_id")}
     if best is not None:
-        run_id = next((t["mlflow_run_id"] for t in trials
-                       if t["trial_id"] == best["trial_id"]), None)
-        best["run_id"] = run_id
-        if run_id is None and record.progress:  # MLflow down: keep what was known
-            old = (record.progress.get("best") or {})
-            if old.get("trial_id") == best["trial_id"]:
-                best["run_id"], best["metrics"] = old.get("run_id"), old.get("metrics")
-        elif run_id is not None:
-            try:
-                best["metrics"] = dict(tracking.client(svc.settings.mlflow_tracking_uri)
-                                       .get_run(run_id).data.metrics)
-            except Exception as error:  # the value came from Optuna; metrics are extra
-                log.warning("metrics of run %s unavailable: %s", run_id, error)
-    return fields
+        _best_metrics(svc, record, best)
+    return {"progress": {"counts": counts, "best": best, "restarts": summary["restarts"],
+                         "waiting": waiting if isinstance(waiting, str) else ""},
+            "best_value": None if best is None else best["value"]}
+
+
+def _best_metrics(svc: Services, record: StudyRecord, best: dict[str, Any]) -> None:
+    """The best run's metrics: kept from the last read while it is the same COMPLETE run
+    (its run has finished logging), read from MLflow otherwise."""
+    old = (record.progress or {}).get("best") or {}
+    same = old.get("trial_id") == best["trial_id"]
+    if same and (best["run_id"] is None or old.get("run_id") == best["run_id"]) \
+            and old.get("metrics") is not None:
+        best["run_id"], best["metrics"] = best["run_id"] or old.get("run_id"), old["metrics"]
+        return
+    if best["run_id"] is None:
+        if same:  # MLflow down: keep what was known
+            best["run_id"], best["metrics"] = old.get("run_id"), old.get("metrics")
+        return
+    try:
+        best["metrics"] = dict(tracking.client(svc.settings.mlflow_tracking_uri)
+                               .get_run(best["run_id"]).data.metrics)
+    except Exception as error:  # the value came from Optuna; metrics are extra
+        log.warning("metrics of run %s unavailable: %s", best["run_id"], error)
 
 
 def find_parent(svc: Services, record: StudyRecord) -> tuple[str | None, str | None]:
@@ -279,6 +201,30 @@ def trial_links(svc: Services, record: StudyRecord,
     """Each trial with the link to its MLflow run."""
     return [{**t, "mlflow_url": svc.mlflow_link(record.experiment_id, t.get("mlflow_run_id"))}
             for t in trials]
+
+
+def trials_page(svc: Services, record: StudyRecord, offset: int,
+                limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Trials ``offset`` .. ``offset + limit`` by number, with their MLflow links, as the
+    sync stored them, and how many the study has in all."""
+    with svc.db.session() as session:
+        rows = trial_table.page(session, record.id, offset, limit)
+        total = trial_table.count(session, record.id)
+    return trial_links(svc, record, rows), total
+
+
+def each_trial(svc: Services, record: StudyRecord) -> Iterator[dict[str, Any]]:
+    """Every trial by number, with its MLflow link, read a chunk at a time (an export of
+    tens of thousands of trials never holds them all)."""
+    with svc.db.session() as session:
+        for t in trial_table.each(session, record.id):
+            yield {**t, "mlflow_url": svc.mlflow_link(record.experiment_id,
+                                                       t.get("mlflow_run_id"))}
+
+
+def trial_count(svc: Services, record: StudyRecord) -> int:
+    with svc.db.session() as session:
+        return trial_table.count(session, record.id)
 
 
 def aware(when: dt.datetime) -> dt.datetime:

@@ -158,7 +158,7 @@ class TrialPublic(BaseModel):
 
 class TrialsPublic(BaseModel):
     data: list[TrialPublic]
-    count: int
+    count: int = Field(description="the study's trials, on all pages")
 
 
 class BestPublic(BaseModel):

@@ -32,10 +32,11 @@ from typing import Any
 
 from sqlalchemy import update
 
-from service.api.queries import aware, find_parent, live_trials, read_records
+from service.api.queries import aware, find_parent, read_records
 from service.api.services import Services
+from service.api.trial_sync import FINISHED, sync_trials
 from service.jobs import JOB_ENDED, JobError, JobNotFound
-from service.records import db, study_runs, tags, tracking
+from service.records import db, study_runs, tags, tracking, trial_table
 from service.records.db import StudyRecord
 from service.tracebacks import exception_line
 
@@ -63,18 +64,23 @@ def with_parent(svc: Services, record: StudyRecord) -> StudyRecord:
     return record
 
 
-def stored_trials(svc: Services, record: StudyRecord) -> tuple[StudyRecord, list[dict[str, Any]]]:
-    """The record (MLflow ids filled in) and its trials as the sync last stored them;
-    for a study the sync has not reached yet, read now, and stored once it has ended
-    (with MLflow's answer: the list is complete)."""
-    if record.trials is not None:
-        return record, record.trials
-    record = with_parent(svc, record)
-    trials, mlflow_ok = live_trials(svc, record)
-    if mlflow_ok and not record.active:
-        with svc.db.session() as session:
-            db.set_fields(session, record.id, trials=trials)
-    return record, trials
+def ensure_trials(svc: Services, record: StudyRecord) -> StudyRecord:
+    """The record (MLflow ids filled in), its trials in the ``trials`` table: for a study
+    the sync has not reached yet, read now; for one that has ended, the run ids and
+    failure reasons MLflow could not give before read again; a row stored before the
+    table existed (its trials in its ``trials`` column) copied in once."""
+    with svc.db.session() as session:
+        present = trial_table.has_rows(session, record.id)
+        if not present and record.trials:
+            rows = [trial_table.row_of(t, t["state"] in FINISHED, None) for t in record.trials]
+            trial_table.write(session, record.id, rows, {r["number"] for r in rows})
+            return record
+        reread = not present or (not record.active and bool(
+            trial_table.cursor(session, record.id).open_rows))
+    if reread:
+        record = with_parent(svc, record)
+        sync_trials(svc, record)
+    return record
 
 
 # ------------------------------------------------------------------- ending a study
@@ -275,18 +281,16 @@ def _reconcile_lost(svc: Services, record: StudyRecord, fields: dict[str, Any]) 
 
 def _last_activity(svc: Services, record: StudyRecord, parent) -> float:
     """When the study's records last changed (epoch seconds): its submission, its parent
-    run's start, its Optuna trials' starts and ends."""
+    run's start, its Optuna trials' starts and ends (as its trials, brought up to date
+    now, keep them)."""
     times = [aware(record.created_at).timestamp()]
     if parent is not None:
         times.append(parent.info.start_time / 1000)
-    try:
-        storage = svc.optuna_storage()
-        study_id = storage.get_study_id_from_name(record.name)
-        for t in storage.get_all_trials(study_id, deepcopy=False):
-            # Optuna keeps naive local times: .timestamp() reads them as local, as written
-            times.extend(w.timestamp() for w in (t.datetime_start, t.datetime_complete) if w)
-    except KeyError:
-        pass
+    if sync_trials(svc, record) is not None:
+        with svc.db.session() as session:
+            changed = trial_table.summary(session, record.id, "min")["changed_at"]
+        if changed is not None:
+            times.append(changed)
     return max(times)
 
 

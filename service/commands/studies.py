@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -82,9 +83,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     x.add_argument("--format", choices=("csv", "json"), default="csv", help="csv (default) or json")
     x.add_argument("--out", metavar="FILE", help="write to FILE (default: standard output)")
 
+    t = command("trials", "every trial of a study (each page of GET /trials in turn)", trials)
+    t.add_argument("study", metavar="ID", help="the study's id or name")
+    t.add_argument("--json", action="store_true", help="one JSON object per trial and line")
+
     def missing(args: argparse.Namespace) -> int:
         raise UsageError("missing study command; valid: submit, list, show, best, cancel, wait, "
-                         "export")
+                         "export, trials")
 
     p.set_defaults(func=missing)
 
@@ -125,18 +130,41 @@ class Client:
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
     def call(self, method: str, path: str, text: bool = False, **kwargs) -> Any:
+        r = self._request(method, path, **kwargs)
+        return r.text if text else r.json()
+
+    def download(self, path: str, out, **kwargs) -> None:
+        """GET ``path`` into the text file ``out`` as it arrives (a streamed body)."""
+        import httpx  # deferred: 0.2 s that --help and bad input need not pay
+
+        try:
+            with self.http.stream("GET", path, **kwargs) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._raise("GET", path, r)
+                for piece in r.iter_text():
+                    out.write(piece)
+        except httpx.HTTPError as error:
+            raise self._unreachable(error) from None
+
+    def _unreachable(self, error: Exception) -> ServiceError:
+        return ServiceError(
+            f"cannot reach the study service at {self.url} (from {self.source}): "
+            f"{error or type(error).__name__}; start one with 'credit serve --local' "
+            f"(CREDIT_HOME={self.home}), or set CREDIT_URL (or --url) to a running service")
+
+    def _request(self, method: str, path: str, **kwargs) -> Any:
         import httpx  # deferred: 0.2 s that --help and bad input need not pay
 
         try:
             r = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
-            raise ServiceError(
-                f"cannot reach the study service at {self.url} (from {self.source}): "
-                f"{error or type(error).__name__}; start one with 'credit serve --local' "
-                f"(CREDIT_HOME={self.home}), or set CREDIT_URL (or --url) to a running "
-                "service") from None
-        if r.status_code < 400:
-            return r.text if text else r.json()
+            raise self._unreachable(error) from None
+        if r.status_code >= 400:
+            self._raise(method, path, r)
+        return r
+
+    def _raise(self, method: str, path: str, r: Any) -> None:
         text = _problems(r)
         if r.status_code in (401, 403):
             raise UsageError(
@@ -367,11 +395,24 @@ def _wait(client: Client, ref: str, interval: float, timeout: float | None) -> i
 
 def export(args: argparse.Namespace) -> int:
     client = _client(args)
-    body = client.call("GET", f"/studies/{quote(args.study, safe='')}/export",
-                       params={"format": args.format}, text=True)
+    path = f"/studies/{quote(args.study, safe='')}/export"
+    with open(args.out, "w", newline="") if args.out else nullcontext(sys.stdout) as out:
+        client.download(path, out, params={"format": args.format})
     if args.out:
-        Path(args.out).write_text(body)
         print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(body)
+    return 0
+
+
+def trials(args: argparse.Namespace) -> int:
+    """Every trial, a page of ``GET /studies/{id}/trials`` at a time, until ``count``."""
+    client = _client(args)
+    path, offset, count = f"/studies/{quote(args.study, safe='')}/trials", 0, None
+    while count is None or offset < count:
+        page = client.call("GET", path, params={"offset": offset, "limit": 1000})
+        count = page["count"] if page["data"] else 0
+        for t in page["data"]:
+            params = " ".join(f"{k}={_num(v)}" for k, v in sorted(t["params"].items()))
+            print(json.dumps(t) if args.json else
+                  f"{t['number']:>6}  {t['state']:<8}  {_num(t['value']):>10}  {params}")
+        offset += len(page["data"])
     return 0

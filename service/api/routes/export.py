@@ -1,14 +1,17 @@
-"""``GET /studies/{study}/export``: every trial of a study, one row each, CSV or JSON."""
+"""``GET /studies/{study}/export``: every trial of a study, one row each, CSV or JSON,
+streamed."""
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 
 from service.api import lifecycle, queries
 from service.api.deps import Authenticated, PrincipalDep, ServicesDep
-from service.api.export import export_rows, render
+from service.api.export import columns, export_row, stream
 from service.api.routes.studies import StudyRef
 from service.api.schemas import ErrorPublic
 
@@ -18,18 +21,24 @@ router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authentica
 _MEDIA = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 
 
-@router.get("/{study}/export", response_class=Response,
+@router.get("/{study}/export", response_class=StreamingResponse,
             responses={200: {"content": {"text/csv": {}, "application/json": {}}},
                        404: {"model": ErrorPublic}})
 def export_study(study: StudyRef, services: ServicesDep, principal: PrincipalDep,
                  format: Annotated[Literal["csv", "json"], Query(
-                     description="csv or json")] = "csv") -> Response:
-    """One row per trial: parameters, state, a value per objective, failure reason, MLflow run
-    and its link. `format=csv` (a header row, `param.<name>` columns) or `json`."""
-    record = queries.get_study(services, study, principal)
-    trials = lifecycle.study_trials(services, record.id, principal)
+                     description="csv or json")] = "csv") -> StreamingResponse:
+    """Every trial, one row each, streamed (read from the service's records a chunk at a
+    time, so a study of tens of thousands of trials is never held whole): parameters,
+    state, a value per objective, failure reason, MLflow run and its link. `format=csv` (a
+    header row, `param.<name>` columns: the study's search space) or `json`
+    (`{"objective", "count", "data"}`)."""
+    record = lifecycle.trials_record(services, study, principal)
     objective = dict(record.spec.get("objective") or {})
-    objectives = record.spec.get("objectives") or [objective]
-    body = render(export_rows(record.name, objective, trials, objectives), format, objective)
-    return Response(body, media_type=_MEDIA[format], headers={
+    metrics = [o.metric for o in services.spec_of(record).objectives]
+    names = sorted(services.spec_of(record).search_space().params)
+    count = queries.trial_count(services, record)  # rows numbered later are left out
+    rows = (export_row(record.name, metrics, names, t)
+            for t in islice(queries.each_trial(services, record), count))
+    return StreamingResponse(stream(rows, format, objective, count, columns(metrics, names)),
+                             media_type=_MEDIA[format], headers={
         "Content-Disposition": f'attachment; filename="{record.name}.{format}"'})

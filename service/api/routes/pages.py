@@ -67,9 +67,10 @@ def studies_fragment(services: ServicesDep, principal: PrincipalDep) -> HTMLResp
 
 
 @fragments.get("/studies/{study}", response_class=HTMLResponse)
-def study_fragment(study: StudyRef, services: ServicesDep,
-                   principal: PrincipalDep) -> HTMLResponse:
-    return HTMLResponse(render("study.html", **study_context(services, study, principal)))
+def study_fragment(study: StudyRef, services: ServicesDep, principal: PrincipalDep,
+                   offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0) -> HTMLResponse:
+    return HTMLResponse(render("study.html",
+                               **study_context(services, study, principal, offset)))
 
 
 def _bad_ids(status: int, msg: str, kind: str) -> HTTPException:

@@ -100,13 +100,26 @@ def get_study(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -
     return to_public(services, queries.get_study(services, study, principal))
 
 
+#: ``GET /studies/{id}/trials``: trials per page by default, and at most.
+TRIALS_PAGE, MAX_TRIALS_PAGE = 1000, 5000
+
+
 @router.get("/{study}/trials", response_model=TrialsPublic,
-            responses={404: {"model": ErrorPublic}})
-def get_trials(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -> Any:
-    """Every trial: state, parameters, value, and its MLflow run (as the sync last read
-    them, a few seconds old at most)."""
-    trials = lifecycle.study_trials(services, study, principal)
-    return TrialsPublic(data=trials, count=len(trials))
+            responses={404: {"model": ErrorPublic},
+                       422: {"model": ErrorPublic, "description": "bad offset or limit"}})
+def get_trials(study: StudyRef, services: ServicesDep, principal: PrincipalDep,
+               offset: Annotated[int, Query(ge=0, le=100_000_000, description=(
+                   "trials to skip (by number)"))] = 0,
+               limit: Annotated[int, Query(ge=1, le=MAX_TRIALS_PAGE, description=(
+                   f"trials per page ({TRIALS_PAGE}; at most {MAX_TRIALS_PAGE})"))]
+               = TRIALS_PAGE) -> Any:
+    """The study's trials by number, a page at a time: state, parameters, value, and its
+    MLflow run (as the sync last read them, a few seconds old at most). `count` is how
+    many trials the study has, on all pages: follow `offset` until it is reached, or use
+    `GET /studies/{id}/export` for all of them in one streamed body."""
+    record = lifecycle.trials_record(services, study, principal)
+    trials, count = queries.trials_page(services, record, offset, limit)
+    return TrialsPublic(data=trials, count=count)
 
 
 @router.get("/{study}/best", response_model=BestPublic,

@@ -112,12 +112,30 @@ def pareto_section(d: StudyData) -> dict[str, Any] | None:
         empty="no complete trial with every objective's value yet")}
 
 
-def study_context(svc: Services, ref: str, principal: Principal) -> dict[str, Any]:
-    """Everything ``study.html`` shows."""
+#: Trials in one page of a study's table (``?offset=`` pages on; the plots show all).
+PAGE_TRIALS = 200
+
+
+def pager(offset: int, total: int) -> dict[str, Any] | None:
+    """Where the table's page lies (first and last shown, the offsets before and after),
+    or None when one page holds every trial."""
+    if total <= PAGE_TRIALS and offset == 0:
+        return None
+    last = min(total, offset + PAGE_TRIALS)
+    return {"first": offset + 1, "last": last, "total": total,
+            "before": max(0, offset - PAGE_TRIALS) if offset else None,
+            "after": offset + PAGE_TRIALS if last < total else None}
+
+
+def study_context(svc: Services, ref: str, principal: Principal,
+                  offset: int = 0) -> dict[str, Any]:
+    """Everything ``study.html`` shows (its table: ``PAGE_TRIALS`` trials from ``offset``)."""
     d = load(svc, ref, principal)
     names = [a.name for a in d.axes] or sorted({k for t in d.trials for k in t["params"]})
-    return {"s": d.public, "d": d, "names": names,
-            "trials": sorted(d.trials, key=lambda t: t["number"]),
+    ordered = sorted(d.trials, key=lambda t: t["number"])
+    return {"s": d.public, "d": d, "names": names, "trials": ordered,
+            "shown": ordered[offset:offset + PAGE_TRIALS],
+            "pager": pager(offset, len(ordered)),
             "n_complete": len(series.complete(d.trials)), "curve": best_so_far_chart(d),
             "param_charts": param_charts(d), "pareto": pareto_section(d),
             "refresh_ms": REFRESH_MS if d.active else None}
