@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from service.commands.options import UsageError, add_study_options, study_fields
+from service.commands.study_text import format_best, format_pareto, format_study, number
 from service.local.discovery import home_dir, read_server, server_file
 from trainables.errors import CreditError
 
@@ -263,66 +264,6 @@ def list_studies(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_study(s: dict[str, Any], base_url: str) -> str:
-    c = s["counts"]
-    obj = s["objective"]
-    goals = ", ".join(f"{o['mode']} {o['metric']}" for o in s.get("objectives") or [obj])
-    lines = [f"study {s['name']} ({s['id']}): {s['status']}"
-             + (f" — {s['message']}" if s["message"] else ""),
-             f"  space {s['space']}, sampler {s['sampler']}, objective "
-             f"{goals}, {s['max_trials']} trials, {s['parallel_trials']} at once",
-             f"  trials: {c['complete']} complete, {c['running']} running, "
-             f"{c['failed']} failed, {c['pruned']} pruned; restarts {s.get('restarts', 0)}"]
-    if s["best"] is not None:
-        params = ", ".join(f"{k}={_num(v)}" for k, v in sorted(s["best"]["params"].items()))
-        lines.append(f"  best so far: {obj['metric']} {_num(s['best']['value'])} ({params})")
-    lines.append(f"  API:    {base_url}{s['links']['self']}")
-    lines.append(f"  MLflow: {s['links']['mlflow'] or '(once the study has started)'}")
-    if s["links"].get("optuna"):
-        lines.append(f"  Optuna: {s['links']['optuna']}")
-    return "\n".join(lines)
-
-
-def _num(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
-def format_best(b: dict[str, Any]) -> str:
-    state = "final" if b["final"] else f"so far, study {b['status']}"
-    lines = [f"best {b['metric']} ({b['mode']}): {_num(b['value'])}  [{state}]"]
-    width = max((len(k) for k in b["params"]), default=0)
-    for k, v in sorted(b["params"].items()):
-        lines.append(f"  {k:<{width}}  {_num(v)}")
-    shown = [k for k in ("test_error", "test_loss", "train_loss", "time_s")
-             if k in (b.get("metrics") or {})]
-    if shown:
-        lines.append("its run: " + ", ".join(f"{k} {_num(b['metrics'][k])}" for k in shown))
-    if b.get("final_evaluation"):
-        ev = b["final_evaluation"]
-        lines.append(f"final evaluation over {int(ev.get('final_seeds', 0))} seeds "
-                     "(mean ± standard error):")
-        for key in sorted(k for k in ev if k.endswith("_mean")):
-            base = key[len("final/"):-len("_mean")]
-            lines.append(f"  {base:<24} {ev[key]:.6g} ± {ev.get(f'final/{base}_sem', 0.0):.2g}")
-    lines.append(f"trial {b['trial_id']}, MLflow run {b['mlflow_run_id']}")
-    if b.get("mlflow_url"):
-        lines.append(f"MLflow: {b['mlflow_url']}")
-    return "\n".join(lines)
-
-
-def format_pareto(front: dict[str, Any]) -> str:
-    """A ``GET /studies/{id}/pareto`` answer: one line per trial of the front."""
-    goals = front["objectives"]
-    lines = [f"  Pareto front: {front['count']} of {front['complete_trials']} complete "
-             "trials, " + ", ".join(f"{o['metric']} ({o['mode']})" for o in goals)]
-    for t in front["data"]:
-        values = "  ".join(f"{o['metric']} {_num(t['values'].get(o['metric']))}"
-                           for o in goals)
-        params = ", ".join(f"{k}={_num(v)}" for k, v in sorted(t["params"].items()))
-        lines.append(f"    #{t['number']}  {values}  ({params})  run {t['mlflow_run_id']}")
-    return "\n".join(lines)
-
-
 def show(args: argparse.Namespace) -> int:
     client = _client(args)
     study = client.call("GET", f"/studies/{args.study}")
@@ -411,8 +352,8 @@ def trials(args: argparse.Namespace) -> int:
         page = client.call("GET", path, params={"offset": offset, "limit": 1000})
         count = page["count"] if page["data"] else 0
         for t in page["data"]:
-            params = " ".join(f"{k}={_num(v)}" for k, v in sorted(t["params"].items()))
+            params = " ".join(f"{k}={number(v)}" for k, v in sorted(t["params"].items()))
             print(json.dumps(t) if args.json else
-                  f"{t['number']:>6}  {t['state']:<8}  {_num(t['value']):>10}  {params}")
+                  f"{t['number']:>6}  {t['state']:<8}  {number(t['value']):>10}  {params}")
         offset += len(page["data"])
     return 0
