@@ -10,7 +10,8 @@ from typing import Any
 
 from service.api.errors import StudyStateConflict
 from service.api.principals import ANYONE, Principal
-from service.api.queries import each_trial, is_final, trials_record
+from service.api.lifecycle import trials_record
+from service.api.queries import each_trial, is_final
 from service.api.services import Services
 from service.records.study_plots import pareto_figure, png
 from service.trials import pareto_front

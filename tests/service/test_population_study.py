@@ -47,6 +47,7 @@ def test_population_members_are_trials_with_their_own_records(ray_cluster, tmp_p
     assert runs[result.best_trial_id].info.run_id == result.best_run_id
 
 
+@pytest.mark.slow
 def test_a_diverging_member_fails_alone_in_its_population(ray_cluster, tmp_path):
     space = {"name": "diverge", "experiment": "mnist-fc", "rule": "backprop",
              "fixed": {"momentum": 0.9},
@@ -69,6 +70,7 @@ def test_a_diverging_member_fails_alone_in_its_population(ray_cluster, tmp_path)
     assert all(s.error and "diverged" in s.error for s in result.trials if s.state == "FAILED")
 
 
+@pytest.mark.slow
 def test_early_stopping_prunes_members_not_the_population(ray_cluster, tmp_path):
     spec = StudySpec(space="mnist-fc-feedback-alignment", max_trials=6, population=6,
                      early_stopping={"grace_period": 1, "reduction_factor": 3}, seed=0,
@@ -110,6 +112,7 @@ def test_auto_population_fills_the_memory_it_is_given(tmp_path):
     assert optuna  # imported for the storage-backed tests above
 
 
+@pytest.mark.slow
 def test_a_gpu_trial_on_a_node_whose_torch_sees_none_is_an_infrastructure_failure(
         ray_cluster, tmp_path):
     """A node that tells Ray it has a GPU (``--num-gpus 1``) on this CPU-only machine: the
@@ -146,6 +149,7 @@ def test_a_gpu_trial_on_a_node_whose_torch_sees_none_is_an_infrastructure_failur
     assert "infrastructure" in result.message
 
 
+@pytest.mark.slow
 def test_a_population_whose_worker_dies_resumes_as_one(ray_cluster, tmp_path):
     """The worker training a population is SIGKILLed after its first epoch: the population
     restarts from its checkpoint as one, and every member completes with one point per

@@ -14,6 +14,9 @@ from service.trials import dominates
 from tests.service.api.helpers import TINY, wait_status
 from tests.service.api.test_studies import mlflow_runs, parent_and_trials
 
+#: A real two-objective study of five trials runs first (minutes on two cores): slow.
+pytestmark = pytest.mark.slow
+
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
 TWO = [{"metric": "test_error", "mode": "min"}, {"metric": "angle/fc2", "mode": "min"}]
 PNG = b"\x89PNG\r\n\x1a\n"
