@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from service.api.errors import StudyStateConflict
-from service.api.principals import ANYONE, Principal
 from service.api.lifecycle import trials_record
+from service.api.principals import ANYONE, Principal
 from service.api.queries import each_trial, is_final
 from service.api.services import Services
 from service.records.study_plots import pareto_figure, png
