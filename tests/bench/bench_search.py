@@ -464,17 +464,30 @@ def populations(args, tmp: Path) -> bool:
           f"torch {torch.__version__}")
     connect_ray()
     walls, results = {}, {}
-    for k in (1, args.population):
-        spec = StudySpec(name=f"bench-pop{k}", space="mnist-fc-node-perturbation",
+    runs = [(k, "") for k in (1, args.population)]
+    if not args.no_profile:  # what-if: the same without the per-trial plots
+        runs += [(k, "-noplots") for k in (1, args.population)]
+    for k, what in runs:
+        if what:
+            import service.runner.study as S
+
+            S.TrialLoggerFactory = without_plots()
+        spec = StudySpec(name=f"bench-pop{k}{what}", space="mnist-fc-node-perturbation",
                          sampler="random", seed=0, max_trials=trials, parallel_trials=2,
                          population=k, epochs=args.epochs, dataset="mnist-5k",
-                         tracking_uri=f"sqlite:///{tmp / f'mlflow{k}.db'}",
-                         storage=f"sqlite:///{tmp / f'optuna{k}.db'}")
+                         tracking_uri=f"sqlite:///{tmp / f'mlflow{k}{what}.db'}",
+                         storage=f"sqlite:///{tmp / f'optuna{k}{what}.db'}")
         t = time.perf_counter()
-        results[k] = run_study(spec)
-        walls[k] = time.perf_counter() - t
-        print(f"population {k:>4}: {walls[k]:8.2f} s  {results[k].counts}  best "
-              f"{results[k].best_value:.4f} at {results[k].best_params}")
+        results[k, what] = run_study(spec)
+        walls[k, what] = time.perf_counter() - t
+        r = results[k, what]
+        print(f"population {k:>4}{what:<9}: {walls[k, what]:8.2f} s  {r.counts}  best "
+              f"{r.best_value:.4f} at {r.best_params}")
+    if not args.no_profile:
+        print(f"what-if without per-trial plots: ratio "
+              f"{walls[args.population, '-noplots'] / walls[1, '-noplots']:.2f}")
+    results = {k: r for (k, what), r in results.items() if not what}
+    walls = {k: w for (k, what), w in walls.items() if not what}
     ratio = walls[args.population] / walls[1]
     same = results[1].best_params == results[args.population].best_params
     print(f"wall ratio population {args.population} / population 1: {ratio:.2f} "
