@@ -133,3 +133,22 @@ def start_bare_api(home: Path, **settings: str) -> ApiServer:
     it is alive (``/livez``: its health is degraded by design)."""
     home.mkdir(parents=True, exist_ok=True)
     return ApiServer(home, bare_env(home, **settings), home / "serve.log").start("/livez")
+
+
+def serve_app(app) -> tuple[str, object, object]:
+    """(base URL, server, thread): ``app`` served by uvicorn on a free loopback port in a
+    thread of this process, once it has started. Stop it: ``server.should_exit = True``
+    and join the thread."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(),
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.1)
+    return f"http://127.0.0.1:{server.config.port}", server, thread

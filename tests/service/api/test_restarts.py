@@ -15,21 +15,19 @@ import io
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import optuna
 import pytest
-import uvicorn
 
 from service.api import ApiSettings, create_app
 from service.api.sync import CANCEL_REQUESTED
 from service.jobs import JobInfo, NodeResources, RayJobs
 from service.records import db
 from service.records.optuna_trials import RESTARTS_ATTR, TUNE_TRIAL_ID, WAITING_ATTR
-from tests.service.api.helpers import TOKEN, free_port
+from tests.service.api.helpers import TOKEN, serve_app
 
 REPO = Path(__file__).resolve().parents[3]
 WAITING = "waiting for resources: no alive node has 1 CPU free for a trial"
@@ -67,15 +65,8 @@ def served(tmp_path_factory):
     app = create_app(settings)
     services = app.state.services
     services.jobs = RunningRay()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(),
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{server.config.port}", services
+    url, server, thread = serve_app(app)
+    yield url, services
     server.should_exit = True
     thread.join(30)
 

@@ -12,20 +12,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import threading
 import time
 
 import httpx
 import optuna
 import pytest
-import uvicorn
 
 from service.api import ApiSettings, create_app, lifecycle, queries, sync, trial_sync
 from service.api.services import Services
 from service.records import db, tags, trial_table
 from service.records import tracking as T
 from tests.service.api.bulk_trials import advance, make_study, trial_id
-from tests.service.api.helpers import TOKEN, free_port
+from tests.service.api.helpers import TOKEN, serve_app
 from tests.service.api.test_restarts import RunningRay, _credit
 
 N = 1205  # more than one page of 1000, and of the page's 200
@@ -43,15 +41,7 @@ def served(tmp_path_factory):
     services.jobs = RunningRay()
     services.prepare()
     made = make_study(services, "many", N, running=5, no_run=frozenset({7}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(),
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.1)
-    url = f"http://127.0.0.1:{server.config.port}"
+    url, server, thread = serve_app(app)
     with _client(url) as c:  # the sync has stored every trial
         deadline = time.monotonic() + 120
         while c.get("/studies/many").json()["counts"]["complete"] != N - 5:
