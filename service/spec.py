@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from search_spaces import Objective, SearchSpace, load_space, parse_space
 from trainables.errors import CreditError
 from trainables.experiments import EXPERIMENTS
-from trainables.metrics import LAYER_METRICS
+from trainables.layers import LAYER_METRICS
 
 STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: The shape of a study id (the API's UUIDs): no name may have it, so that a name and

@@ -18,6 +18,10 @@ ALLOWED = {
     # a private local cluster on loopback, in a temp dir whose socket paths stay short.
     "ray.init(_node_ip_address=)": "documented in ray.init's docstring",
     "ray.init(_temp_dir=)": "documented in ray.init's docstring",
+    # the incremental sync (service/api/trial_sync.py) reads the trials changed since the
+    # last by the storage's trial ids, as Optuna's own cached storage does; a FrozenTrial
+    # exposes that id only as _trial_id (read in one place: optuna_trials.storage_id)
+    "frozen._trial_id": "Optuna's FrozenTrial keeps its storage id only there",
 }
 
 

@@ -8,10 +8,13 @@ from typing import Literal
 
 from trainables.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "LOSSES", "LayerSpec"]
+__all__ = ["ACTIVATIONS", "LAYER_METRICS", "LOSSES", "LayerSpec"]
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
 LOSSES = ("mse", "cross_entropy")
+#: The per-layer metric families a trial reports as ``<family>/<layer>``
+#: (``trainables/metrics.py`` computes them; named here, torch-free, for specs to check).
+LAYER_METRICS = ("angle", "relative_error", "sign_congruence", "update_angle")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ Tensor = torch.Tensor
 
 
 #: The per-layer metric families, reported as ``<family>/<layer name>``.
-LAYER_METRICS = ("angle", "relative_error", "sign_congruence", "update_angle")
 
 
 def mean_sem(values) -> tuple[float, float]:

@@ -34,6 +34,7 @@ from service.records.optuna_trials import (
     RESTARTS_ATTR,
     STATES,
     TUNE_TRIAL_ID,
+    storage_id,
     study_id_of,
     values_of,
 )
@@ -176,7 +177,7 @@ def sync_trials(svc: Services, record: StudyRecord) -> SyncStats | None:
     for t in own_trials(changed):  # a warm start's trials inform the sampler only
         old = cursor.open_rows.get(t.number)
         rows[t.number] = trial_table.row_of(_trial_dict(t, old and old["data"], metrics),
-                                            False, _changed_at(t), t._trial_id)
+                                            False, _changed_at(t), storage_id(t))
     for number, old in cursor.open_rows.items():  # finished, MLflow not answered yet
         rows.setdefault(number, {**old, "data": dict(old["data"])})
     _link_runs(svc, record, list(rows.values()), stats)

@@ -195,3 +195,9 @@ def pareto_trials(trials: list[Any], objectives: list[tuple[str, str]]) -> list[
                        and t.values is not None), key=lambda t: t.number)
     front = pareto_front([list(t.values) for t in complete], [m for _, m in objectives])
     return [complete[i] for i in front]
+
+
+def storage_id(frozen: Any) -> int:
+    """The storage's own id of an Optuna trial (the key of its incremental reads, as
+    Optuna's cached storage uses it): ``FrozenTrial`` keeps it in ``_trial_id`` only."""
+    return frozen._trial_id

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 
 from service.spec import StudyProblems, StudySpec
-from trainables.metrics import LAYER_METRICS
+from trainables.layers import LAYER_METRICS
 
 #: The Optuna user attribute of a trial copied from an earlier study: where it came from.
 WARM_START_ATTR = "credit.warm_start_from"

@@ -21,7 +21,8 @@ from service.runner.failures import TrialErrors, failure_kind, trial_failure
 from service.spec import StudySpec
 from service.tracebacks import reason_of_exception
 from service.trials import TrialState, better, count, trial_state
-from trainables.metrics import LAYER_METRICS, finite_or_none, mean_sem
+from trainables.layers import LAYER_METRICS
+from trainables.metrics import finite_or_none, mean_sem
 from trainables.tune import POPULATION_KEY, members_of, train_trial
 
 
