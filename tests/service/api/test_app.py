@@ -192,7 +192,8 @@ PROBES = ("/healthz", "/livez", "/readyz")
 ROUTES = {("get", "/healthz"), ("get", "/livez"), ("get", "/readyz"), ("post", "/studies"),
           ("get", "/studies"),
           ("get", "/studies/{study}"), ("get", "/studies/{study}/trials"),
-          ("get", "/studies/{study}/best"), ("post", "/studies/{study}/cancel"),
+          ("get", "/studies/{study}/best"), ("get", "/studies/{study}/pareto"),
+          ("get", "/studies/{study}/pareto.png"), ("post", "/studies/{study}/cancel"),
           ("get", "/studies/{study}/report"), ("get", "/studies/{study}/report/{figure}"),
           ("get", "/search-spaces"), ("get", "/search-spaces/{name}"), ("get", "/experiments"),
           ("get", "/studies/{study}/export")}
