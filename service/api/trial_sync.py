@@ -212,10 +212,13 @@ def _link_runs(svc: Services, record: StudyRecord, rows: list[dict[str, Any]],
         run = runs.get(d.get("trial_id"))
         if run is not None:
             d["mlflow_run_id"] = r["mlflow_run_id"] = run.info.run_id
-        if d["state"] == TrialState.FAILED.value and (run is not None or not d.get("failure")
-                                                      or answered):
+        failed = d["state"] == TrialState.FAILED.value
+        if failed and (run is not None or not d.get("failure") or answered):
             d.update(_failure_of(run, answered or not reachable))
-        r["checked"] = r["state"] in FINISHED and answered
+        # a failed trial's reason may reach its run after Optuna says FAIL (the driver
+        # records failures as the study ends): it is read again until its run has one
+        r["checked"] = r["state"] in FINISHED and answered and not (
+            failed and run is not None and not run.data.tags.get(tags.FAILURE))
 
 
 def _differs(row: dict[str, Any], old: dict[str, Any] | None) -> bool:

@@ -119,7 +119,8 @@ def test_restarts_are_shown_per_trial_and_in_all(served):
         _trial(optuna_study, 2, 0.25)
         _trial(optuna_study, 1, None)  # still running, restarted once
         _trial(optuna_study, None, 0.5)  # no attribute: never restarted
-        study = _until(c, "restarted", lambda s: s["restarts"] == 3)
+        study = _until(c, "restarted", lambda s: s["restarts"] == 3
+                       and s["counts"]["complete"] + s["counts"]["running"] == 3)
         trials = c.get("/studies/restarted/trials").json()["data"]
         assert {t["number"]: t["restarts"] for t in trials} == {0: 2, 1: 1, 2: 0}
         listed = c.get("/studies").json()["data"]

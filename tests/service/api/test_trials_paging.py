@@ -206,6 +206,24 @@ def test_a_failed_trial_gets_its_reason_from_its_own_run(services):
     assert (after.optuna_trials_read, after.mlflow_runs_read, after.rows_written) == (0, 0, 0)
 
 
+def test_a_reason_that_reaches_the_run_late_is_read_again_until_there(services):
+    """The driver records a failed trial's reason on its run as the study ends, after
+    Optuna said FAIL: the sync reads that run again until the reason is there."""
+    made = make_study(services, "late", 5, running=1)
+    _sync(services, "late")
+    storage = services.optuna_storage()
+    storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(
+        made.optuna_id, 4), optuna.trial.TrialState.FAIL)
+    _sync(services, "late")
+    assert _rows(services, "late")[4]["failure"].startswith("failed (no reason recorded")
+    T.client(services.settings.mlflow_tracking_uri).set_tag(
+        made.runs[trial_id("late", 4)], tags.FAILURE, "ActorDiedError: its node died")
+    _sync(services, "late")
+    assert _rows(services, "late")[4]["failure"] == "ActorDiedError: its node died"
+    last = _sync(services, "late")  # now it has its reason: never read again
+    assert (last.mlflow_runs_read, last.rows_written) == (0, 0)
+
+
 def test_run_ids_and_reasons_missed_while_mlflow_is_down_come_later(services, monkeypatch):
     made = make_study(services, "outage", 20, running=2)
     _sync(services, "outage")
