@@ -12,7 +12,7 @@ from service.records import tags
 from service.records.optuna_trials import TUNE_TRIAL_ID
 from service.spec import StudySpec
 from service.trials import POPULATION_ATTR
-from tests.service.test_study import TINY, _children, _optuna_trials, _stores, run_study
+from tests.service.test_study import DIVERGING, TINY, _children, _optuna_trials, _stores, run_study
 
 
 def test_population_members_are_trials_with_their_own_records(ray_cluster, tmp_path):
@@ -49,10 +49,7 @@ def test_population_members_are_trials_with_their_own_records(ray_cluster, tmp_p
 
 @pytest.mark.slow
 def test_a_diverging_member_fails_alone_in_its_population(ray_cluster, tmp_path):
-    space = {"name": "diverge", "experiment": "mnist-fc", "rule": "backprop",
-             "fixed": {"momentum": 0.9},
-             "params": {"lr": {"type": "categorical", "choices": [5000.0, 0.05]}}}
-    spec = StudySpec(space=space, max_trials=4, population=4, seed=0, **TINY,
+    spec = StudySpec(space=DIVERGING, max_trials=4, population=4, seed=0, **TINY,
                      **_stores(tmp_path, "popdiv"))
     result = run_study(spec)
     assert result.status == "SUCCEEDED"

@@ -88,10 +88,14 @@ def test_random_search_best_matches_optuna_and_mlflow(ray_cluster, tmp_path):
     assert len({r.data.tags.get("credit.node_id") for r in children}) == 2
 
 
-def test_diverging_trial_fails_alone(ray_cluster, tmp_path):
-    space = {"name": "diverge", "experiment": "mnist-fc", "rule": "backprop",
+#: A space whose lr 5000 diverges in epoch 1 and 0.05 trains.
+DIVERGING = {"name": "diverge", "experiment": "mnist-fc", "rule": "backprop",
              "fixed": {"momentum": 0.9},
              "params": {"lr": {"type": "categorical", "choices": [5000.0, 0.05]}}}
+
+
+def test_diverging_trial_fails_alone(ray_cluster, tmp_path):
+    space = DIVERGING
     # seed 0 draws lr = 0.05, 5000, 0.05, 0.05 (checked against Optuna's RandomSampler)
     spec = StudySpec(space=space, max_trials=4, parallel_trials=2, seed=0, **TINY,
                      **_stores(tmp_path, "div"))
