@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
@@ -414,6 +415,8 @@ def _waiting(spec) -> str:
         return optuna.load_study(study_name=spec.name, storage=spec.storage).user_attrs.get(
             WAITING_ATTR, "")
     except KeyError:  # not created yet
+        return ""
+    except sqlalchemy.exc.OperationalError:  # the driver is creating its tables right now
         return ""
 
 
