@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 History = Sequence[Mapping[str, float | None]]
 
 DPI = 100
+_SCALES = {"test_error": 100.0}  # plotted as a percentage
 _MARKER_MAX_POINTS = 25  # mark each epoch when there are at most this many
 
 
@@ -118,24 +119,31 @@ def _layer_colors(history: History) -> dict[str, tuple]:
 
 
 # ------------------------------------------------------------------ figures
-def learning_curves(history: History, title: str | None = None) -> Figure:
-    """Train (dashed) and test (solid) loss per epoch, and the test error (%) if measured."""
+def learning_curves(history: History, title: str | None = None,
+                    n_points: int | None = None) -> Figure:
+    """Train (dashed) and test (solid) loss per epoch, and the test error (%) if measured.
+
+    Each line's ``gid`` is its metric (``CurveSheets`` redraws them); ``n_points`` sets
+    the markers' style when ``history`` is not one run's (default: its length)."""
     with_error = _has(history, "test_error")
     fig = _new_figure(10.0 if with_error else 5.5, 3.8, title)
     axes = fig.subplots(1, 2 if with_error else 1, squeeze=False)[0]
-    epochs, style = _epochs(history), _line_style(len(history))
+    epochs = _epochs(history)
+    style = _line_style(len(history) if n_points is None else n_points)
 
     ax = axes[0]
-    ax.plot(epochs, _series(history, "train_loss"), "--", color="C0", label="train", **style)
-    ax.plot(epochs, _series(history, "test_loss"), "-", color="C1", label="test", **style)
+    ax.plot(epochs, _series(history, "train_loss"), "--", color="C0", label="train",
+            gid="train_loss", **style)
+    ax.plot(epochs, _series(history, "test_loss"), "-", color="C1", label="test",
+            gid="test_loss", **style)
     ax.set_ylabel("loss")
     _epoch_axis(ax)
     ax.legend()
 
     if with_error:
         ax = axes[1]
-        ax.plot(epochs, _series(history, "test_error", 100.0), "-", color="C1", label="test",
-                **style)
+        ax.plot(epochs, _series(history, "test_error", _SCALES["test_error"]), "-",
+                color="C1", label="test", gid="test_error", **style)
         ax.set_ylabel("test error (%)")
         _from_zero(ax)
         _epoch_axis(ax)
@@ -143,12 +151,14 @@ def learning_curves(history: History, title: str | None = None) -> Figure:
     return fig
 
 
-def _alignment_panel(ax, history: History, family: _Family, colors: dict[str, tuple]) -> None:
+def _alignment_panel(ax, history: History, family: _Family, colors: dict[str, tuple],
+                     n_points: int) -> None:
     """One family: a line per layer, its limits and its chance-level reference line."""
-    epochs, style = _epochs(history), _line_style(len(history))
+    epochs, style = _epochs(history), _line_style(n_points)
     for layer in _layers(history, family.key):
-        ax.plot(epochs, _series(history, f"{family.key}/{layer}"), color=colors[layer],
-                label=layer, **style)
+        key = f"{family.key}/{layer}"
+        ax.plot(epochs, _series(history, key), color=colors[layer], label=layer, gid=key,
+                **style)
     if family.reference is not None:
         ax.axhline(family.reference, color="0.4", linestyle=":", linewidth=1.0)
     _from_zero(ax, family.top)
@@ -157,7 +167,8 @@ def _alignment_panel(ax, history: History, family: _Family, colors: dict[str, tu
     ax.legend(title="layer", fontsize="small", title_fontsize="small")
 
 
-def alignment_curves(history: History, title: str | None = None) -> Figure:
+def alignment_curves(history: History, title: str | None = None,
+                     n_points: int | None = None) -> Figure:
     """One panel per alignment family present in the history, one line per layer.
 
     Families without any key (e.g. relative error for the lower layers of direct
@@ -176,7 +187,8 @@ def alignment_curves(history: History, title: str | None = None) -> Figure:
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     colors = _layer_colors(history)
     for ax, family in zip(axes, families, strict=False):
-        _alignment_panel(ax, history, family, colors)
+        _alignment_panel(ax, history, family, colors,
+                         len(history) if n_points is None else n_points)
     for ax in axes[len(families):]:
         fig.delaxes(ax)
     return fig
@@ -276,6 +288,74 @@ def trial_figures(
     if originals is not None:
         figures["reconstructions.png"] = reconstructions(originals, recon, title)
     return figures
+
+
+class CurveSheets:
+    """The learning-curve and alignment figures of several runs of one experiment, drawn
+    once and redrawn per run: what a population's members log (one figure each would
+    cost ~0.2 s of layout and tick text per figure and member; here a member costs its
+    lines, legends and title).
+
+    The figures look like ``learning_curves`` and ``alignment_curves`` of one run, with
+    the axes of every run in common (the runs' union of data sets the limits), so that
+    members of one population compare at a glance. Everything but the lines, legends and
+    title is drawn once (Agg's blitting: ``copy_from_bbox``/``restore_region``).
+    """
+
+    NAMES = ("learning_curves.png", "alignment.png")
+
+    def __init__(self, histories: Sequence[History], dpi: int = DPI):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        union = [record for history in histories for record in history]
+        n_points = max((len(h) for h in histories), default=0)
+        self.dpi = dpi
+        self._sheets = []
+        for name, make in zip(self.NAMES, (learning_curves, alignment_curves), strict=True):
+            fig = make(union, title=" ", n_points=n_points)  # " ": the title's room
+            fig.set_dpi(dpi)
+            title = fig.suptitle(" ")
+            lines = [line for ax in fig.axes for line in ax.get_lines() if line.get_gid()]
+            legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+            for ax in fig.axes:  # the union's limits stay when the lines are redrawn
+                ax.get_xlim(), ax.get_ylim()  # (settles the limits autoscaling put off)
+                ax.set_autoscale_on(False)
+            for artist in (*lines, *legends, title):
+                artist.set_animated(True)  # left out of the background
+            canvas = FigureCanvasAgg(fig)
+            canvas.draw()
+            self._sheets.append((name, fig, canvas, lines, legends, title,
+                                 canvas.copy_from_bbox(fig.bbox)))
+
+    @property
+    def figures(self) -> dict[str, Figure]:
+        return {sheet[0]: sheet[1] for sheet in self._sheets}
+
+    def render(self, history: History, title: str | None = None) -> dict[str, bytes]:
+        """The PNGs of one run, by file name (as ``trial_figures`` names them)."""
+        import io
+
+        from PIL import Image
+
+        epochs = _epochs(history)
+        out = {}
+        for name, fig, canvas, lines, legends, heading, background in self._sheets:
+            canvas.restore_region(background)
+            for line in lines:
+                key = line.get_gid()
+                line.set_data(epochs, _series(history, key, _SCALES.get(key, 1.0)))
+                line.axes.draw_artist(line)
+            for legend in legends:
+                legend.axes.draw_artist(legend)
+            heading.set_text(title or "")
+            fig.draw_artist(heading)
+            width, height = canvas.get_width_height()
+            image = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(),
+                                     "raw", "RGBA", 0, 1)
+            buffer = io.BytesIO()
+            image.save(buffer, format="png", compress_level=1)
+            out[name] = buffer.getvalue()
+        return out
 
 
 def save_figures(

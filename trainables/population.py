@@ -93,6 +93,10 @@ class Member:
                 final["best_test_error"] = min(h["test_error"] for h in self.history)
         return TrainResult(self.config.model_dump(), list(self.history), final)
 
+    def curve_sheets(self):
+        """Its figures' renderer: shared with the population's other members."""
+        return self.population.curve_sheets()
+
     @torch.no_grad()
     def latent_codes(self, limit: int | None = None):
         pop = self.population
@@ -133,6 +137,7 @@ class PopulationTrainer:
         self.callbacks = {k: list((callbacks or {}).get(k, ())) for k in keys}
         self.failed: dict[str, str] = {}  # key → why it failed
         self.stopped: list[str] = []  # keys stopped early by the caller
+        self._sheets = None  # (records plotted, plots.CurveSheets) of curve_sheets
         self._build(configs)
         self.train_targets = self._targets(self.data.x_train, self.data.y_train)
         self.test_targets = self._targets(self.data.x_test, self.data.y_test)
@@ -277,12 +282,24 @@ class PopulationTrainer:
             metrics = self._measure(epoch, train_loss, step_tests)
         self.epoch = epoch
         self.elapsed += time.perf_counter() - start
-        for key, m in metrics.items():
+        for key, m in metrics.items():  # every history first: the figures share axes
             m["time_s"] = self.elapsed
             self.members[key].history.append(m)
+        for key, m in metrics.items():
             for cb in self.callbacks[key]:
                 cb.on_epoch_end(self.members[key], m)
         return metrics
+
+    def curve_sheets(self):
+        """The learning-curve and alignment figures of the members (``plots.CurveSheets``,
+        axes in common), built once for every member that plots at this point."""
+        from trainables import plots
+
+        histories = [m.history for m in self.members.values() if m.history]
+        key = sum(map(len, histories))
+        if self._sheets is None or self._sheets[0] != key:
+            self._sheets = (key, plots.CurveSheets(histories))
+        return self._sheets[1]
 
     def _measure(self, epoch: int, train_loss: dict[str, float],
                  step_tests: dict[str, float]) -> dict[str, dict[str, float]]:

@@ -342,6 +342,12 @@ class Trainer:
         """Per-layer alignment of the rule's pathway with backprop's, on the fixed batch."""
         return alignment(self.net, self.rule, self.metrics_x, self.metrics_t)[0]
 
+    def curve_sheets(self):
+        """The renderer of its learning-curve and alignment figures (``plots.CurveSheets``)."""
+        from trainables import plots
+
+        return plots.CurveSheets([self.history])
+
     @torch.no_grad()
     def latent_codes(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The autoencoder's 2-D codes of the test set, with the digit labels."""

@@ -29,7 +29,7 @@ MLFLOW_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 for _key, _value in MLFLOW_ENV.items():
     os.environ.setdefault(_key, _value)
 
-from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -124,15 +124,21 @@ def _param_value(value: Any) -> str:
 
 
 def log_metrics(c: MlflowClient | RetryingClient, run_id: str, metrics: dict[str, float],
-                step: int) -> None:
+                step: int, tags: dict[str, str] | None = None) -> None:
+    """The finite ``metrics`` at ``step``; ``tags`` in the same (last) call."""
     now = int(time.time() * 1000)
     rows = [
         Metric(k, float(v), now, step)
         for k, v in sorted(metrics.items())
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     ]
-    for chunk in _batched(rows, 900):
-        c.log_batch(run_id, metrics=chunk)
+    if not rows and not tags:
+        return
+    chunks = list(_batched(rows, 900)) or [[]]
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
+        c.log_batch(run_id, metrics=chunk,
+                    tags=[RunTag(k, v) for k, v in (tags or {}).items()] if last else [])
 
 
 def find_runs(tracking_uri: str, experiment_id: str, filter_string: str) -> list:

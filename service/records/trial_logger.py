@@ -84,6 +84,9 @@ class MlflowTrialLogger(Callback):
                 self._continue_run()
             return
         attempts = 0
+        where = _where()  # the node it runs on: tags of the new run
+        if tags.NODE_IP in where:
+            where[tags.NODES] = where[tags.NODE_IP]
 
         def create() -> str:
             # a retry first looks for the run the lost answer may have created
@@ -94,15 +97,11 @@ class MlflowTrialLogger(Callback):
                 self.experiment_id,
                 run_name=run_name(self.study, self.role, self.trial_id, trainer.config.seed),
                 tags={tags.PARENT: self.parent_run_id, tags.STUDY: self.study,
-                      tags.ROLE: self.role, tags.TRIAL: self.trial_id},
+                      tags.ROLE: self.role, tags.TRIAL: self.trial_id, **where},
             ).info.run_id
 
         self.run_id = with_retries(create, "create_run")
         log_params(self.client, self.run_id, trainer.config.model_dump())
-        where = _where()
-        if tags.NODE_IP in where:
-            where[tags.NODES] = where[tags.NODE_IP]
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in where.items()])
         self._check_study_alive()
 
     def _continue_run(self) -> None:
@@ -144,12 +143,14 @@ class MlflowTrialLogger(Callback):
         return runs[0].info.run_id if runs else None
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        if int(metrics["epoch"]) not in self.logged:  # one point per epoch, also redone
-            log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))
-        if trainer.epoch >= trainer.config.epochs:
-            # Finish now, before the final report: Tune may stop the trial inside it.
+        last = trainer.epoch >= trainer.config.epochs
+        if last:  # finish now, before the final report: Tune may stop the trial inside it
             self._log_plots(trainer)
-            self.client.set_tag(self.run_id, tags.STATE, "COMPLETE")
+        # one point per epoch, also when redone; the last with the trial's state
+        fresh = int(metrics["epoch"]) not in self.logged
+        log_metrics(self.client, self.run_id, metrics if fresh else {},
+                    step=int(metrics["epoch"]), tags={tags.STATE: "COMPLETE"} if last else None)
+        if last:
             self.client.set_terminated(self.run_id, status="FINISHED")
             self.closed = True
 
@@ -181,10 +182,16 @@ class MlflowTrialLogger(Callback):
             extra["codes"], extra["labels"] = trainer.latent_codes(limit=2000)
             extra["originals"], extra["recon"] = trainer.reconstructions(8)
         title = f"{trainer.config.rule} · {self.role} {self.trial_id}"
-        figures = plots.trial_figures(trainer.history, title=title, **extra)
+        # the curves: a population's members share one renderer (their axes in common)
+        curves = trainer.curve_sheets().render(trainer.history, title)
         with tempfile.TemporaryDirectory(prefix="credit-plots-") as tmp:
-            plots.save_figures(figures, tmp)
+            for name, png in curves.items():
+                (Path(tmp) / name).write_bytes(png)
             if extra:
+                plots.save_figures({
+                    "latent.png": plots.latent_scatter(extra["codes"], extra["labels"], title),
+                    "reconstructions.png": plots.reconstructions(
+                        extra["originals"], extra["recon"], title)}, tmp)
                 np.savez_compressed(Path(tmp) / "autoencoder.npz", **extra)
             self.client.log_artifacts(self.run_id, tmp, artifact_path="plots")
 

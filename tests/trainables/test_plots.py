@@ -227,3 +227,48 @@ def test_save_figures_names(np_history, tmp_path):
     assert path.name == "curves.png" and path.read_bytes().startswith(PNG_SIGNATURE)
     with pytest.raises(ValueError):
         plots.save_figures({"../escape.png": fig}, tmp_path)
+
+
+# ------------------------------------------------------------ shared sheets
+def _pixels(png: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    assert png.startswith(PNG_SIGNATURE)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def test_curve_sheets_draw_what_one_trials_figures_draw(np_history, tmp_path):
+    """One run through CurveSheets: the same picture as its own figures, saved."""
+    pngs = plots.CurveSheets([np_history]).render(np_history, "np · trial 1")
+    assert list(pngs) == ["learning_curves.png", "alignment.png"]
+    saved = plots.save_figures(plots.trial_figures(np_history, title="np · trial 1"), tmp_path)
+    for path in saved:
+        new, old = _pixels(pngs[path.name]), _pixels(path.read_bytes())
+        assert new.shape == old.shape
+        differ = np.abs(new - old).max(axis=-1) > 32
+        assert differ.mean() < 0.005, (path.name, differ.mean())  # where lines meet spines
+
+
+def test_curve_sheets_redraw_each_run_on_common_axes(np_history):
+    """Runs of one population: each rendered alone (nothing of another run is left),
+    again identically, on axes that hold every run."""
+    worse = [{**h, "train_loss": 4 * h["train_loss"], "test_loss": 4 * h["test_loss"],
+              "test_error": min(1.0, 3 * h["test_error"])} for h in np_history]
+    sheets = plots.CurveSheets([np_history, worse])
+    first = sheets.render(np_history, "a")
+    other = sheets.render(worse, "b")
+    assert sheets.render(np_history, "a") == first
+    for name in first:
+        assert (_pixels(first[name]) != _pixels(other[name])).any()
+    loss = _panel(sheets.figures["learning_curves.png"], "loss")
+    top = max(max(h["train_loss"], h["test_loss"]) for h in worse)
+    low = min(min(h["train_loss"], h["test_loss"]) for h in np_history)
+    assert loss.get_ylim()[0] <= low and loss.get_ylim()[1] >= top
+    error = _panel(sheets.figures["learning_curves.png"], "test error")
+    assert error.get_ylim()[0] == 0 and error.get_ylim()[1] >= 100 * max(
+        h["test_error"] for h in worse)
+    # the lines hold the last run drawn, scaled as in the run's own figures
+    (line,) = [ln for ln in error.get_lines() if ln.get_gid() == "test_error"]
+    np.testing.assert_allclose(line.get_ydata(), [100 * h["test_error"] for h in np_history])
