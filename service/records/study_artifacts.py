@@ -49,8 +49,16 @@ def optuna_trials(storage: Any, study_name: str) -> list[dict[str, Any]]:
 
 def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
+
+
+def _margins(fig: Figure, top: float = 0.25) -> None:
+    """Fixed margins in inches, room for the labels (a layout solved at every save, tight
+    or constrained, costs more than the drawing of these small figures)."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.6 / height,
+                        top=1 - top / height, wspace=0.3, hspace=0.45)
 
 
 def best_so_far_png(trials: list[dict[str, Any]], objective: dict[str, str],
@@ -69,6 +77,7 @@ def best_so_far_png(trials: list[dict[str, Any]], objective: dict[str, str],
         ax.text(0.5, 0.5, "no complete trial", ha="center", transform=ax.transAxes)
     ax.set(xlabel="trial", ylabel=objective["metric"], title=title)
     ax.grid(alpha=0.3)
+    _margins(fig, top=0.45)
     return _png(fig)
 
 
@@ -100,7 +109,7 @@ def objective_vs_params_png(trials: list[dict[str, Any]], objective: dict[str, s
                        edgecolors=COLORS["front"], linewidths=1.5, label="best")
         ax.set(xlabel=axis.name + (" (log)" if axis.log else ""), ylabel=objective["metric"])
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _margins(fig)
     return _png(fig)
 
 
@@ -120,6 +129,7 @@ def pareto_png(trials: list[dict[str, Any]], objectives: list[dict[str, str]]) -
         ax.legend(fontsize=8)
     ax.set(xlabel=objectives[0]["metric"], ylabel=objectives[1]["metric"])
     ax.grid(alpha=0.3)
+    _margins(fig)
     return _png(fig)
 
 
