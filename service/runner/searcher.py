@@ -33,7 +33,6 @@ from service.records.optuna_trials import (
     OPTUNA_STATES,
     TUNE_TRIAL_ID,
     fail_unfinished_trials,
-    set_trial_attr,
     study_id_of,
 )
 from service.records.warm_start import METRICS_ATTR, is_own, reported_metrics
@@ -161,11 +160,9 @@ class OptunaAskTell(Searcher):
         told = (values if len(values) > 1 else values[0]) \
             if state == TrialState.COMPLETE else None
         if result is not None and state == TrialState.COMPLETE:
-            try:  # what a later study may warm-start from, whatever its objectives
-                set_trial_attr(self.storage, self.study_name, trial_id, METRICS_ATTR,
-                               reported_metrics(result))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # told before a driver restart: it has them
+            # what a later study may warm-start from, whatever its objectives (by number:
+            # a search of every trial per trial would grow with the study)
+            self._set_attr(number, METRICS_ATTR, reported_metrics(result))
         # skip_if_finished: a trial told before a driver restart keeps its state
         self.study.tell(number, told, state=OPTUNA_STATES[state], skip_if_finished=True)
 
