@@ -222,12 +222,6 @@ class StudySpec(BaseModel):
             self.objective = self.objective or self.space.objective
             self.objectives = [self.objective]
         problems += self._enqueue_problems()
-        if self.population != 1:
-            experiment = EXPERIMENTS.get(self.search_space().experiment)
-            if any(layer.kind != "linear" for layer in experiment.build_layers(None, None)):
-                problems.append((("population",), f"{experiment.name!r} is a convolutional "
-                                 "network; populations stack networks of linear layers only "
-                                 "(use population 1)"))
         if problems:
             raise SpecProblems(problems)
         # the study-level settings must make a valid trial config

@@ -94,10 +94,12 @@ class FeedbackNetwork:
     The network holds plain tensors (no autograd, no ``nn.Module``); learning rules
     and optimizers update them in place.
 
-    A *population* (``stack``) holds K same-shaped networks of linear layers at once:
-    every weight gets a leading member dimension (K, out, in), activations are
-    (K, batch, features), and the same code runs all members in batched products. A
-    batch shared by all members stays (batch, features) and broadcasts.
+    A *population* (``stack``) holds K same-shaped networks at once: every weight gets a
+    leading member dimension ((K, out, in), or (K, out, in, k, k) for a convolution),
+    activations are (K, batch, features) or (K, batch, channels, height, width), and the
+    same code runs all members: batched products for linear layers, grouped convolutions
+    (K groups) for convolutions. A batch shared by all members keeps its own shape and
+    broadcasts (a shared image batch meets the first layer's K·out filters at once).
     """
 
     #: K for a population of K stacked networks, None for one network.
@@ -136,11 +138,8 @@ class FeedbackNetwork:
     @classmethod
     def stack(cls, nets: list[FeedbackNetwork]) -> FeedbackNetwork:
         """A population of ``nets`` (one per member; the same object may repeat): their
-        weights stacked along a new leading dimension. Linear layers only."""
+        weights stacked along a new leading dimension."""
         first = nets[0]
-        if any(spec.kind != "linear" for spec in first.layers):
-            raise ConfigError("a population needs a network of linear layers; "
-                              "train convolutional networks one configuration per trial")
         pop = cls.__new__(cls)
         pop.__dict__.update(first.__dict__)
         pop.weights = [torch.stack([n.weights[i] for n in nets]) for i in range(len(first.layers))]
@@ -202,17 +201,35 @@ class FeedbackNetwork:
             a = torch.matmul(inp, self.weights[i].mT).add_(self.biases[i].unsqueeze(1))
         elif spec.kind == "linear":
             a = torch.addmm(self.biases[i], inp, self.weights[i].t())
+        elif self.members is not None:
+            a = self._stacked_conv(i, inp)
         else:
             a = F.conv2d(inp, self.weights[i], self.biases[i], padding=spec.kernel_size // 2)
         z = _activate(spec.activation, a)
         h, indices = z, None
         if spec.pool is not None:
             k, s, p = spec.pool
-            h, indices = F.max_pool2d(z, k, s, p, return_indices=True)
+            if z.dim() == 5:  # a population's planes: (K·batch, channels, height, width)
+                h, indices = F.max_pool2d(z.flatten(0, 1), k, s, p, return_indices=True)
+                h, indices = h.unflatten(0, z.shape[:2]), indices.unflatten(0, z.shape[:2])
+            else:
+                h, indices = F.max_pool2d(z, k, s, p, return_indices=True)
         h_shape = h.shape
         if spec.flatten:
-            h = h.flatten(1)
+            h = h.flatten(-3)  # channels, height, width → features
         return h, LayerRecord(inp, a, z, h_shape, indices)
+
+    def _stacked_conv(self, i: int, inp: Tensor) -> Tensor:
+        """Layer ``i``'s convolution of every member: ``inp`` shared (batch, C, H, W) meets
+        all K·out filters in one convolution; a population's (K, batch, C, H, W) is K
+        groups of one grouped convolution. Returns (K, batch, out, H, W)."""
+        spec, w = self.layers[i], self.weights[i]
+        k = w.shape[0]
+        shared = inp.dim() == 4
+        a = F.conv2d(inp if shared else _to_groups(inp), w.flatten(0, 1),
+                     self.biases[i].flatten(), padding=spec.kernel_size // 2,
+                     groups=1 if shared else k)
+        return _from_groups(a, k)
 
     def forward(self, x: Tensor) -> ForwardPass:
         """Clean forward pass, keeping what the backward pass needs."""
@@ -244,7 +261,9 @@ class FeedbackNetwork:
         output, after the nonlinearity, all layers at once; the output is not
         perturbed. Both passes share layer 0's input, so the stack starts after it.
         """
-        n = x.shape[-2] if self.members is not None else x.shape[0]
+        # a population's batch is shared (a sample's rank + 1 dims) or per member (+ 2)
+        per_member_batch = self.members is not None and x.dim() == len(self.input_shape) + 2
+        n = x.shape[1] if per_member_batch else x.shape[0]
         cat_dim = 0 if self.members is None else 1
         records = []
         noise = []
@@ -253,13 +272,12 @@ class FeedbackNetwork:
         for i in range(len(self.layers)):
             h, rec = self._layer_forward(i, h)
             if i > 0:  # stacked: keep the clean half for the backward pass
-                z = self.rows(rec.z, 0, n)
                 rec = LayerRecord(
                     self.rows(rec.inp, 0, n),
                     self.rows(rec.a, 0, n),
-                    z,
-                    z.shape if self.members is not None else torch.Size((n, *rec.h_shape[1:])),
-                    None if rec.pool_indices is None else rec.pool_indices[:n],
+                    self.rows(rec.z, 0, n),
+                    torch.Size((*rec.h_shape[:cat_dim], n, *rec.h_shape[cat_dim + 1:])),
+                    None if rec.pool_indices is None else self.rows(rec.pool_indices, 0, n),
                 )
             records.append(rec)
             if i < last:
@@ -290,8 +308,9 @@ class FeedbackNetwork:
         if self.loss == "mse":
             grad = y_hat - target
         else:
-            grad = torch.softmax(y_hat, -1)
-            grad[..., torch.arange(len(target), device=grad.device), target] -= 1.0
+            grad = torch.softmax(y_hat, -1)  # − onehot(t): labels shared or per member
+            picked = target.expand(y_hat.shape[:-1]).unsqueeze(-1)
+            grad.scatter_(-1, picked, grad.gather(-1, picked) - 1.0)
         rec = fp.records[-1]
         return _activation_vjp(self.layers[-1].activation, rec.a, rec.z, grad)
 
@@ -301,6 +320,13 @@ class FeedbackNetwork:
         spec = self.layers[j]
         if spec.kind == "linear":
             return e @ matrix
+        if self.members is not None:  # K groups (a population's layers j ≥ 1 see its own)
+            k = matrix.shape[0]
+            grad_inp, _, _ = _conv_backward(
+                _to_groups(e), _to_groups(rec.inp), matrix.flatten(0, 1), None, [1, 1],
+                [spec.kernel_size // 2] * 2, [1, 1], False, [0, 0], k, [True, False, False],
+            )
+            return _from_groups(grad_inp, k)
         grad_inp, _, _ = _conv_backward(
             e, rec.inp, matrix, None, [1, 1], [spec.kernel_size // 2] * 2, [1, 1],
             False, [0, 0], 1, [True, False, False],
@@ -317,9 +343,14 @@ class FeedbackNetwork:
         grad = lam.reshape(rec.h_shape)
         if spec.pool is not None:
             k, s, p = spec.pool
+            planes = rec.z.dim() == 5  # a population's: (K·batch, channels, height, width)
             grad = _pool_backward(
-                grad, rec.z, [k, k], [s, s], [p, p], [1, 1], False, rec.pool_indices
+                grad.flatten(0, 1) if planes else grad, rec.z.flatten(0, 1) if planes else rec.z,
+                [k, k], [s, s], [p, p], [1, 1], False,
+                rec.pool_indices.flatten(0, 1) if planes else rec.pool_indices,
             )
+            if planes:
+                grad = grad.unflatten(0, rec.z.shape[:2])
         return _activation_vjp(spec.activation, rec.a, rec.z, grad)
 
     def backward(
@@ -362,13 +393,29 @@ class FeedbackNetwork:
                 grads.append(e.mT @ rec.inp)
                 grads.append(e.sum(-2))
             else:
-                _, gw, gb = _conv_backward(
-                    e, rec.inp, self.weights[i], [spec.out_size], [1, 1],
-                    [spec.kernel_size // 2] * 2, [1, 1], False, [0, 0], 1, [False, True, True],
-                )
-                grads.append(gw)
-                grads.append(gb)
+                grads.extend(self._conv_weight_gradient(i, e, rec.inp, self.weights[i],
+                                                        bias=True))
         return grads
+
+    def _conv_weight_gradient(self, i: int, e: Tensor, inp: Tensor, weight: Tensor,
+                              bias: bool) -> list[Tensor]:
+        """Batch-summed ∂/∂W (and ∂/∂b) of convolution ``i`` given its output's error
+        ``e`` and its input ``inp``: K groups in a population (one convolution with K·out
+        filters when ``inp`` is the batch all members share)."""
+        spec = self.layers[i]
+        pad, mask = [spec.kernel_size // 2] * 2, [False, True, bias]
+        if self.members is None:
+            _, gw, gb = _conv_backward(e, inp, weight, [spec.out_size] if bias else None,
+                                       [1, 1], pad, [1, 1], False, [0, 0], 1, mask)
+            return [gw, gb] if bias else [gw]
+        k = weight.shape[0]
+        shared = inp.dim() == 4
+        _, gw, gb = _conv_backward(
+            _to_groups(e), inp if shared else _to_groups(inp), weight.flatten(0, 1),
+            [k * spec.out_size] if bias else None, [1, 1], pad, [1, 1], False, [0, 0],
+            1 if shared else k, mask)
+        gw = gw.unflatten(0, (k, spec.out_size))
+        return [gw, gb.unflatten(0, (k, spec.out_size))] if bias else [gw]
 
     def feedback_gradient(
         self, j: int, e: Tensor, residual: Tensor, rec_j: LayerRecord | None, direct: bool
@@ -376,12 +423,7 @@ class FeedbackNetwork:
         """Batch-summed ∂/∂B of ½‖Bᵀe − λ̂‖² for the feedback of layer j, given residual Bᵀe − λ̂."""
         if direct or self.layers[j].kind == "linear":
             return e.mT @ residual
-        spec = self.layers[j]
-        _, gw, _ = _conv_backward(
-            e, residual, self.weights[j], None, [1, 1], [spec.kernel_size // 2] * 2, [1, 1],
-            False, [0, 0], 1, [False, True, False],
-        )
-        return gw
+        return self._conv_weight_gradient(j, e, residual, self.weights[j], bias=False)[0]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -399,6 +441,16 @@ class FeedbackNetwork:
     def finite_members(self) -> Tensor:
         """Per member of a population: are all its forward parameters finite? (K,) bool."""
         return finite_rows(self.parameters())
+
+
+def _to_groups(t: Tensor) -> Tensor:
+    """A population's (K, batch, C, H, W) as one batch of K·C channels (K groups)."""
+    return t.transpose(0, 1).flatten(1, 2)
+
+
+def _from_groups(t: Tensor, k: int) -> Tensor:
+    """(batch, K·C, H, W) back to a population's (K, batch, C, H, W)."""
+    return t.unflatten(1, (k, -1)).transpose(0, 1).contiguous()
 
 
 def finite_rows(tensors: list[Tensor]) -> Tensor:

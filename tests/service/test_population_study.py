@@ -13,6 +13,7 @@ from service.records.optuna_trials import TUNE_TRIAL_ID
 from service.spec import StudySpec
 from service.trials import POPULATION_ATTR
 from tests.service.test_study import DIVERGING, TINY, _children, _optuna_trials, _stores, run_study
+from trainables.experiments import EXPERIMENTS
 
 
 def test_population_members_are_trials_with_their_own_records(ray_cluster, tmp_path):
@@ -89,12 +90,26 @@ def test_early_stopping_prunes_members_not_the_population(ray_cluster, tmp_path)
 
 @pytest.mark.parametrize("fields, where", [
     (dict(population=0), "population"), (dict(population="many"), "population"),
-    (dict(population=4, space="cifar10-cnn-backprop"), "convolutional"),
 ])
 def test_bad_population_names_the_field(fields, where, tmp_path):
     base = dict(space="mnist-fc-backprop", **_stores(tmp_path, "bad"))
     with pytest.raises(ValidationError, match=where):
         StudySpec(**{**base, **fields})
+
+
+def test_a_convolutional_population_is_sized_by_its_activations(tmp_path):
+    """The CIFAR-10 CNN stacks too (grouped convolutions); ``auto`` counts what a member's
+    feature maps hold: conv1's 32 × 32² units per image dominate, not its weights."""
+    from trainables.population import layer_units, member_bytes
+
+    spec = StudySpec(space="cifar10-cnn-backprop", population="auto", max_trials=5000,
+                     parallel_trials=1, resources={"gpu": 1}, **_stores(tmp_path, "cnn"))
+    cfg = spec.trial_config({})
+    layers = EXPERIMENTS.get("cifar10-cnn").build_layers()
+    assert layer_units(layers) == [32 * 32 * 32, 128 * 16 * 16, 256 * 8 * 8, 2048, 2048, 10]
+    per = member_bytes(cfg)
+    assert per > 4 * cfg.batch_size * 2 * 6 * 32 * 32 * 32
+    assert spec.members(per) == min(1024, (8 << 30) // per)
 
 
 def test_auto_population_fills_the_memory_it_is_given(tmp_path):

@@ -190,18 +190,45 @@ def test_members_must_share_the_structure():
         PopulationTrainer([a, b])
 
 
-def test_a_convolutional_network_is_refused_with_the_reason():
-    cfg = TrainConfig(experiment="cifar10-cnn", epochs=1)
-    with pytest.raises(ConfigError, match="linear layers"):
-        PopulationTrainer([cfg, cfg.model_copy(update={"lr": 0.01})],
-                          dataset=_tiny_cifar_like())
+#: The CIFAR-10 CNN (its real layers), a few small batches of random images.
+CONV = dict(experiment="cifar10-cnn", dataset="cifar10", batch_size=4, batches_per_epoch=2,
+            epochs=2, metrics_batch_size=4, max_test_samples=8)
+#: Its rules: direct ones (the paper's CIFAR-10 network), and layer-wise feedback learned
+#: through convolutions (the SGD solver's gradient of a convolution).
+#: (Each takes ~10 s here: two in the default run, the rest slow.)
+CONV_RULES = [
+    dict(rule="node_perturbation_direct", feedback_solver="lstsq"),
+    dict(rule="node_perturbation", feedback_solver="sgd"),
+    *(pytest.param(r, marks=pytest.mark.slow) for r in (
+        dict(rule="backprop"),
+        dict(rule="direct_feedback_alignment"),
+        dict(rule="node_perturbation_direct", feedback_solver="sgd", optimizer="adam"),
+        dict(rule="feedback_alignment", momentum=0.9))),
+]
 
 
-def _tiny_cifar_like():
+def _tiny_cifar_like(n_train: int = 8, n_test: int = 8):
     from trainables.data import Dataset
     g = torch.Generator().manual_seed(0)
-    return Dataset(name="cifar10", x_train=torch.randn(8, 3, 32, 32, generator=g),
-                   y_train=torch.randint(0, 10, (8,), generator=g),
-                   x_test=torch.randn(4, 3, 32, 32, generator=g),
-                   y_test=torch.randint(0, 10, (4,), generator=g), num_classes=10,
+    dtype = torch.get_default_dtype()
+    return Dataset(name="cifar10", x_train=torch.randn(n_train, 3, 32, 32, generator=g,
+                                                       dtype=dtype),
+                   y_train=torch.randint(0, 10, (n_train,), generator=g),
+                   x_test=torch.randn(n_test, 3, 32, 32, generator=g, dtype=dtype),
+                   y_test=torch.randint(0, 10, (n_test,), generator=g), num_classes=10,
                    input_shape=(3, 32, 32), description="random")
+
+
+@pytest.mark.parametrize("base", CONV_RULES, ids=lambda b: "-".join(str(v) for v in b.values()))
+def test_convolutional_members_equal_their_lone_runs_float64(base):
+    """Grouped convolutions: every member of a population of the CIFAR-10 CNN (members of
+    two training seeds: shared and own batches) is its lone run, weights and metrics."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        configs = [TrainConfig(**{**c.model_dump(), **CONV, "lr": c.lr / 20})
+                   for c in _member_configs(base, seeds=(0, 1, 0))]
+        solos, pop = _solo_and_population(configs, _tiny_cifar_like())
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert pop.net.weights[0].shape == (3, 32, 3, 3, 3)
+    _compare(solos, pop, 1e-10)

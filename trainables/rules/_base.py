@@ -185,7 +185,8 @@ class SGDSolver(FeedbackSolver):
     def update(self, j: int, B: Tensor, e: Tensor, target: Tensor, prediction: Tensor) -> None:
         residual = prediction - target.reshape(prediction.shape)
         grad = self.net.feedback_gradient(j, e, residual, None, self.direct)
-        scale = e.shape[-2] if self.batch_mean else 1
+        # the batch's size: dim 0 of a network's errors, dim 1 of a population's
+        scale = e.shape[0 if self.net.members is None else 1] if self.batch_mean else 1
         add_scaled_(B, grad, -self.feedback_lr / scale)
 
     def keep(self, index: Tensor) -> None:

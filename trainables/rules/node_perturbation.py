@@ -20,7 +20,6 @@ class NodePerturbation(RegressedFeedback):
     def targets(self, step: Step):
         diff = step.noisy_loss - step.loss
         scale = diff / per_member(self.settings.noise_std, diff)  # (L̃ − L)/c
-        # one trailing 1 per feature dimension of ξ (a population's layers are linear)
-        features = 1 if self.net.members is not None else None
-        return [None] + [xi * scale.reshape(scale.shape + (1,) * (features or xi.dim() - 1))
-                         for xi in step.fp.noise]
+        # one trailing 1 per dimension of a sample of h[i] (features, or C, H, W)
+        return [None] + [xi * scale.reshape(scale.shape + (1,) * len(self.net.hidden_shapes[i]))
+                         for i, xi in enumerate(step.fp.noise)]
