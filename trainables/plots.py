@@ -294,12 +294,13 @@ class CurveSheets:
     """The learning-curve and alignment figures of several runs of one experiment, drawn
     once and redrawn per run: what a population's members log (one figure each would
     cost ~0.2 s of layout and tick text per figure and member; here a member costs its
-    lines, legends and title).
+    lines and title, and the PNG's encoding).
 
     The figures look like ``learning_curves`` and ``alignment_curves`` of one run, with
-    the axes of every run in common (the runs' union of data sets the limits), so that
-    members of one population compare at a glance. Everything but the lines, legends and
-    title is drawn once (Agg's blitting: ``copy_from_bbox``/``restore_region``).
+    the axes of every run in common (the runs' union of data sets the limits, and the
+    legends' places), so that members of one population compare at a glance. Everything
+    but the lines and title is drawn once (Agg's blitting: ``copy_from_bbox`` and
+    ``restore_region``); the legends' pixels are laid back over each run's lines.
     """
 
     NAMES = ("learning_curves.png", "alignment.png")
@@ -320,11 +321,12 @@ class CurveSheets:
             for ax in fig.axes:  # the union's limits stay when the lines are redrawn
                 ax.get_xlim(), ax.get_ylim()  # (settles the limits autoscaling put off)
                 ax.set_autoscale_on(False)
-            for artist in (*lines, *legends, title):
+            for artist in (*lines, title):
                 artist.set_animated(True)  # left out of the background
             canvas = FigureCanvasAgg(fig)
-            canvas.draw()
-            self._sheets.append((name, fig, canvas, lines, legends, title,
+            canvas.draw()  # the legends' best places: against the union's lines
+            boxes = [canvas.copy_from_bbox(legend.get_window_extent()) for legend in legends]
+            self._sheets.append((name, fig, canvas, lines, boxes, title,
                                  canvas.copy_from_bbox(fig.bbox)))
 
     @property
@@ -345,8 +347,8 @@ class CurveSheets:
                 key = line.get_gid()
                 line.set_data(epochs, _series(history, key, _SCALES.get(key, 1.0)))
                 line.axes.draw_artist(line)
-            for legend in legends:
-                legend.axes.draw_artist(legend)
+            for box in legends:  # on top of the lines, as drawn
+                canvas.restore_region(box)
             heading.set_text(title or "")
             fig.draw_artist(heading)
             width, height = canvas.get_width_height()
