@@ -4,7 +4,8 @@ Every member has its own η, c, η_B, momentum, weight decay and training seed (
 ``MEMBER_FIELDS``); everything else (experiment, rule, optimizer, widths, batch size,
 epochs) is shared. The members' weights, feedback, solver and optimizer states are
 stacked along a leading member dimension, so one step of the population is one set of
-batched matrix products (``trainer.train_step``, the same code as one network's).
+batched matrix products and grouped convolutions (``trainer.train_step``, the same code
+as one network's; ``FeedbackNetwork`` holds the stacked layers).
 
 A member's numbers are those of training it alone: its weights and feedback start from
 its seed as a lone ``Trainer``'s would, it sees the same batches and the same noise

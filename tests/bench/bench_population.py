@@ -1,13 +1,16 @@
 """Populations measured: how exactly a member equals its lone run, and members per second.
 
     python -m tests.bench.bench_population [--device cpu|cuda] [--sizes 1,16,128,1024]
-                                           [--batches 50] [--no-exactness]
+                                           [--batches 50] [--no-exactness] [--no-conv]
 
 1. Exactness, per rule (the settings of ``tests/trainables/test_population.py``, 3
    members differing in η, c, η_B, momentum or weight decay, 3 epochs of mnist-5k): the
    largest relative difference between a member and its lone ``Trainer`` over every
    weight, feedback matrix and metric, in float64; in float32, the same for the weights
    and whether the test errors agree to three decimals.
+   The same for the CIFAR-10 CNN (grouped convolutions; 3 members of two training seeds,
+   2 epochs of 2 batches of 4 random images: the architecture's numbers, not CIFAR's),
+   every rule, float64 only.
 2. Throughput on ``--device``: member-steps per second of the paper's MNIST network
    (784-50-20-10, batch 32, node perturbation with least squares) trained as one
    population of K members, against the same K configurations trained one after another
@@ -24,9 +27,16 @@ import time
 
 import torch
 
-from tests.trainables.test_population import RULES, _member_configs
+from tests.trainables.test_population import (
+    CONV,
+    CONV_LR_DIVISOR,
+    RULES,
+    _member_configs,
+    _tiny_cifar_like,
+)
 from trainables.config import TrainConfig
 from trainables.data import load_dataset
+from trainables.errors import ConfigError
 from trainables.population import PopulationTrainer
 from trainables.trainer import Trainer
 
@@ -84,6 +94,31 @@ def exactness() -> None:
         print(f"{name:<44}{w64:>12.1e}{m64:>12.1e}{w32:>12.1e}{str(equal):>22}")
 
 
+def conv_exactness() -> None:
+    print(f"\n{'CIFAR-10 CNN, rule':<44}{'f64 weights':>12}{'f64 metrics':>12}")
+    for base in RULES:
+        torch.set_default_dtype(torch.float64)
+        try:
+            data = _tiny_cifar_like()
+            configs = [TrainConfig(**{**c.model_dump(), **CONV, "lr": c.lr / CONV_LR_DIVISOR})
+                       for c in _member_configs(base, seeds=(0, 1, 0))]
+            try:
+                solos = [Trainer(c, dataset=data) for c in configs]
+            except ConfigError as error:  # e.g. layer-wise least squares on convolutions
+                print(f"{'-'.join(str(v) for v in base.values()):<44}  not a CNN rule: "
+                      f"{error}")
+                continue
+            for s in solos:
+                s.fit()
+            pop = PopulationTrainer(configs, dataset=data)
+            pop.fit()
+            w64, m64 = _worst(solos, pop)
+        finally:
+            torch.set_default_dtype(torch.float32)
+        name = "-".join(str(v) for v in base.values())
+        print(f"{name:<44}{w64:>12.1e}{m64:>12.1e}", flush=True)
+
+
 def throughput(device: str, sizes: list[int], batches: int) -> None:
     data = load_dataset("mnist-5k")
     base = dict(experiment="mnist-fc", rule="node_perturbation", feedback_solver="lstsq",
@@ -130,10 +165,13 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,16,128,1024")
     ap.add_argument("--batches", type=int, default=50)
     ap.add_argument("--no-exactness", action="store_true")
+    ap.add_argument("--no-conv", action="store_true", help="leave out the CNN's exactness")
     args = ap.parse_args()
     torch.set_num_threads(1)  # as a trial holding one CPU
     if not args.no_exactness:
         exactness()
+        if not args.no_conv:
+            conv_exactness()
     throughput(args.device, [int(s) for s in args.sizes.split(",")], args.batches)
 
 

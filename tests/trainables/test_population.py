@@ -193,6 +193,9 @@ def test_members_must_share_the_structure():
 #: The CIFAR-10 CNN (its real layers), a few small batches of random images.
 CONV = dict(experiment="cifar10-cnn", dataset="cifar10", batch_size=4, batches_per_epoch=2,
             epochs=2, metrics_batch_size=4, max_test_samples=8)
+#: The members' η are the MLP's / this: larger ones make the CNN on random images explode
+#: (weights of 1e6 and more), where every rounding grows with the weights.
+CONV_LR_DIVISOR = 100
 #: Its rules: direct ones (the paper's CIFAR-10 network), and layer-wise feedback learned
 #: through convolutions (the SGD solver's gradient of a convolution).
 #: (Each takes ~10 s here: two in the default run, the rest slow.)
@@ -225,7 +228,7 @@ def test_convolutional_members_equal_their_lone_runs_float64(base):
     two training seeds: shared and own batches) is its lone run, weights and metrics."""
     torch.set_default_dtype(torch.float64)
     try:
-        configs = [TrainConfig(**{**c.model_dump(), **CONV, "lr": c.lr / 20})
+        configs = [TrainConfig(**{**c.model_dump(), **CONV, "lr": c.lr / CONV_LR_DIVISOR})
                    for c in _member_configs(base, seeds=(0, 1, 0))]
         solos, pop = _solo_and_population(configs, _tiny_cifar_like())
     finally:
