@@ -32,6 +32,7 @@ from tests.trainables.test_population import (
     CONV_LR_DIVISOR,
     RULES,
     _member_configs,
+    _solo_and_population,
     _tiny_cifar_like,
 )
 from trainables.config import TrainConfig
@@ -72,21 +73,10 @@ def exactness() -> None:
     for base in RULES:
         torch.set_default_dtype(torch.float64)
         try:
-            configs = _member_configs(base)
-            solos = [Trainer(c, dataset=data64) for c in configs]
-            for s in solos:
-                s.fit()
-            pop = PopulationTrainer(configs, dataset=data64)
-            pop.fit()
-            w64, m64 = _worst(solos, pop)
+            w64, m64 = _worst(*_solo_and_population(_member_configs(base), data64))
         finally:
             torch.set_default_dtype(torch.float32)
-        configs = _member_configs(base, max_test_samples=None)
-        solos = [Trainer(c, dataset=data) for c in configs]
-        for s in solos:
-            s.fit()
-        pop = PopulationTrainer(configs, dataset=data)
-        pop.fit()
+        solos, pop = _solo_and_population(_member_configs(base, max_test_samples=None), data)
         w32, _ = _worst(solos, pop)
         equal = all(round(pop.members[str(k)].history[-1]["test_error"], 3)
                     == round(s.history[-1]["test_error"], 3) for k, s in enumerate(solos))
@@ -103,16 +93,11 @@ def conv_exactness() -> None:
             configs = [TrainConfig(**{**c.model_dump(), **CONV, "lr": c.lr / CONV_LR_DIVISOR})
                        for c in _member_configs(base, seeds=(0, 1, 0))]
             try:
-                solos = [Trainer(c, dataset=data) for c in configs]
+                w64, m64 = _worst(*_solo_and_population(configs, data))
             except ConfigError as error:  # e.g. layer-wise least squares on convolutions
                 print(f"{'-'.join(str(v) for v in base.values()):<44}  not a CNN rule: "
                       f"{error}")
                 continue
-            for s in solos:
-                s.fit()
-            pop = PopulationTrainer(configs, dataset=data)
-            pop.fit()
-            w64, m64 = _worst(solos, pop)
         finally:
             torch.set_default_dtype(torch.float32)
         name = "-".join(str(v) for v in base.values())
