@@ -9,7 +9,7 @@
    weight, feedback matrix and metric, in float64; in float32, the same for the weights
    and whether the test errors agree to three decimals.
    The same for the CIFAR-10 CNN (grouped convolutions; 3 members of two training seeds,
-   2 epochs of 2 batches of 4 random images: the architecture's numbers, not CIFAR's),
+   2 epochs of 1 batch of 4 random images: the architecture's numbers, not CIFAR's),
    every rule, float64 only.
 2. Throughput on ``--device``: member-steps per second of the paper's MNIST network
    (784-50-20-10, batch 32, node perturbation with least squares) trained as one

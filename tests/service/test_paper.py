@@ -140,6 +140,7 @@ def report_mean(result, key):
     return result.studies[key].final["final/test_error_mean"]
 
 
+@pytest.mark.slow  # ~30 s: out of the default run (15-minute aim), CI runs it
 def test_fig2_has_losses_codes_and_reconstructions(ae_campaign, stores):
     result, report = ae_campaign
     assert set(report.figures) == {"fig2.png", "fig2_latent.png", "fig2_reconstructions.png"}
@@ -250,6 +251,7 @@ def test_protocol_arms_and_their_spaces():
             protocol_arms(*bad)
 
 
+@pytest.mark.slow  # ~30 s: out of the default run (15-minute aim), CI runs it
 def test_authors_protocol_campaign_reports_beside_their_numbers(ray_cluster, stores):
     result = run_campaign("mnist-autoencoder", protocol="authors", only=["np-50", "sg-50"],
                           seeds=2, epochs=2, batches_per_epoch=5, dataset="mnist-5k",

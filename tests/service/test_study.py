@@ -203,6 +203,7 @@ def test_asha_stopped_trials_are_pruned_not_complete(ray_cluster, tmp_path):
     assert result.counts["pruned"] == len(pruned)
 
 
+@pytest.mark.slow  # ~30 s: out of the default run (15-minute aim), CI runs it
 def test_same_seed_same_configurations(ray_cluster, tmp_path):
     def sequence(name, seed):
         spec = StudySpec(space="mnist-fc-node-perturbation", max_trials=3, seed=seed,
@@ -253,6 +254,7 @@ def _count_trials(db: Path, where: str = "1") -> int:
         return 0
 
 
+@pytest.mark.slow  # ~30 s: out of the default run (15-minute aim), CI runs it
 def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path, credit_home):
     stores = _stores(tmp_path, "resumed")
     args = [sys.executable, "-m", "service.cli", "search", "--space", "mnist-fc-backprop",

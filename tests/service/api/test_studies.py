@@ -243,6 +243,7 @@ def _cancel_all(client: httpx.Client, ids: list[str]) -> list[httpx.Response]:
         return list(pool.map(lambda i: client.post(f"/studies/{i}/cancel"), ids))
 
 
+@pytest.mark.slow  # ~30 s: out of the default run (15-minute aim), CI runs it
 def test_twenty_parallel_submissions_store_twenty_studies(queue_api, ray_jobs):
     names = [f"parallel-{i:02d}" for i in range(20)]
     before = {j.submission_id for j in ray_jobs.list()}
