@@ -5,9 +5,11 @@ after its scripts ran, or take a screenshot; or drive one over real time (``Brow
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -69,7 +71,7 @@ class Browser:
              "--remote-debugging-pipe", f"--user-data-dir={self.profile.name}",
              f"--window-size={width},{height}", "about:blank"],
             preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+            stderr=subprocess.DEVNULL, start_new_session=True)  # its helpers: one group
         os.close(to_chrome)
         os.close(from_chrome)
         self._next, self._buffer = 0, b""
@@ -125,15 +127,30 @@ class Browser:
         return out
 
     def close(self) -> None:
-        self.proc.terminate()
+        """Chromium closes itself (its helper processes end, its profile is flushed);
+        whatever of its process group is left is killed; then its profile is removed
+        (a helper that was still writing there made that fail once)."""
+        try:
+            self.call("Browser.close")
+        except (AssertionError, OSError):  # it closed the pipe before answering
+            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
         for fd in (self._in, self._out):
             os.close(fd)
-        self.profile.cleanup()
+        for attempt in range(20):
+            try:
+                self.profile.cleanup()
+                return
+            except OSError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.25)
 
     def __enter__(self) -> Browser:
         return self
