@@ -132,9 +132,12 @@ def test_compare_names_the_field_of_bad_ids(api, two_studies) -> None:
 
 @pytest.mark.slow
 def test_running_study_page_updates_without_reload(api, tmp_path) -> None:
+    # trials of a few seconds each (TINY's take ~1 s: the study could end between the
+    # page's 2-second refreshes, or before the page first showed it)
     with api.client() as c:
-        r = c.post("/studies", json={"name": "page-live", "space": SPACE, "max_trials": 4,
-                                     "parallel_trials": 1, **TINY})
+        r = c.post("/studies", json={"name": "page-live", "space": SPACE, "max_trials": 6,
+                                     "parallel_trials": 1,
+                                     **{**TINY, "epochs": 4, "batches_per_epoch": 40}})
         assert r.status_code == 201, r.text
         wait_status(c, "page-live", ("RUNNING",), timeout_s=200)
         with Browser(1280, 1300) as b:
@@ -144,7 +147,7 @@ def test_running_study_page_updates_without_reload(api, tmp_path) -> None:
             first = int(b.js("document.getElementById('n-complete').textContent"))
             later = int(b.wait_for(f"""(() => {{
                 const n = Number(document.getElementById('n-complete').textContent);
-                return n > {first} && n < 4 ? n : 0; }})()""", timeout_s=300, every_s=0.2))
+                return n > {first} && n < 6 ? n : 0; }})()""", timeout_s=300, every_s=0.2))
             b.screenshot(shots(tmp_path) / "credit-study-live.png")
             middle = b.js("""({status: document.getElementById('study').dataset.status,
               live: document.querySelector('[data-refresh]') !== null,
@@ -160,7 +163,7 @@ def test_running_study_page_updates_without_reload(api, tmp_path) -> None:
     assert middle == {"status": "RUNNING", "live": True, "points": later,
                       "probe": "same page"}, middle
     assert later > first and after["probe"] == "same page" and loads >= 3
-    assert after["loads"] == loads and after["points"] == 4
+    assert after["loads"] == loads and after["points"] == 6
 
 
 @pytest.mark.slow
