@@ -12,6 +12,7 @@ a fraction, and ``<family>/<layer>`` alignment metrics). Missing values and ``No
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -21,9 +22,11 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 History = Sequence[Mapping[str, float | None]]
 
@@ -275,14 +278,26 @@ def trial_figures(
     title: str | None = None,
 ) -> dict[str, Figure]:
     """The figures of one trial, keyed by file name; the autoencoder's when given its data."""
-    figures = {
-        "learning_curves.png": learning_curves(history, title),
-        "alignment.png": alignment_curves(history, title),
-    }
+    return {"learning_curves.png": learning_curves(history, title),
+            "alignment.png": alignment_curves(history, title),
+            **autoencoder_figures(codes=codes, labels=labels, originals=originals,
+                                  recon=recon, title=title)}
+
+
+def autoencoder_figures(
+    *,
+    codes: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    originals: np.ndarray | None = None,
+    recon: np.ndarray | None = None,
+    title: str | None = None,
+) -> dict[str, Figure]:
+    """The autoencoder's figures of a trial, keyed by file name, for the data given."""
     if (codes is None) != (labels is None):
         raise ValueError("codes and labels go together")
     if (originals is None) != (recon is None):
         raise ValueError("originals and recon go together")
+    figures = {}
     if codes is not None:
         figures["latent.png"] = latent_scatter(codes, labels, title)
     if originals is not None:
@@ -306,8 +321,6 @@ class CurveSheets:
     NAMES = ("learning_curves.png", "alignment.png")
 
     def __init__(self, histories: Sequence[History], dpi: int = DPI):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
         union = [record for history in histories for record in history]
         n_points = max((len(h) for h in histories), default=0)
         self.dpi = dpi
@@ -335,10 +348,6 @@ class CurveSheets:
 
     def render(self, history: History, title: str | None = None) -> dict[str, bytes]:
         """The PNGs of one run, by file name (as ``trial_figures`` names them)."""
-        import io
-
-        from PIL import Image
-
         epochs = _epochs(history)
         out = {}
         for name, fig, canvas, lines, legends, heading, background in self._sheets:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from trainables import plots
 from trainables.config import TrainConfig
 from trainables.data import Dataset
 from trainables.errors import ConfigError, DivergenceError
@@ -294,8 +295,6 @@ class PopulationTrainer:
     def curve_sheets(self):
         """The learning-curve and alignment figures of the members (``plots.CurveSheets``,
         axes in common), built once for every member that plots at this point."""
-        from trainables import plots
-
         histories = [m.history for m in self.members.values() if m.history]
         key = sum(map(len, histories))
         if self._sheets is None or self._sheets[0] != key:
@@ -417,7 +416,6 @@ def member_bytes(config: TrainConfig) -> int:
     params = sum(math.prod(s.weight_shape) + s.out_size for s in layers)
     states = 4 + (2 if config.optimizer == "adam" else 1)  # W, B, grad, ΔW; m, v or velocity
     units = layer_units(layers)
-    # a lone layer-wise solver keeps (out × out); a direct one (outputs × outputs) per layer
     solver = sum(s.out_size ** 2 for s in layers) if config.feedback_solver == "lstsq" else 0
     activations = config.batch_size * 2 * sum(units) * 6
     return 4 * (params * states + 2 * solver + activations)

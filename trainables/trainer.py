@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from trainables import metrics as M
+from trainables import plots
 from trainables.config import TrainConfig
 from trainables.data import Dataset, load_dataset
 from trainables.errors import ConfigError, DivergenceError
@@ -344,8 +345,6 @@ class Trainer:
 
     def curve_sheets(self):
         """The renderer of its learning-curve and alignment figures (``plots.CurveSheets``)."""
-        from trainables import plots
-
         return plots.CurveSheets([self.history])
 
     @torch.no_grad()

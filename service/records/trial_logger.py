@@ -188,10 +188,7 @@ class MlflowTrialLogger(Callback):
             for name, png in curves.items():
                 (Path(tmp) / name).write_bytes(png)
             if extra:
-                plots.save_figures({
-                    "latent.png": plots.latent_scatter(extra["codes"], extra["labels"], title),
-                    "reconstructions.png": plots.reconstructions(
-                        extra["originals"], extra["recon"], title)}, tmp)
+                plots.save_figures(plots.autoencoder_figures(**extra, title=title), tmp)
                 np.savez_compressed(Path(tmp) / "autoencoder.npz", **extra)
             self.client.log_artifacts(self.run_id, tmp, artifact_path="plots")
 
