@@ -14,8 +14,10 @@ from pathlib import Path
 
 DEFAULT_HOME = "~/.credit"
 
-#: Environment variables that hold the API's secrets: never handed to a child process.
-SECRET_VARS = ("CREDIT_API_TOKENS",)
+#: Environment variables that hold the API's secrets: never handed to a child process
+#: (one that needs MLflow's account, the Ray head, gets it by name).
+SECRET_VARS = ("CREDIT_API_TOKENS", "CREDIT_MLFLOW_PASSWORD", "MLFLOW_TRACKING_PASSWORD",
+               "MLFLOW_AUTH_ADMIN_PASSWORD")
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ request model and the runner all derive from it.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -85,9 +85,10 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     cpu: float = Field(1.0, gt=0, le=256, description="CPUs per trial")
     gpu: float = Field(0.0, ge=0, le=16, description="GPUs per trial, may be fractional")
-    custom: dict[str, float] = Field(
+    custom: dict[str, Annotated[float, Field(gt=0, le=1e9)]] = Field(
         default_factory=dict,
-        description="custom Ray resources per trial, e.g. {\"worker_host\": 1} to pin trials")
+        description="custom Ray resources per trial, each > 0, e.g. {\"worker_host\": 1} "
+                    "to pin trials")
 
     def ray(self) -> dict[str, float]:
         return {"cpu": self.cpu, "gpu": self.gpu, **self.custom}

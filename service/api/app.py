@@ -34,6 +34,7 @@ from service.api.redaction import redact_access_log
 from service.api.routes import catalog, docs, export, health, pages
 from service.api.routes import studies as study_routes
 from service.api.services import Services
+from service.records import tracking
 
 log = logging.getLogger("credit.api")
 
@@ -48,6 +49,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     settings.check_startable()  # tokens, or an explicit insecure
     redact_access_log()
+    if settings.mlflow_password is not None:  # MLflow asks who is there: the service's account
+        tracking.use_account(settings.mlflow_username,
+                             settings.mlflow_password.get_secret_value())
     services = Services.from_settings(settings)
     monitor = HealthMonitor(services)
 

@@ -20,6 +20,9 @@ from service import settings as defaults
 from service.api.docs_assets import ASSET_PATHS
 from service.api.principals import Principal, principals_of
 
+#: MLflow's basic-auth app refuses shorter passwords.
+MIN_MLFLOW_PASSWORD = 12
+
 #: Paths anyone may call without a token: the page shells (no data: they fetch it with
 #: the token), the probes, the docs.
 OPEN_PATHS = ("/", "/ui/compare", "/healthz", "/livez", "/readyz", "/docs",
@@ -74,7 +77,23 @@ class ApiSettings(BaseSettings):
         None, description="S3-compatible server for s3:// storage (CREDIT_S3_ENDPOINT)")
 
     max_trials_per_study: int = Field(1000, ge=1, le=10_000)
-    max_concurrent_studies: int = Field(4, ge=1, le=1000)
+    max_concurrent_studies: int = Field(
+        4, ge=1, le=1000, description="studies running at once on this server (more wait "
+                                      "QUEUED, started fairly between owners)")
+    max_running_per_owner: int | None = Field(
+        None, ge=1, le=1000, description="studies one owner may run at once (default: the "
+                                         "server's limit); the rest of theirs wait QUEUED")
+    max_queued_per_owner: int = Field(
+        50, ge=0, le=100_000, description="QUEUED studies one owner may have; one more is "
+                                          "answered 429")
+    mlflow_username: str = Field(
+        "credit-service", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="the service's own MLflow account (an MLflow admin): it writes every "
+                    "run where MLflow asks who is there")
+    mlflow_password: SecretStr | None = Field(
+        None, description="that account's password (CREDIT_MLFLOW_PASSWORD): set, MLflow "
+                          "runs its basic-auth app, each named owner is an MLflow user "
+                          "(password: their API token) who reads only their studies")
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     sync_interval_s: float = Field(2.0, gt=0, le=60)
     health_interval_s: float = Field(
@@ -99,6 +118,22 @@ class ApiSettings(BaseSettings):
     def _check_principals(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
         principals_of([t.get_secret_value() for t in value])  # ValueError if malformed
         return value
+
+    @model_validator(mode="after")
+    def _check_mlflow_accounts(self) -> ApiSettings:
+        if self.mlflow_password is None:
+            return self
+        if len(self.mlflow_password.get_secret_value()) < MIN_MLFLOW_PASSWORD:
+            raise ValueError(f"CREDIT_MLFLOW_PASSWORD must be at least {MIN_MLFLOW_PASSWORD} "
+                             "characters (MLflow's rule for passwords)")
+        for token, principal in self.principals.items():
+            if principal.name == self.mlflow_username:
+                raise ValueError(f"owner {principal.name!r} has the name of the service's "
+                                 "MLflow account (CREDIT_MLFLOW_USERNAME): rename one")
+            if principal.name and len(token) < MIN_MLFLOW_PASSWORD:
+                raise ValueError(f"owner {principal.name!r}'s token is their MLflow password: "
+                                 f"it must be at least {MIN_MLFLOW_PASSWORD} characters")
+        return self
 
     @field_validator("home", mode="after")
     @classmethod
@@ -130,6 +165,20 @@ class ApiSettings(BaseSettings):
     def principals(self) -> dict[str, Principal]:
         """Token → ``Principal`` (``service.api.principals``)."""
         return principals_of([t.get_secret_value() for t in self.api_tokens])
+
+    @property
+    def owners(self) -> dict[str, tuple[str, bool]]:
+        """Named owner → (token, admin); unnamed tokens are no one's."""
+        return {p.name: (token, p.admin) for token, p in self.principals.items() if p.name}
+
+    @property
+    def mlflow_auth(self) -> bool:
+        """Whether MLflow asks who is there (the service holds an MLflow account)."""
+        return self.mlflow_password is not None
+
+    @property
+    def running_per_owner(self) -> int:
+        return self.max_running_per_owner or self.max_concurrent_studies
 
     def job_env(self) -> dict[str, str]:
         """Environment of a study's driver (and its trials) on the cluster."""

@@ -13,6 +13,7 @@ import logging
 import uuid
 from typing import Any
 
+from service.api import queue
 from service.api.errors import (
     BackendUnavailable,
     NameTaken,
@@ -27,7 +28,7 @@ from service.api.services import Services
 from service.api.sync import CANCEL_REQUESTED, end_study, ensure_trials, sync_study
 from service.api.validation import build_spec
 from service.jobs import JOB_ENDED, JobError, JobNotFound
-from service.records import db, study_runs
+from service.records import db, mlflow_access, study_runs
 from service.records.db import StudyRecord
 from service.records.warm_start import warm_trials
 from service.spec import StudyProblems, StudySpec
@@ -37,37 +38,48 @@ log = logging.getLogger("credit.api")
 
 
 # ------------------------------------------------------------------------ submit
-def _name_used_outside(svc: Services, name: str) -> str | None:
-    """Where ``name`` is already used by a study the service did not start, if anywhere."""
+def _name_used_outside(svc: Services, spec: StudySpec) -> str | None:
+    """Where the study's name is already used by a study the service did not start, if
+    anywhere."""
     try:
-        svc.optuna_storage().get_study_id_from_name(name)
+        svc.optuna_storage().get_study_id_from_name(spec.name)
         return "Optuna storage"
     except KeyError:
         pass
     uri = svc.settings.mlflow_tracking_uri
     try:
-        if study_runs.find_study_run(uri, svc.settings.experiment_name, name) is not None:
+        if study_runs.find_study_run(uri, spec.experiment_name, spec.name) is not None:
             return "MLflow"
     except Exception as error:  # MLflow down: the runner would fail; say so now
         raise BackendUnavailable(f"MLflow ({uri}) unreachable: {error}") from None
     return None
 
 
-def room_problem(svc: Services) -> str | None:
-    """Why no study may be submitted now (the server runs its limit), or None: one count
-    of the database, so it can run before anything else (``middleware.StudyLimit``)."""
-    limit = svc.settings.max_concurrent_studies
+def room_problem(svc: Services, principal: Principal = ANYONE) -> str | None:
+    """Why ``principal`` may not submit a study now, or None: they have as many studies
+    QUEUED as one owner may (``max_queued_per_owner``) and a new one would wait too. A
+    few counts of the database, so it can run before anything else
+    (``middleware.StudyLimit``)."""
+    settings = svc.settings
+    owner = principal.name
     with svc.db.session() as session:
-        active = db.count_active(session)
-    if active >= limit:
-        return (f"{active} studies are pending or running; this server runs at most "
-                f"{limit} at once: retry when one has ended")
-    return None
+        queued = db.count_queued(session, owner)
+        if queued < settings.max_queued_per_owner:
+            return None
+        running = db.active_by_owner(session)
+        waiting = bool(db.queued_studies(session))
+    if not waiting and sum(running.values()) < settings.max_concurrent_studies and \
+            running.get(owner, 0) < settings.running_per_owner:
+        return None  # it would start at once
+    who = f"owner {owner!r}" if owner else "the studies of no owner"
+    return (f"{who} has {queued} studies queued, the most one owner may queue "
+            f"(CREDIT_MAX_QUEUED_PER_OWNER={settings.max_queued_per_owner}): retry when "
+            "one of them has started")
 
 
-def _check_room(svc: Services) -> None:
-    """``TooManyStudies`` if the server already runs its limit of studies."""
-    problem = room_problem(svc)
+def _check_room(svc: Services, principal: Principal) -> None:
+    """``TooManyStudies`` if ``principal``'s queue is full (``room_problem``)."""
+    problem = room_problem(svc, principal)
     if problem is not None:
         raise TooManyStudies(problem)
 
@@ -92,48 +104,66 @@ def _with_warm_start(svc: Services, spec: StudySpec, principal: Principal) -> St
     return spec
 
 
-def submit_study(svc: Services, body: Any, principal: Principal = ANYONE) -> StudyRecord:
-    """Validate, store and start a study as a Ray job; a rejected one leaves nothing.
+def _owners_experiment(svc: Services, spec: StudySpec, principal: Principal) -> StudySpec:
+    """``spec`` writing to its owner's MLflow experiment; where MLflow asks who is there,
+    that experiment made now, readable by its owner, before any run is written."""
+    settings = svc.settings
+    spec = spec.model_copy(update={"experiment_name": mlflow_access.owner_experiment(
+        settings.experiment_name, principal.name)})
+    if settings.mlflow_auth and principal.name:
+        try:
+            mlflow_access.open_owner_experiment(settings.mlflow_tracking_uri,
+                                                settings.experiment_name, principal.name)
+        except Exception as error:
+            raise BackendUnavailable(f"MLflow ({settings.mlflow_tracking_uri}) did not give "
+                                     f"owner {principal.name!r} their experiment: "
+                                     f"{error}") from None
+    return spec
 
-    The limit is checked first, before any expensive validation (MLflow and Optuna
-    lookups), and again under the lock when the row is written. The row is written
-    first (its UNIQUE name settles races between parallel submissions), then the job is
-    submitted; if Ray refuses, the row is deleted again, so a failed submission leaves
-    neither a row nor a job. The study belongs to ``principal``.
+
+def submit_study(svc: Services, body: Any, principal: Principal = ANYONE) -> StudyRecord:
+    """Validate and store a study, and start it as a Ray job if the fair queue lets it
+    start now (else it waits QUEUED: ``service.api.queue``); a rejected one leaves
+    nothing.
+
+    The owner's queue is checked first, before any expensive validation (MLflow and
+    Optuna lookups), and again under the lock when the row is written. The row is written
+    first (its UNIQUE name settles races between parallel submissions); if Ray refuses
+    the job of a study started at once, the row is deleted again, so a failed submission
+    leaves neither a row nor a job. The study belongs to ``principal``.
     """
-    _check_room(svc)
+    _check_room(svc, principal)
     spec = _with_warm_start(svc, build_spec(svc, body), principal)
-    where = _name_used_outside(svc, spec.name)
+    spec = _owners_experiment(svc, spec, principal)
+    where = _name_used_outside(svc, spec)
     if where is not None:
         raise NameTaken(f"study name {spec.name!r} is taken (by a study in {where})")
     study_id = str(uuid.uuid4())
-    record = StudyRecord(id=study_id, name=spec.name, status=db.PENDING,
+    record = StudyRecord(id=study_id, name=spec.name, status=db.QUEUED,
                          spec=json.loads(spec.model_dump_json()),
-                         job_id=f"credit-{spec.name}-{study_id[:8]}", message="",
+                         job_id=f"credit-{spec.name}-{study_id[:8]}",
+                         message=queue.waiting_reason(svc, principal.name),
                          owner=principal.name)
-    limit = svc.settings.max_concurrent_studies
     with svc.submit_lock, svc.db.session() as session:
-        active = db.count_active(session)
-        if active >= limit:
-            raise TooManyStudies(f"{active} studies are pending or running; this server runs "
-                                 f"at most {limit} at once: retry when one has ended")
+        problem = room_problem(svc, principal)
+        if problem is not None:
+            raise TooManyStudies(problem)
         try:
             db.create_study(session, record)
         except db.NameTaken:
             raise NameTaken(f"study name {spec.name!r} is taken") from None
     try:
-        svc.jobs.submit(record.job_id, spec.model_dump_json(), svc.settings.job_env(),
-                        metadata={"credit.study": spec.name, "credit.study_id": study_id},
-                        entrypoint_resources=svc.settings.job_entrypoint_resources)
+        queue.start_next(svc, keep=study_id)
     except JobError as error:
-        try:  # Ray may have taken the job before the answer was lost: stop it
+        try:  # Ray may have taken the job before the answer was lost
             svc.jobs.stop(record.job_id)
         except JobError:
             pass
         with svc.db.session() as session:
             db.delete_study(session, study_id)
         raise BackendUnavailable(f"the study was not started: {error}") from None
-    log.info("study %s (%s) submitted as Ray job %s", spec.name, study_id, record.job_id)
+    record = get_study(svc, study_id)
+    log.info("study %s (%s) submitted: %s", spec.name, study_id, record.status)
     return record
 
 
@@ -151,6 +181,13 @@ def cancel_study(svc: Services, ref: str, reason: str = "cancelled",
     record = get_study(svc, ref, principal)
     if not record.active:
         raise StudyStateConflict(f"study {record.name!r} has ended already ({record.status})")
+    if record.status == db.QUEUED:
+        with svc.db.session() as session:
+            if db.update_queued(session, record.id, status=db.CANCELLED,
+                                message=f"{reason} while queued (it never started)"):
+                log.info("queued study %s cancelled", record.name)
+                return get_study(svc, record.id), True
+        record = get_study(svc, record.id)  # it started meanwhile: stop it as any other
     info = None
     if record.job_id:
         try:
@@ -178,9 +215,10 @@ def cancel_study(svc: Services, ref: str, reason: str = "cancelled",
 
 
 def cancel_active(svc: Services, reason: str) -> int:
-    """Cancel every PENDING or RUNNING study (the local stack is going down)."""
+    """Cancel every study that has not ended (the local stack is going down): the queued
+    ones first, so that none starts while the running ones stop."""
     with svc.db.session() as session:
-        records = db.active_studies(session)
+        records = db.queued_studies(session) + db.active_studies(session)
     for record in records:
         try:
             cancel_study(svc, record.id, reason)

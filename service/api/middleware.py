@@ -97,11 +97,12 @@ class TokenAuth:
 
 
 class StudyLimit:
-    """429 for ``POST /studies`` while the server runs its limit of studies, before the
-    body is read or validated: one count of the database, in the event loop, so a
-    flood of submissions at the limit is answered at once (no worker thread, no
-    validation, no MLflow or Optuna lookup). The submission checks again, under its
-    lock, when it stores the study. The database down: 503 naming it, as a route's."""
+    """429 for ``POST /studies`` while the caller has as many studies queued as one owner
+    may (``lifecycle.room_problem``), before the body is read or validated: a few counts
+    of the database, in the event loop, so a flood of submissions at the cap is answered
+    at once (no worker thread, no validation, no MLflow or Optuna lookup). The submission
+    checks again, under its lock, when it stores the study. The database down: 503
+    naming it, as a route's."""
 
     def __init__(self, app: ASGIApp, services: Services):
         self.app = app
@@ -111,7 +112,8 @@ class StudyLimit:
         if scope["type"] == "http" and scope["method"] == "POST" and \
                 scope["path"].rstrip("/") == "/studies":
             try:
-                problem = lifecycle.room_problem(self.services)
+                principal = scope.get("state", {}).get("principal", ANYONE)
+                problem = lifecycle.room_problem(self.services, principal)
             except Exception as error:
                 if not database_down(error):
                     raise

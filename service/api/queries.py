@@ -53,10 +53,12 @@ def public_spec(record: StudyRecord) -> dict[str, Any]:
     return {k: v for k, v in record.spec.items() if k in CREATE_FIELDS}
 
 
-def optuna_link(svc: Services, name: str) -> str | None:
-    """The study's page in the service's optuna-dashboard, if it has one."""
+def optuna_link(svc: Services, name: str, principal: Principal = ANYONE) -> str | None:
+    """The study's page in the service's optuna-dashboard, if it has one and
+    ``principal`` may open it: where the API has named owners the dashboard (every
+    owner's studies, and a delete button) is for admins only."""
     base = svc.settings.optuna_dashboard_url
-    if not base:
+    if not base or (svc.settings.owners and not principal.admin):
         return None
     try:
         return optuna_study(base, svc.optuna_storage().get_study_id_from_name(name))

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model,
 from service.spec import SERVER_FIELDS, STUDY_NAME, StudySpec
 from service.trials import COUNT_KEYS
 
-StudyStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
+StudyStatus = Literal["QUEUED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
 
 _EXAMPLE = {
     "name": "np-mnist-5k",
@@ -90,10 +90,15 @@ class StudyPublic(BaseModel):
 
     id: str
     name: str
-    status: StudyStatus
+    status: StudyStatus = Field(
+        description="QUEUED (waiting for a free slot of the server, see `queue_position`), "
+                    "PENDING, RUNNING, then SUCCEEDED, FAILED or CANCELLED")
+    queue_position: int | None = Field(
+        None, ge=1, description="while QUEUED, its place in the server's fair queue (1: "
+                                "it starts next); null otherwise")
     message: str = Field(
         "", description="why the study ended as it did, a pending cancel, or, while it "
-                        "runs, why it waits (\"waiting for resources: ...\")")
+                        "waits, why (\"queued: ...\", \"waiting for resources: ...\")")
     space: str
     sampler: str
     objective: dict[str, str] = Field(

@@ -3,6 +3,7 @@ Ray Jobs client, the Optuna and MLflow stores), made once per app."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,9 +11,11 @@ from typing import Any
 
 from service.api.config import ApiSettings
 from service.jobs import NodeResources, RayJobs
-from service.records import db, links, tracking
+from service.records import db, links, mlflow_access, tracking
 from service.records.optuna_trials import open_storage
 from service.spec import StudySpec
+
+log = logging.getLogger("credit.api")
 
 #: How many studies' parsed specs ``Services.spec_of`` keeps.
 MAX_SPECS = 1024
@@ -32,6 +35,7 @@ class Services:
     _nodes: tuple[float, list[NodeResources]] | None = None
     _specs: dict[str, StudySpec] = field(default_factory=dict)
     _specs_lock: threading.Lock = field(default_factory=threading.Lock)
+    _mlflow_users_synced: bool = False
 
     @classmethod
     def from_settings(cls, settings: ApiSettings) -> Services:
@@ -52,6 +56,23 @@ class Services:
             # the artifact root the runner gives a local store (CREDIT_HOME/mlartifacts)
             tracking.ensure_experiment(uri, self.settings.experiment_name,
                                        (self.settings.home / "mlartifacts").as_uri())
+        try:
+            self.sync_mlflow_users()
+        except Exception as error:  # MLflow down: the sync loop tries again
+            log.warning("MLflow's users not brought in step yet (tried again): %s", error)
+
+    def sync_mlflow_users(self) -> None:
+        """Where MLflow asks who is there, once per process: each named owner an MLflow
+        user whose password is their token (``mlflow_access.sync_users``), owners whose
+        token is gone locked out."""
+        if not self.settings.mlflow_auth or self._mlflow_users_synced:
+            return
+        with self.db.session() as session:
+            former = db.owners(session)
+        mlflow_access.sync_users(self.settings.mlflow_tracking_uri, self.settings.owners,
+                                 former)
+        self._mlflow_users_synced = True
+        log.info("MLflow users in step with the API's %d owners", len(self.settings.owners))
 
     def optuna_storage(self):
         with self._storage_lock:

@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from service.api import queue
 from service.api.queries import aware, find_parent, read_records
 from service.api.services import Services
 from service.api.trial_sync import FINISHED, sync_trials
@@ -113,7 +114,9 @@ def end_study(svc: Services, record: StudyRecord, fields: dict[str, Any],
     for key, value in _reads(svc, record).items():
         fields.setdefault(key, value)  # the runner's own result (best_value) comes first
     with svc.db.session() as session:
-        db.update_active(session, record.id, **fields)
+        ended = db.update_active(session, record.id, **fields)
+    if ended:
+        queue.start_next(svc)  # its slot is free: the next queued study starts now
 
 
 def close_pending(svc: Services) -> int:
@@ -171,6 +174,10 @@ def _load_result(svc: Services, record: StudyRecord) -> dict[str, Any] | None:
 def sync_active(svc: Services) -> int:
     """Bring every PENDING/RUNNING study's row up to date, then close the records of
     ended studies that MLflow could not take before; how many studies were looked at."""
+    try:
+        svc.sync_mlflow_users()  # once; until it could (MLflow was down at the start)
+    except Exception as error:
+        log.warning("MLflow's users not brought in step yet: %s", error)
     with svc.db.session() as session:
         records = db.active_studies(session)
     for record in records:
@@ -182,6 +189,7 @@ def sync_active(svc: Services) -> int:
         close_pending(svc)
     except Exception as error:
         log.warning("closing pending records failed: %s", error)
+    queue.start_next(svc)  # slots freed otherwise (a limit raised at a restart)
     return len(records)
 
 
@@ -193,6 +201,8 @@ def sync_study(svc: Services, record: StudyRecord) -> None:
         info = None
     except JobError:
         return  # the cluster is unreachable: try again next round
+    if info is None and queue.submit_missing(svc, record):
+        return  # taken from the queue, its job never submitted (the API died): now it is
     record = with_parent(svc, record)
     fields: dict[str, Any] = {"experiment_id": record.experiment_id,
                               "parent_run_id": record.parent_run_id}

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from service.commands.options import UsageError, add_study_options, study_fields
-from service.commands.study_text import format_best, format_pareto, format_study, number
+from service.commands.study_text import format_best, format_pareto, format_study, number, status
 from service.local.discovery import home_dir, read_server, server_file
 from trainables.errors import CreditError
 
@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ls = command("list", "list studies, newest first", list_studies)
     ls.add_argument("--status", action="append",
-                    help="only this status (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)")
+                    help="only this status (QUEUED, PENDING, RUNNING, SUCCEEDED, FAILED, "
+                         "CANCELLED)")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (50)")
     ls.add_argument("--offset", type=int, default=0, help="skip this many (0)")
     ls.add_argument("--json", action="store_true", help="the raw JSON answer")
@@ -234,7 +235,7 @@ def study_body(args: argparse.Namespace) -> dict[str, Any]:
 def submit(args: argparse.Namespace) -> int:
     client = _client(args)
     study = client.call("POST", "/studies", json=study_body(args))
-    print(f"submitted study {study['name']} (id {study['id']}): {study['status']}")
+    print(f"submitted study {study['name']} (id {study['id']}): {status(study)}")
     print(f"  {client.url}{study['links']['self']}")
     if args.wait:
         return _wait(client, study["id"], 2.0, None)
@@ -255,7 +256,7 @@ def list_studies(args: argparse.Namespace) -> int:
         c = s["counts"]
         done = c["complete"] + c["failed"] + c["pruned"]
         best = "-" if s["best"] is None else f"{s['best']['value']:.4g}"
-        rows.append((s["id"][:8], s["name"], s["status"], f"{done}/{s['max_trials']}",
+        rows.append((s["id"][:8], s["name"], status(s), f"{done}/{s['max_trials']}",
                      best, s["created_at"][:19].replace("T", " ")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -312,8 +313,9 @@ def _wait(client: Client, ref: str, interval: float, timeout: float | None) -> i
             seeds = study["spec"].get("final_seeds") or 0
             doing = (f"final evaluation of the best ({seeds} seeds)"
                      if study["status"] == "RUNNING" and seeds and bar.n >= bar.total
+                     else "waiting for a free slot" if study["status"] == "QUEUED"
                      else f"{c['running']} running")
-            bar.set_postfix_str(f"{study['status']} · {doing} · "
+            bar.set_postfix_str(f"{status(study)} · {doing} · "
                                 f"best {study['objective']['metric']} {best_text}")
             if study["status"] in STUDY_ENDED:
                 break

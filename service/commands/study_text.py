@@ -9,7 +9,7 @@ def format_study(s: dict[str, Any], base_url: str) -> str:
     c = s["counts"]
     obj = s["objective"]
     goals = ", ".join(f"{o['mode']} {o['metric']}" for o in s.get("objectives") or [obj])
-    lines = [f"study {s['name']} ({s['id']}): {s['status']}"
+    lines = [f"study {s['name']} ({s['id']}): {status(s)}"
              + (f" — {s['message']}" if s["message"] else ""),
              f"  space {s['space']}, sampler {s['sampler']}, objective "
              f"{goals}, {s['max_trials']} trials, {s['parallel_trials']} at once",
@@ -23,6 +23,12 @@ def format_study(s: dict[str, Any], base_url: str) -> str:
     if s["links"].get("optuna"):
         lines.append(f"  Optuna: {s['links']['optuna']}")
     return "\n".join(lines)
+
+
+def status(s: dict[str, Any]) -> str:
+    """The study's status, with its place while it is queued (``QUEUED #2``)."""
+    place = s.get("queue_position")
+    return f"{s['status']} #{place}" if place else s["status"]
 
 
 def number(v: Any) -> str:

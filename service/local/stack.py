@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -51,8 +52,9 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
 
 
 def wait_http(url: str, timeout_s: float, headers: dict | None = None,
-              alive=lambda: True) -> None:
-    """Until ``url`` answers 200 (or ``timeout_s`` passes, or ``alive()`` turns false)."""
+              alive=lambda: True, statuses: tuple[int, ...] = (200,)) -> None:
+    """Until ``url`` answers 200 (or another of ``statuses``; or ``timeout_s`` passes, or
+    ``alive()`` turns false)."""
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
@@ -60,7 +62,7 @@ def wait_http(url: str, timeout_s: float, headers: dict | None = None,
             raise StackError(f"{url}: the process serving it exited")
         try:
             r = httpx.get(url, headers=headers, timeout=2)
-            if r.status_code == 200:
+            if r.status_code in statuses:
                 return
             last = f"HTTP {r.status_code}"
         except httpx.HTTPError as error:
@@ -128,7 +130,8 @@ class LocalRayHead:
 
     def __init__(self, num_cpus: int | None = None, num_gpus: int | None = None,
                  dashboard_port: int | None = None, token: str | None = None,
-                 temp_dir: Path | None = None, log_file: Path | None = None):
+                 temp_dir: Path | None = None, log_file: Path | None = None,
+                 extra_env: dict[str, str] | None = None):
         self.num_cpus = num_cpus or os.cpu_count() or 1
         self.num_gpus = num_gpus
         self.token = token or secrets.token_hex(32)
@@ -138,6 +141,8 @@ class LocalRayHead:
         self.port = free_port()
         self.dashboard_port = free_port(dashboard_port or 8265)
         self.log_file = log_file
+        #: what every driver and trial inherits beside Ray's own (MLflow's account)
+        self.extra_env = dict(extra_env or {})
         self.sid: int | None = None  # the session of `ray start` and all it starts
 
     @property
@@ -150,7 +155,8 @@ class LocalRayHead:
 
     def env(self) -> dict[str, str]:
         return child_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
-                         RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
+                         RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
+                         **self.extra_env)
 
     def start(self, timeout_s: float = 600.0) -> LocalRayHead:
         deadline = time.monotonic() + timeout_s
@@ -210,15 +216,33 @@ MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                      "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
+@dataclass(frozen=True)
+class MlflowAuth:
+    """MLflow's ``basic-auth`` app for a server: its settings file
+    (``mlflow_access.auth_file``), the password of its admin (the service's account:
+    used at the first start of an empty users store) and the key of its CSRF tokens."""
+
+    config_file: Path
+    admin_password: str
+    secret_key: str
+
+    def env(self) -> dict[str, str]:
+        return {"MLFLOW_AUTH_CONFIG_PATH": str(self.config_file),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret_key}
+
+
 class MlflowServer:
-    """``mlflow server --workers 1`` on loopback: tracking REST API, UI, proxied artifacts."""
+    """``mlflow server --workers 1`` on loopback: tracking REST API, UI, proxied artifacts;
+    with ``auth``, MLflow's ``basic-auth`` app asks every request who is there."""
 
     def __init__(self, backend_store_uri: str, artifacts_dir: Path, port: int | None = None,
-                 log_file: Path | None = None):
+                 log_file: Path | None = None, auth: MlflowAuth | None = None):
         self.backend_store_uri = backend_store_uri
         self.artifacts_dir = Path(artifacts_dir)
         self.port = free_port(port or 5000)
         self.log_file = log_file
+        self.auth = auth
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -232,9 +256,13 @@ class MlflowServer:
                 "--backend-store-uri", self.backend_store_uri,
                 "--artifacts-destination", str(self.artifacts_dir),
                 "--host", "127.0.0.1", "--port", str(self.port), "--allowed-hosts", hosts]
+        env = dict(MLFLOW_SERVER_ENV)
+        if self.auth is not None:
+            args += ["--app-name", "basic-auth"]
+            env.update(self.auth.env())
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(args, env=child_env(**MLFLOW_SERVER_ENV),
+            self.proc = subprocess.Popen(args, env=child_env(**env),
                                          start_new_session=True, stdout=out,
                                          stderr=subprocess.STDOUT)
         finally:
@@ -256,12 +284,16 @@ class MlflowServer:
 
 class OptunaDashboard:
     """``optuna-dashboard`` on loopback over the study storage: importances, parallel
-    coordinates, contour plots of the searched parameters; ``study_url`` opens one study."""
+    coordinates, contour plots of the searched parameters; ``study_url`` opens one study.
+    With ``owners_file`` (where the API has named owners) it runs behind its gate, for
+    admins only (``service.api.dashboard_gate``)."""
 
-    def __init__(self, storage: str, port: int | None = None, log_file: Path | None = None):
+    def __init__(self, storage: str, port: int | None = None, log_file: Path | None = None,
+                 owners_file: Path | None = None):
         self.storage = storage
         self.port = free_port(port or 8080)
         self.log_file = log_file
+        self.owners_file = owners_file
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -276,6 +308,10 @@ class OptunaDashboard:
             "timeout": 60}} if self.storage.startswith("sqlite") else {})
         args = [str(BIN / "optuna-dashboard"), self.storage, "--host", "127.0.0.1",
                 "--port", str(self.port)]
+        if self.owners_file is not None:
+            args = [sys.executable, "-m", "service.api.dashboard_gate", self.storage,
+                    "--owners", str(self.owners_file), "--host", "127.0.0.1",
+                    "--port", str(self.port)]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(args, env=child_env(), start_new_session=True,
@@ -285,7 +321,8 @@ class OptunaDashboard:
                 out.close()
         try:
             wait_http(f"{self.url}/dashboard", timeout_s,
-                      alive=lambda: self.proc is not None and self.proc.poll() is None)
+                      alive=lambda: self.proc is not None and self.proc.poll() is None,
+                      statuses=(200,) if self.owners_file is None else (401,))
         except StackError as error:
             self.stop()
             raise StackError(f"optuna-dashboard did not start: {error}") from None

@@ -37,10 +37,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from trainables.errors import CreditError
 
-#: Study statuses; the first two are "active" (a Ray job may still be working).
-PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+#: Study statuses. QUEUED: stored, waiting for a free slot (no Ray job yet); PENDING and
+#: RUNNING hold a slot (a Ray job may be working): they are "active"; the rest have ended.
+QUEUED, PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "QUEUED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 ACTIVE = (PENDING, RUNNING)
+UNENDED = (QUEUED, *ACTIVE)
 
 
 class NameTaken(CreditError):
@@ -79,12 +81,16 @@ class StudyRecord(Base):
     #: records left to close once MLflow answers again: {"status", "reason"}
     pending_close: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: when its Ray job was submitted (None: queued, or taken from the queue and not yet
+    #: submitted: the sync submits it then, under the same job id)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                     onupdate=utcnow)
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE
+        """Whether it has not ended yet (queued, or holding a slot)."""
+        return self.status in UNENDED
 
 
 class Database:
@@ -118,7 +124,11 @@ _ADDED_COLUMNS = {
     "owner": "VARCHAR(64) NOT NULL DEFAULT ''",
     "trials": "JSON",
     "pending_close": "JSON",
+    "started_at": "TIMESTAMP WITH TIME ZONE",
 }
+#: What a column added to rows stored before it existed holds (a study stored before the
+#: queue was started when it was stored).
+_BACKFILL = {"started_at": "UPDATE studies SET started_at = created_at"}
 
 
 def migrate(engine: Engine) -> list[str]:
@@ -130,6 +140,8 @@ def migrate(engine: Engine) -> list[str]:
         for name, ddl in _ADDED_COLUMNS.items():
             if name not in present:
                 conn.execute(text(f"ALTER TABLE studies ADD COLUMN {name} {ddl}"))
+                if name in _BACKFILL:
+                    conn.execute(text(_BACKFILL[name]))
                 added.append(name)
     return added
 
@@ -192,6 +204,59 @@ def list_studies(session: Session, statuses: Sequence[str] | None = None, offset
 def count_active(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(StudyRecord)
                               .where(StudyRecord.status.in_(ACTIVE))) or 0)
+
+
+def active_by_owner(session: Session) -> dict[str, int]:
+    """How many studies each owner has PENDING or RUNNING (owners with none left out)."""
+    rows = session.execute(select(StudyRecord.owner, func.count())
+                           .where(StudyRecord.status.in_(ACTIVE))
+                           .group_by(StudyRecord.owner)).all()
+    return {owner or "": int(n) for owner, n in rows}
+
+
+def last_start_by_owner(session: Session) -> dict[str, dt.datetime]:
+    """When each owner's most recent study was started (owners never started left out)."""
+    rows = session.execute(select(StudyRecord.owner, func.max(StudyRecord.started_at))
+                           .where(StudyRecord.started_at.is_not(None))
+                           .group_by(StudyRecord.owner)).all()
+    return {owner or "": when for owner, when in rows if when is not None}
+
+
+def owners(session: Session) -> set[str]:
+    """Every named owner of a stored study."""
+    return {o for o in session.scalars(select(StudyRecord.owner).distinct()).all() if o}
+
+
+def count_queued(session: Session, owner: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(StudyRecord)
+                              .where(StudyRecord.status == QUEUED,
+                                     StudyRecord.owner == owner)) or 0)
+
+
+def queued_studies(session: Session) -> list[StudyRecord]:
+    """Every QUEUED study, in submission order."""
+    return list(session.scalars(select(StudyRecord).where(StudyRecord.status == QUEUED)
+                                .order_by(StudyRecord.created_at, StudyRecord.id)).all())
+
+
+def take_from_queue(session: Session, study_id: str) -> bool:
+    """QUEUED → PENDING in one compare-and-set: whether this caller took it (of two
+    callers, one does; a study is never started twice)."""
+    result = session.execute(update(StudyRecord).where(StudyRecord.id == study_id,
+                                                       StudyRecord.status == QUEUED)
+                             .values(status=PENDING, message="", updated_at=utcnow()))
+    session.commit()
+    return bool(result.rowcount)
+
+
+def update_queued(session: Session, study_id: str, **fields: Any) -> bool:
+    """Update a study only while it is QUEUED; whether a row changed."""
+    fields["updated_at"] = utcnow()
+    result = session.execute(update(StudyRecord).where(StudyRecord.id == study_id,
+                                                       StudyRecord.status == QUEUED)
+                             .values(**fields))
+    session.commit()
+    return bool(result.rowcount)
 
 
 def active_studies(session: Session) -> list[StudyRecord]:

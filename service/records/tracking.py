@@ -38,6 +38,16 @@ from service.records import tags  # noqa: E402
 log = logging.getLogger("credit.tracking")
 
 
+def account_env(username: str, password: str) -> dict[str, str]:
+    """The environment that signs MLflow's client in (a server with ``basic-auth``)."""
+    return {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
+
+
+def use_account(username: str, password: str) -> None:
+    """Sign this process's MLflow client in as ``username`` (read by MLflow per request)."""
+    os.environ.update(account_env(username, password))
+
+
 def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri)
 

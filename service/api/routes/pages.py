@@ -25,7 +25,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
-from service.api import queries
+from service.api import queries, queue
 from service.api.deps import Authenticated, PrincipalDep, ServicesDep
 from service.api.errors import StudyNotFound
 from service.api.routes.studies import StudyRef, to_public
@@ -56,9 +56,10 @@ def compare_shell() -> HTMLResponse:
 @fragments.get("/studies", response_class=HTMLResponse)
 def studies_fragment(services: ServicesDep, principal: PrincipalDep) -> HTMLResponse:
     records, count = queries.list_studies(services, None, 0, 200, principal)
+    positions = queue.positions(services)
     rows = []
     for record in records:
-        s = to_public(services, record)
+        s = to_public(services, record, principal, positions)
         done = s.counts.complete + s.counts.failed + s.counts.pruned
         rows.append({"s": s, "done": done, "width": int(100 * min(1.0, done / s.max_trials))
                      if s.max_trials else 0})

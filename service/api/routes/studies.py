@@ -12,8 +12,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
-from service.api import lifecycle, pareto, queries, reports
+from service.api import lifecycle, pareto, queries, queue, reports
 from service.api.deps import Authenticated, PrincipalDep, ServicesDep
+from service.api.principals import ANYONE, Principal
 from service.api.schemas import (
     BestPublic,
     ErrorPublic,
@@ -25,6 +26,7 @@ from service.api.schemas import (
     TrialsPublic,
 )
 from service.api.services import Services
+from service.records import db
 from service.records.db import StudyRecord
 from service.records.links import mlflow_runs
 
@@ -35,12 +37,18 @@ StudyRef = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
                                description="the study's id, or its name")]
 
 
-def to_public(services: Services, record: StudyRecord) -> StudyPublic:
-    """The study as a client sees it: its row, with the counts and best of
-    ``queries.current_counts`` and ``queries.current_best``."""
+def to_public(services: Services, record: StudyRecord, principal: Principal = ANYONE,
+              positions: dict[str, int] | None = None) -> StudyPublic:
+    """The study as ``principal`` sees it: its row, with the counts and best of
+    ``queries.current_counts`` and ``queries.current_best``, its place in the queue
+    (``positions``: the queue's, read once per request; read here if not given), and
+    the links they can open."""
     spec = record.spec
+    if record.status == db.QUEUED and positions is None:
+        positions = queue.positions(services)
     return StudyPublic(
-        id=record.id, name=record.name, status=record.status, message=record.message or "",
+        id=record.id, name=record.name, status=record.status,
+        queue_position=(positions or {}).get(record.id), message=record.message or "",
         space=spec["space"]["name"] if isinstance(spec["space"], dict) else spec["space"],
         sampler=spec["sampler"], objective=spec["objective"],
         objectives=spec.get("objectives") or [spec["objective"]], max_trials=spec["max_trials"],
@@ -56,7 +64,7 @@ def to_public(services: Services, record: StudyRecord) -> StudyPublic:
                                      record.name),
                "mlflow_parent_run": services.mlflow_link(record.experiment_id,
                                                          record.parent_run_id),
-               "optuna": queries.optuna_link(services, record.name)},
+               "optuna": queries.optuna_link(services, record.name, principal)},
     )
 
 
@@ -67,17 +75,22 @@ def to_public(services: Services, record: StudyRecord) -> StudyPublic:
                         413: {"model": ErrorPublic, "description": "body too large"},
                         415: {"model": ErrorPublic, "description": "not application/json"},
                         422: {"model": ErrorPublic, "description": "invalid study"},
-                        429: {"model": ErrorPublic, "description": "too many studies"},
+                        429: {"model": ErrorPublic,
+                              "description": "the owner's queue is full"},
                         503: {"model": ErrorPublic, "description": "Ray unreachable"}})
 def submit_study(body: StudyCreate, services: ServicesDep, principal: PrincipalDep) -> Any:
-    """Submit a study: it is validated, stored and started as a Ray job.
+    """Submit a study: it is validated, stored and started as a Ray job, or, while the
+    server runs its limit of studies (or the owner theirs), it waits `QUEUED` with its
+    `queue_position` and starts when a slot frees: the oldest queued study of the owner
+    with the fewest running studies starts next. 429 only when the owner already has as
+    many studies queued as one owner may.
 
     Everything but `name` and `space` has a default. `space` is a preset name (see
     `GET /search-spaces`) or an inline search space. A rejected request creates
     nothing: no record, no job.
     """
     record = lifecycle.submit_study(services, body, principal)
-    return to_public(services, record)
+    return to_public(services, record, principal)
 
 
 @router.get("", response_model=StudiesPublic)
@@ -88,7 +101,10 @@ def list_studies(services: ServicesDep, principal: PrincipalDep,
                  limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Any:
     """Studies, newest first, a page at a time; `count` is the total matching."""
     records, count = queries.list_studies(services, status, offset, limit, principal)
-    return StudiesPublic(data=[to_public(services, r) for r in records], count=count)
+    positions = queue.positions(services) if any(r.status == db.QUEUED for r in records) \
+        else {}
+    return StudiesPublic(data=[to_public(services, r, principal, positions) for r in records],
+                         count=count)
 
 
 @router.get("/{study}", response_model=StudyPublic,
@@ -97,7 +113,7 @@ def get_study(study: StudyRef, services: ServicesDep, principal: PrincipalDep) -
     """A study: status, trial counts (complete/running/failed/pruned), best so far, links.
 
     Read from the study's record alone (the sync keeps it current), so it is cheap."""
-    return to_public(services, queries.get_study(services, study, principal))
+    return to_public(services, queries.get_study(services, study, principal), principal)
 
 
 #: ``GET /studies/{id}/trials``: trials per page by default, and at most.
@@ -161,12 +177,13 @@ def get_pareto_png(study: StudyRef, services: ServicesDep, principal: PrincipalD
 def cancel_study(study: StudyRef, services: ServicesDep, principal: PrincipalDep,
                  response: Response) -> Any:
     """Cancel a study: its Ray job is stopped, its MLflow runs end KILLED, its
-    unfinished trials FAIL; the study is CANCELLED (200). 202 if Ray has not stopped
+    unfinished trials FAIL; the study is CANCELLED (200). A QUEUED study is CANCELLED
+    at once, never started. 202 if Ray has not stopped
     the job in time: the study becomes CANCELLED as soon as it has."""
     record, done = lifecycle.cancel_study(services, study, principal=principal)
     if not done:
         response.status_code = 202
-    return to_public(services, record)
+    return to_public(services, record, principal)
 
 
 @router.get("/{study}/report", response_class=FileResponse,

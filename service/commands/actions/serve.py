@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from service.api import lifecycle
 from service.api.app import create_app
 from service.api.config import ApiSettings
+from service.api.dashboard_gate import owners_file
 from service.api.startup import serve_refusal
 from service.commands.options import UsageError, validation_message
 from service.local.discovery import remove_server, server_file, write_secret, write_server
@@ -23,12 +24,15 @@ from service.local.record import StackGuard
 from service.local.stack import (
     NODE_IP,
     LocalRayHead,
+    MlflowAuth,
     MlflowServer,
     OptunaDashboard,
     StackError,
     start_together,
 )
+from service.records.mlflow_access import auth_file
 from service.records.stores import check_database
+from service.records.tracking import account_env
 
 
 class _Stop(Exception):
@@ -66,6 +70,29 @@ def ensure_api_token(home: Path) -> str:
     token = secrets.token_urlsafe(32)
     write_secret(path, token)
     return token
+
+
+def _mlflow_password(settings: ApiSettings) -> str:
+    """The service's MLflow password: CREDIT_MLFLOW_PASSWORD, else one made once and kept
+    in CREDIT_HOME/mlflow_service_password (0600)."""
+    if settings.mlflow_password is not None:
+        return settings.mlflow_password.get_secret_value()
+    path = settings.home / "mlflow_service_password"
+    if not (path.exists() and path.read_text().strip()):
+        write_secret(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def _mlflow_auth(settings: ApiSettings, password: str) -> MlflowAuth:
+    """MLflow's sign-in for the local stack: its users in CREDIT_HOME/mlflow-auth.db,
+    nobody sees anything unless given it, the service's account its admin."""
+    home = settings.home
+    key = home / "mlflow_secret_key"
+    if not (key.exists() and key.read_text().strip()):
+        write_secret(key, secrets.token_hex(32))
+    config = write_secret(home / "mlflow-auth.ini", auth_file(
+        "NO_PERMISSIONS", f"sqlite:///{home / 'mlflow-auth.db'}", settings.mlflow_username))
+    return MlflowAuth(config, password, key.read_text().strip())
 
 
 def _uvicorn(app, args: argparse.Namespace):
@@ -128,12 +155,20 @@ def _serve_local(args: argparse.Namespace) -> int:
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     token = None if base.tokens or args.insecure else ensure_api_token(home)
+    owners = bool(base.owners)  # named owners: MLflow and the dashboard ask who is there
+    mlflow_password = _mlflow_password(base) if owners else None
     head = LocalRayHead(num_cpus=args.cpus, num_gpus=args.gpus,
-                        dashboard_port=args.dashboard_port, log_file=logs / "ray-start.log")
+                        dashboard_port=args.dashboard_port, log_file=logs / "ray-start.log",
+                        extra_env=account_env(base.mlflow_username, mlflow_password)
+                        if mlflow_password else None)
     mlflow = MlflowServer(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts",
-                          port=args.mlflow_port, log_file=logs / "mlflow.log")
+                          port=args.mlflow_port, log_file=logs / "mlflow.log",
+                          auth=_mlflow_auth(base, mlflow_password) if owners else None)
     optuna = OptunaDashboard(base.optuna_storage, port=args.optuna_port,
-                             log_file=logs / "optuna-dashboard.log")
+                             log_file=logs / "optuna-dashboard.log",
+                             owners_file=write_secret(home / "dashboard_owners",
+                                                      owners_file(base.principals))
+                             if owners else None)
     server = None
     services = None
     try:
@@ -147,6 +182,8 @@ def _serve_local(args: argparse.Namespace) -> int:
                          ray_node_ip=NODE_IP, mlflow_tracking_uri=mlflow.url,
                          mlflow_ui_url=mlflow.url, optuna_dashboard_url=optuna.url,
                          insecure=args.insecure)
+        if mlflow_password is not None:
+            overrides["mlflow_password"] = mlflow_password
         if token is not None:
             overrides["api_tokens"] = token
         settings = ApiSettings(**overrides)
@@ -164,7 +201,7 @@ def _serve_local(args: argparse.Namespace) -> int:
                             "ray_dashboard": head.dashboard_url,
                             "ray_token_file": str(ray_token_file)})
         _print_up(home, url, where, mlflow.url, optuna.url, head.dashboard_url,
-                  ray_token_file)
+                  ray_token_file, owners)
         server.run()
         if not server.started:
             raise StackError(f"the API did not start on {args.host}:{args.port} "
@@ -214,13 +251,15 @@ def _start_parts(guard, head, mlflow, optuna, timeout: float) -> None:
 
 
 def _print_up(home, url: str, where: str, mlflow_url: str, optuna_url: str,
-              ray_dashboard_url: str, ray_token_file) -> None:
-
+              ray_dashboard_url: str, ray_token_file, owners: bool) -> None:
+    sign_in = "   (sign in: your owner name, your API token)" if owners else ""
+    admins = "   (admins only: owner name, API token)" if owners else \
+        "   (the study storage)"
     print(f"\ncredit-search is up (CREDIT_HOME={home})\n"
           f"  API        {url}   ({where})\n"
           f"  API docs   {url}/docs\n"
-          f"  MLflow UI  {mlflow_url}\n"
-          f"  Optuna     {optuna_url}/dashboard   (the study storage)\n"
+          f"  MLflow UI  {mlflow_url}{sign_in}\n"
+          f"  Optuna     {optuna_url}/dashboard{admins}\n"
           f"  Ray        {ray_dashboard_url}   (dashboard; its token is in "
           f"{ray_token_file})\n"
           f"'credit studies ...' in another shell with the same CREDIT_HOME finds this "

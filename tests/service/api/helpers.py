@@ -72,6 +72,9 @@ class ApiServer:
         with sqlite3.connect(self.db_path, timeout=30) as con:
             return con.execute("select id, name, status, job_id from studies").fetchall()
 
+    def rows_by_name(self) -> dict[str, tuple]:
+        return {row[1]: row for row in self.rows()}
+
 
 def wait_status(client: httpx.Client, study: str, statuses: tuple[str, ...],
                 timeout_s: float = 240.0, predicate=None) -> dict:

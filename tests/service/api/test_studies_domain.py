@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 
-from service.api import errors, lifecycle, queries, sync, validation
+from service.api import errors, lifecycle, queries, queue, sync, validation
 from service.api.config import ApiSettings
 from service.api.schemas import StudyCreate
 from service.api.services import Services
@@ -77,16 +77,26 @@ def test_a_study_whose_job_vanished_ends_failed(services):
     assert "driver is gone" in record.message and "Ray job is unknown" in record.message
 
 
-def test_the_concurrency_limit_counts_pending_and_running(services):
+def test_at_the_limit_a_study_is_queued_and_a_full_queue_is_refused(services):
     services.settings.max_concurrent_studies = 1
     spec = validation.build_spec(services, StudyCreate(name="busy", space="mnist-fc-backprop"))
     with services.db.session() as session:
         db.create_study(session, db.StudyRecord(
             id="busy-id", name="busy", status=db.PENDING, job_id="j",
-            spec=spec.model_dump(mode="json"), message=""))
-    with pytest.raises(errors.TooManyStudies, match="at most 1"):
-        lifecycle.submit_study(services, StudyCreate(name="next", space="mnist-fc-backprop"))
-    assert [r.name for r in _rows(services)] == ["busy"]
+            spec=spec.model_dump(mode="json"), message="", started_at=db.utcnow()))
+    # no room: stored QUEUED, no job asked of Ray (this Ray would refuse it)
+    queued = lifecycle.submit_study(services, StudyCreate(name="next", space="mnist-fc-backprop"))
+    assert queued.status == db.QUEUED and queued.started_at is None
+    assert "CREDIT_MAX_CONCURRENT_STUDIES" in queued.message
+    assert queue.positions(services) == {queued.id: 1}
+    services.settings.max_queued_per_owner = 1
+    with pytest.raises(errors.TooManyStudies, match="CREDIT_MAX_QUEUED_PER_OWNER=1"):
+        lifecycle.submit_study(services, StudyCreate(name="third", space="mnist-fc-backprop"))
+    assert sorted(r.name for r in _rows(services)) == ["busy", "next"]
+    # a queued study is cancelled at once, never started
+    record, done = lifecycle.cancel_study(services, "next")
+    assert done and record.status == db.CANCELLED and "never started" in record.message
+    assert record.started_at is None and services.jobs.stopped == []
 
 
 def test_status_written_by_one_writer_is_not_overwritten(services):
