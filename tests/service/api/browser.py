@@ -98,6 +98,14 @@ class Browser:
                 assert "error" not in answer, answer["error"]
                 return answer.get("result", {})
 
+    def sign_in(self, user: str, password: str) -> None:
+        """Send HTTP Basic credentials with every request from now on, as the browser
+        does once its sign-in prompt was answered (MLflow's ``basic-auth``)."""
+        value = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.call("Network.enable", session=True)
+        self.call("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {value}"},
+                  session=True)
+
     def open(self, url: str, settle_s: float = 2.0) -> None:
         self.call("Page.navigate", url=url, session=True)
         time.sleep(settle_s)
