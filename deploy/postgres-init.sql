@@ -1,5 +1,6 @@
--- One PostgreSQL server, three databases: the service's study records, Optuna's
--- trials, and MLflow's backend store.
+-- One PostgreSQL server, four databases: the service's study records, Optuna's
+-- trials, MLflow's backend store, and MLflow's users and permissions (basic-auth).
 CREATE DATABASE service;
 CREATE DATABASE optuna;
 CREATE DATABASE mlflow;
+CREATE DATABASE mlflow_auth;

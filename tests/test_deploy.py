@@ -135,3 +135,41 @@ def test_the_image_is_built_on_the_pinned_ray_version_in_cpu_and_cuda_variants()
     assert "pip install --no-cache-dir ." in text
     cluster = next(d for _, d in _docs() if d.get("kind") == "RayCluster")
     assert cluster["spec"]["rayVersion"] == pin
+
+
+def _ini(text: str) -> dict[str, str]:
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    return dict(parser["mlflow"])
+
+
+def test_every_mlflow_server_asks_who_is_there_and_every_writer_signs_in():
+    """MLflow's sign-in everywhere a deployment publishes it (tenancy): each ``mlflow
+    server`` runs the basic-auth app with the settings ``mlflow_access.auth_file`` writes
+    (NO_PERMISSIONS by default, users in PostgreSQL, the service's account its admin);
+    the API and every Ray node (drivers, trials) sign in as that account."""
+    from service.records.mlflow_access import auth_file
+
+    servers = [(w, a) for w, a in commands() if a[:2] == ["mlflow", "server"]]
+    assert {w for w, _ in servers} == {"compose.yaml", "mlflow.yaml"}
+    assert all("--app-name" in a and a[a.index("--app-name") + 1] == "basic-auth"
+               for _, a in servers)
+    compose_ini = _ini((DEPLOY / "mlflow-auth.ini").read_text())
+    secret = next(d for _, d in _docs() if d.get("kind") == "Secret")
+    k8s_ini = _ini(secret["stringData"]["mlflow-auth.ini"])
+    for ini in (compose_ini, k8s_ini):
+        expected = _ini(auth_file("NO_PERMISSIONS", ini["database_uri"], "credit-service"))
+        assert ini == expected
+        assert ini["database_uri"].endswith("/mlflow_auth")
+    for init in ((DEPLOY / "postgres-init.sql").read_text(),
+                 next(d for _, d in _docs() if d.get("metadata", {}).get("name")
+                      == "postgres-init")["data"]["init.sql"]):
+        assert "CREATE DATABASE mlflow_auth;" in init
+    env = env_names()
+    for where in ("compose.yaml", "raycluster.yaml"):
+        names = {n for w, n in env if w == where}
+        assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= names, where
+    assert ("api.yaml", "CREDIT_MLFLOW_PASSWORD") in env
+    assert ("compose.yaml", "CREDIT_MLFLOW_PASSWORD") in env

@@ -172,9 +172,11 @@ def test_reads_come_from_the_row_not_from_optuna(services):
     assert queries.best_of(services, "cached")["value"] == 0.1
 
 
-def test_the_limit_is_checked_before_validation(services):
-    """At the limit, even an invalid study is answered 429 (no validation work done)."""
+def test_a_full_queue_is_checked_before_validation(services):
+    """With the owner's queue full, even an invalid study is answered 429 (no validation
+    work done)."""
     services.settings.max_concurrent_studies = 1
+    services.settings.max_queued_per_owner = 0
     _study(services, "busy")
     with pytest.raises(errors.TooManyStudies):
         lifecycle.submit_study(services, StudyCreate(name="x", space="no-such-space"))

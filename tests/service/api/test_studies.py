@@ -260,12 +260,15 @@ def test_twenty_parallel_submissions_store_twenty_studies(queue_api, ray_jobs):
         new = set(jobs) - before
         assert new == {r[3] for r in rows}  # one Ray job each, none more
         assert c.get("/studies", params={"status": "PENDING"}).json()["count"] == 20
-        # the server runs at most 20 at once: the 21st is refused, and creates nothing
+        # the server runs at most 20 at once: the 21st waits QUEUED, first in line, with
+        # no Ray job, and is cancelled without ever starting
         over = c.post("/studies", json={"name": "one-too-many", "space": "mnist-fc-backprop"})
-        assert over.status_code == 429, over.text
-        assert over.json()["detail"][0]["loc"] == ["body"]
-        assert "at most 20" in over.json()["detail"][0]["msg"]
-        assert "one-too-many" not in [r[1] for r in queue_api.rows()]
+        assert over.status_code == 201, over.text
+        assert over.json()["status"] == "QUEUED" and over.json()["queue_position"] == 1
+        assert "at most 20" in over.json()["message"]
+        assert over.json()["job_id"] not in {j.submission_id for j in ray_jobs.list()}
+        r = c.post(f"/studies/{over.json()['id']}/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "CANCELLED", r.text
         cancelled = _cancel_all(c, ids)
         # 200: stopped and CANCELLED; 202: Ray is slow to stop that job (a loaded
         # machine), and the study becomes CANCELLED as soon as it has

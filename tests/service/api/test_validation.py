@@ -84,6 +84,11 @@ BAD_BODIES = {
     "more CPUs than a node has": ({"resources": {"cpu": 64}}, 422,
                                   ["body", "resources", "cpu"], "CPU"),
     "negative CPUs": ({"resources": {"cpu": -1}}, 422, ["body", "resources", "cpu"], "> 0"),
+    # a trial asking for -1 of a custom resource was never placed: the study hung
+    "negative custom resource": ({"resources": {"custom": {"worker_host": -1}}}, 422,
+                                 ["body", "resources", "custom", "worker_host"], "> 0"),
+    "zero custom resource": ({"resources": {"custom": {"worker_host": 0}}}, 422,
+                             ["body", "resources", "custom", "worker_host"], "> 0"),
     "unknown metric": ({"objective": {"metric": "accuracy"}}, 422,
                        ["body", "objective", "metric"], "unknown metric"),
     "unknown mode": ({"objective": {"metric": "test_error", "mode": "best"}}, 422,
