@@ -157,6 +157,8 @@ def _serve_local(args: argparse.Namespace) -> int:
     token = None if base.tokens or args.insecure else ensure_api_token(home)
     owners = bool(base.owners)  # named owners: MLflow and the dashboard ask who is there
     mlflow_password = _mlflow_password(base) if owners else None
+    if mlflow_password is not None:  # the tokens must do as MLflow passwords: exit 2 if not
+        base = _settings(args, insecure=True, mlflow_password=mlflow_password)
     head = LocalRayHead(num_cpus=args.cpus, num_gpus=args.gpus,
                         dashboard_port=args.dashboard_port, log_file=logs / "ray-start.log",
                         extra_env=account_env(base.mlflow_username, mlflow_password)

@@ -256,3 +256,36 @@ def test_serve_local_starts_and_stops_the_whole_stack(tmp_path):
     ps = subprocess.run(["ps", "-eo", "sid,args"], capture_output=True, text=True).stdout
     assert not [line for line in ps.splitlines() if line.split()[0] == str(proc.pid)]
     assert temp is None or temp.group(1) not in ps
+
+
+def test_named_owners_tokens_must_do_as_mlflow_passwords(tmp_path):
+    """Where MLflow asks who is there, a named owner's token is their MLflow password:
+    MLflow's rule (12+ characters) and the service account's name are checked at start."""
+    from service.api.config import ApiSettings
+
+    ok = ApiSettings(home=tmp_path, api_tokens="alice:alice-token-012,root:root-token-0123:admin",
+                     mlflow_password="service-password")
+    assert ok.owners == {"alice": ("alice-token-012", False), "root": ("root-token-0123", True)}
+    assert ok.mlflow_auth
+    with pytest.raises(ValueError, match="owner 'alice'.*at least 12"):
+        ApiSettings(home=tmp_path, api_tokens="alice:short", mlflow_password="service-password")
+    with pytest.raises(ValueError, match="CREDIT_MLFLOW_PASSWORD must be at least 12"):
+        ApiSettings(home=tmp_path, api_tokens="alice:alice-token-012", mlflow_password="short")
+    with pytest.raises(ValueError, match="name of the service's MLflow account"):
+        ApiSettings(home=tmp_path, api_tokens="credit-service:a-long-token-0123",
+                    mlflow_password="service-password")
+    # without MLflow's sign-in, short tokens stay allowed (the single-user default)
+    assert ApiSettings(home=tmp_path, api_tokens="alice:short").owners == {
+        "alice": ("short", False)}
+
+
+def test_serve_local_refuses_short_owner_tokens_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDIT_", "RAY_"))}
+    env.update(CREDIT_HOME=str(tmp_path), CREDIT_API_TOKENS="alice:short")
+    done = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--local", "--port",
+                           str(free_port())], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "owner 'alice'" in lines[0] and "12" in lines[0], lines
+    assert "short" not in done.stderr  # the token itself is never printed
