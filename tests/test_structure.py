@@ -1,6 +1,8 @@
 """The house stays as issue #15 left it: packages named for their jobs, imports that
 flow one way (commands → api → paper | local → runner → records → base → trainables),
-no import circle, every import of our own code at the top of its module.
+no import circle, every import of our own code at the top of its module (or named, for
+a process that must not import it: a command's action, the code a study's driver hands
+Ray's workers).
 
 Read from the source (AST), not by importing: a test that fails names the module, the
 line and the rule it breaks.
@@ -61,10 +63,22 @@ def resolve(node: ast.ImportFrom | ast.Import, module: str, is_package: bool) ->
     return [n for n in names if n.split(".")[0] in OWN]
 
 
+def named_code(node: ast.AST) -> tuple[str, str] | None:
+    """(module, function) a ``WorkerCode("<module>:<function>")`` names, else None: the
+    code a study's driver hands Ray's workers without importing it
+    (``service.runner.worker_code``)."""
+    if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "WorkerCode"
+            and node.args and isinstance(node.args[0], ast.Constant)):
+        module, _, name = node.args[0].value.partition(":")
+        return module, name
+    return None
+
+
 def imports(module: str) -> list[tuple[str, int, bool]]:
     """(imported own module, line, inside a function) of every import in ``module``; a
     command's action named in ``run_action("<module>:<function>")`` counts as imported
-    by the function that names it."""
+    by the function that names it, and code named in ``WorkerCode("<module>:<function>")``
+    as imported by the module that names it."""
     path = MODULES[module]
     tree = ast.parse(path.read_text(), str(path))
     found = []
@@ -79,6 +93,8 @@ def imports(module: str) -> list[tuple[str, int, bool]]:
                   and child.args and isinstance(child.args[0], ast.Constant)):
                 target = "service.commands.actions." + child.args[0].value.partition(":")[0]
                 found.append((target, child.lineno, False))
+            elif (named := named_code(child)) is not None:
+                found.append((named[0], child.lineno, False))
             visit(child, inside)
 
     visit(tree, False)
@@ -134,6 +150,19 @@ def test_every_action_a_command_names_exists() -> None:
         for target, line, _ in edges:
             if target.startswith("service.commands.actions."):
                 assert importlib.util.find_spec(target) is not None, f"{m}:{line}: {target}"
+
+
+def test_every_function_handed_to_workers_exists() -> None:
+    """A misspelt ``WorkerCode`` name would fail only in a trial: read each from source."""
+    named = [(m, node.lineno, *code) for m, path in MODULES.items()
+             for node in ast.walk(ast.parse(path.read_text()))
+             if (code := named_code(node)) is not None]
+    assert named, "no WorkerCode found: the test reads the wrong name"
+    for m, line, module, name in named:
+        assert module in MODULES, f"{m}:{line}: no module {module}"
+        defined = {n.name for n in ast.parse(MODULES[module].read_text()).body
+                   if isinstance(n, ast.FunctionDef)}
+        assert name in defined, f"{m}:{line}: {module} defines no function {name}"
 
 
 def test_service_is_a_few_packages_of_small_modules() -> None:

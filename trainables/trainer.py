@@ -8,13 +8,11 @@ train loss, the test metrics and the alignment metrics on a fixed batch.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import torch
 
 from trainables import metrics as M
 from trainables import plots
+from trainables.callbacks import Callback, TrainResult
 from trainables.config import TrainConfig
 from trainables.data import Dataset, load_dataset
 from trainables.errors import ConfigError, DivergenceError
@@ -34,38 +33,6 @@ from trainables.rules import LearningRule, RuleSettings, Step, make_rule
 
 Tensor = torch.Tensor
 CHECKPOINT_VERSION = 1
-
-
-class Callback:
-    """Hooks called by the trainer; override the ones you need."""
-
-    def on_fit_start(self, trainer: Trainer) -> None: ...
-
-    def on_batch_end(self, trainer: Trainer, batch: int, n_batches: int) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
-
-    def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None: ...
-
-    def on_fit_error(self, trainer: Trainer, error: BaseException) -> None:
-        """Training stopped with ``error`` (e.g. ``DivergenceError``); it is re-raised after."""
-
-    def state_dict(self) -> dict | None:
-        """State to keep in the trainer's checkpoint (e.g. a tracking run id), or None."""
-        return None
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    config: dict[str, Any]
-    history: list[dict[str, float]]
-    final: dict[str, float]
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Strict JSON: a metric that is NaN (e.g. an angle of zero vectors) is written null."""
-        Path(path).write_text(json.dumps(M.finite_or_none(asdict(self)), indent=2) + "\n")
 
 
 def resolve_device(name: str) -> torch.device:

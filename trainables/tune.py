@@ -1,10 +1,13 @@
 """The Ray Tune trainable: a thin adapter around ``Trainer`` (setup, step, checkpoint).
 
-Imported only where Ray runs; the rest of ``trainables`` never imports Ray. The
-trial's config dict is a ``TrainConfig``; per-epoch metrics go to ``ray.tune.report``
-with a checkpoint of everything, so a restored trial continues bit-identically.
-Extra trainer callbacks (e.g. experiment tracking) come from ``callback_factory``,
-which keeps this module free of any tracking library.
+Imported only in the processes that run trials: a study's driver names these
+functions (``"trainables.tune:train_trial"``) and never imports this module, nor torch;
+what it reads of a trial's report is in ``trainables.trial_reports``. The rest of
+``trainables`` never imports Ray. The trial's config dict is a ``TrainConfig``;
+per-epoch metrics go to ``ray.tune.report`` with a checkpoint of everything, so a
+restored trial continues bit-identically. Extra trainer callbacks (e.g. experiment
+tracking) come from ``callback_factory``, which keeps this module free of any tracking
+library.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from typing import Any
 
 import torch
 
+from trainables.callbacks import Callback
 from trainables.config import TrainConfig
 from trainables.errors import DeviceUnavailableError
 from trainables.experiments import EXPERIMENTS
 from trainables.population import PopulationTrainer, shared_fields
-from trainables.trainer import Callback, Trainer
+from trainables.trainer import Trainer
+from trainables.trial_reports import MEMBERS_KEY, POPULATION_KEY
 
 CHECKPOINT_FILE = "trainer.pt"
 CallbackFactory = Callable[[TrainConfig, str], Sequence[Callback]]
@@ -100,19 +105,7 @@ def train_trial(config: dict[str, Any], callback_factory: CallbackFactory | None
 
 
 # ------------------------------------------------------------------ populations
-#: The key of a population trial's config that lists its members ({"key", "params"}).
-POPULATION_KEY = "population"
-#: The key of a population's report that holds each member's state (a JSON string).
-MEMBERS_KEY = "members"
 POPULATION_FILE = "population.pt"
-
-
-def members_of(result: dict[str, Any] | None) -> dict[str, dict[str, Any]] | None:
-    """Each member's ``{"state", "value", "epoch", "error"}`` from a population's report
-    (None for the report of a lone trial)."""
-    if not result or MEMBERS_KEY not in result:
-        return None
-    return json.loads(result[MEMBERS_KEY])
 
 
 class Populations:

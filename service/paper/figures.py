@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from trainables.metrics import mean_sem
+from trainables.numbers import mean_sem
 from trainables.plots import digit_handles, draw_digit, draw_latent
 
 DPI = 110

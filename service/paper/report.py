@@ -35,7 +35,7 @@ from service.paper.figures import DPI, FIGURES, ArmData, nanmin
 from service.records import tags
 from service.records import tracking as T
 from trainables.errors import CreditError
-from trainables.metrics import mean_sem
+from trainables.numbers import mean_sem
 
 
 class ReportError(CreditError):

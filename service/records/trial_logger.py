@@ -16,8 +16,8 @@ from mlflow.entities import RunTag
 from service.records import tags
 from service.records.tracking import RetryingClient, client, log_metrics, log_params, with_retries
 from trainables import plots
+from trainables.callbacks import Callback, Training
 from trainables.errors import CreditError
-from trainables.trainer import Callback, Trainer
 
 
 def run_name(study: str, role: str, trial_id: str, seed: int) -> str:
@@ -74,7 +74,7 @@ class MlflowTrialLogger(Callback):
         return self._client
 
     # --------------------------------------------------------------- hooks
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: Training) -> None:
         if self.run_id is None:  # a trial restarted before its first checkpoint
             self.run_id = self._existing_run()
         if self.run_id is not None:  # restored: keep logging to the same run
@@ -142,7 +142,7 @@ class MlflowTrialLogger(Callback):
         )
         return runs[0].info.run_id if runs else None
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: Training, metrics: dict[str, float]) -> None:
         last = trainer.epoch >= trainer.config.epochs
         if last:  # finish now, before the final report: Tune may stop the trial inside it
             self._log_plots(trainer)
@@ -154,7 +154,7 @@ class MlflowTrialLogger(Callback):
             self.client.set_terminated(self.run_id, status="FINISHED")
             self.closed = True
 
-    def on_fit_error(self, trainer: Trainer, error: BaseException) -> None:
+    def on_fit_error(self, trainer: Training, error: BaseException) -> None:
         if self.run_id is None or self.closed:
             return
         self.closed = True
@@ -176,7 +176,7 @@ class MlflowTrialLogger(Callback):
         self.run_id = state["run_id"]
 
     # -------------------------------------------------------------- artifacts
-    def _log_plots(self, trainer: Trainer) -> None:
+    def _log_plots(self, trainer: Training) -> None:
         extra: dict[str, Any] = {}
         if trainer.experiment.code_layer is not None:
             extra["codes"], extra["labels"] = trainer.latent_codes(limit=2000)

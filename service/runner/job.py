@@ -18,7 +18,7 @@ from pathlib import Path
 from service.jobs import SPEC_VAR
 from service.runner.study import run_study
 from service.spec import StudySpec
-from trainables.metrics import finite_or_none
+from trainables.numbers import finite_or_none
 
 
 def read_spec(argv: list[str]) -> StudySpec | None:

@@ -21,7 +21,7 @@ from ray.tune.stopper import Stopper
 from service.runner.failures import failure_reason_of, infrastructure_verdict, trial_failure
 from service.spec import StudySpec
 from service.trials import TrialState, better, count, trial_state
-from trainables.tune import POPULATION_KEY, members_of
+from trainables.trial_reports import POPULATION_KEY, members_of
 
 ProgressFn = Callable[[dict[str, Any]], None]
 

@@ -28,8 +28,8 @@ from mlflow.tracking import MlflowClient
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from service.records.tune_storage import S3_ENDPOINT_ENV, STORAGE_ENV, tune_storage
+from service.runner.worker_code import LOAD_DATASET
 from service.spec import StudyError
-from trainables.data import load_dataset
 
 MARKER_DIR = ".credit-preflight"
 TIMEOUT_S = 120.0
@@ -108,7 +108,7 @@ def _node_check(location: str, endpoint: str | None, marker: str, token: str,
                         f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); make "
                         "the MLflow server reachable from every node")
     try:
-        load_dataset(dataset, data_dir)
+        LOAD_DATASET(dataset, data_dir)
     except Exception as error:
         problems.append(f"CREDIT_DATA_DIR={data_dir or os.environ.get('CREDIT_DATA_DIR', '')}: "
                         f"dataset {dataset!r} does not load here ({error}); put the data in "

@@ -18,12 +18,14 @@ from service.records.trial_logger import TrialLoggerFactory
 from service.records.tune_storage import tune_storage
 from service.records.warm_start import own_trials
 from service.runner.failures import TrialErrors, failure_kind, trial_failure
+from service.runner.tuner import result_loggers, tune_environment
+from service.runner.worker_code import TRAIN_TRIAL
 from service.spec import StudySpec
 from service.tracebacks import reason_of_exception
 from service.trials import TrialState, better, count, trial_state
 from trainables.layers import LAYER_METRICS
-from trainables.metrics import finite_or_none, mean_sem
-from trainables.tune import POPULATION_KEY, members_of, train_trial
+from trainables.numbers import finite_or_none, mean_sem
+from trainables.trial_reports import POPULATION_KEY, members_of
 
 
 @dataclass
@@ -174,20 +176,21 @@ def final_evaluation(spec: StudySpec, result: StudyResult, tracking_uri: str,
     config = dict(result.best_config)
     config["seed"] = tune.grid_search(seeds)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(train_trial, callback_factory=factory,
+        tune.with_resources(tune.with_parameters(TRAIN_TRIAL, callback_factory=factory,
                                                  on_error=TrialErrors(spec.objective.metric)),
                             spec.resources.ray()),
         param_space=config,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.parallel_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"{spec.name}-final", verbose=0,
+            name=f"{spec.name}-final", verbose=0, callbacks=result_loggers(),
             **tune_storage().run_config(),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=spec.max_trial_restarts),
         ),
     )
-    grid = tuner.fit()
+    with tune_environment():
+        grid = tuner.fit()
     finals = [r.metrics for r in grid
               if r.error is None and r.metrics and trial_failure(r.metrics) is None]
     keys = sorted({k for m in finals for k, v in m.items()

@@ -39,7 +39,7 @@ from service.records.warm_start import METRICS_ATTR, is_own, reported_metrics
 from service.spec import SAMPLERS
 from service.trials import POPULATION_ATTR, TrialState, is_finite, member_id, trial_state
 from trainables.errors import ConfigError
-from trainables.tune import POPULATION_KEY, members_of
+from trainables.trial_reports import POPULATION_KEY, members_of
 
 #: How each of ``SAMPLERS`` is built from a seed.
 SAMPLER_FACTORIES = {

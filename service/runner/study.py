@@ -46,15 +46,15 @@ from service.runner.results import (
     trial_summaries,
 )
 from service.runner.tuner import (
-    EXPERIMENT_SAVE_PERIOD_S,
     ProgressFn,
     halving,
     members,
     new_tuner,
+    tune_environment,
 )
+from service.runner.worker_code import TRAIN_POPULATION, TRAIN_TRIAL
 from service.spec import StudyError, StudySpec
 from service.trials import TrialState
-from trainables.tune import train_population, train_trial
 
 
 # ------------------------------------------------------------------------ the runner
@@ -75,7 +75,8 @@ def run_study(spec: StudySpec, *, resume: bool = False,
             resources=ResourceWatch(spec.name, spec.resources.ray(), records.storage))
         monitor.seen([], None)  # the study passed its checks: show it before Ray starts
         connect_ray()
-        grid = _tuner(spec, records, monitor, resume).fit()
+        with tune_environment():
+            grid = _tuner(spec, records, monitor, resume).fit()
         result = _outcome(spec, records, grid, monitor, progress)
         if result.best_params is not None and spec.final_seeds > 0:
             result.final = final_evaluation(spec, result, records.tracking_uri,
@@ -142,16 +143,12 @@ def _tuner(spec: StudySpec, records: _Records, monitor, resume: bool):
     errors = TrialErrors(spec.objective.metric)
     if members(spec) > 1:  # K configurations per Ray trial, one stacked model
         trainable = tune.with_parameters(
-            train_population, metric=spec.objective.metric, mode=spec.objective.mode,
+            TRAIN_POPULATION, metric=spec.objective.metric, mode=spec.objective.mode,
             callback_factory=factory, on_error=errors, halving=halving(spec))
     else:
-        trainable = tune.with_parameters(train_trial, callback_factory=factory,
+        trainable = tune.with_parameters(TRAIN_TRIAL, callback_factory=factory,
                                          on_error=errors)
     trainable = tune.with_resources(trainable, spec.resources.ray())
-    # Tune saves the experiment (its trials, the searcher) every few seconds; a trial it
-    # created since its last save is lost when the driver dies. Save often: trials last
-    # minutes, the state is a few kB.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SAVE_PERIOD_S))
     tune_store = tune_storage()
     if resume and can_restore(tune_store, spec.name):
         return tune.Tuner.restore(

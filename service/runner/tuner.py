@@ -1,20 +1,25 @@
 """A study's Tune ``Tuner``: its searcher (``service.runner.searcher``), scheduler
-(ASHA or FIFO), the driver-side monitor's callback and stopper, and how often its
-experiment state and checkpoints are saved."""
+(ASHA or FIFO), the driver-side monitor's callback and stopper, Tune's result files,
+and how often its experiment state and checkpoints are saved."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from service.runner.monitor import ProgressFn
 from service.runner.searcher import OptunaAskTell
 from service.spec import EarlyStopping, StudySpec
-from trainables.population import member_bytes
+from trainables.memory import member_bytes
 
 __all__ = ["CHECKPOINTS_KEPT", "EXPERIMENT_SAVE_PERIOD_S", "ProgressFn", "halving",
-           "make_searcher", "members", "new_tuner"]
+           "make_searcher", "members", "new_tuner", "result_loggers", "tune_environment"]
 
 #: Seconds between two saves (and uploads to the storage) of a study's Tune experiment
 #: state: its trials and their latest checkpoints, the searcher. Tune's defaults: 10 s
@@ -23,6 +28,39 @@ EXPERIMENT_SAVE_PERIOD_S = 2
 #: Checkpoints kept per trial: a trial may write this many since the last upload of the
 #: experiment state before the one that state names is deleted.
 CHECKPOINTS_KEPT = 5
+
+
+@contextmanager
+def tune_environment() -> Iterator[None]:
+    """What Tune reads from the environment while a study's Tuner (new or restored) fits;
+    the process's environment is as it was again after."""
+    settings = {
+        # Tune saves the experiment (its trials, the searcher) every few seconds; a trial
+        # it created since its last save is lost when the driver dies. Save often: trials
+        # last minutes, the state is a few kB.
+        "TUNE_GLOBAL_CHECKPOINT_S": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S",
+                                                   str(EXPERIMENT_SAVE_PERIOD_S)),
+        # Tune adds no loggers of its own: its TensorBoard logger imports tensorboardX,
+        # which imports torch, and a study's driver never does. Each Tuner names the
+        # others itself (result_loggers).
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    }
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def result_loggers() -> list[tune.Callback]:
+    """Tune's result files in each trial's folder, CSV and JSON, as Tune writes them by
+    default (not its TensorBoard events: ``tune_environment``)."""
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
 
 
 def members(spec: StudySpec) -> int:
@@ -69,7 +107,7 @@ def new_tuner(spec: StudySpec, storage, trainable, monitor, tune_store) -> tune.
         ),
         run_config=tune.RunConfig(
             name=spec.name, **tune_store.run_config(), verbose=0,
-            callbacks=[monitor.callback], stop=monitor.stopper,
+            callbacks=[monitor.callback, *result_loggers()], stop=monitor.stopper,
             # The experiment state a restore reads names each trial's checkpoint as of
             # its last upload to the storage: upload it every few seconds (Tune's default
             # is 5 minutes), and keep enough checkpoints that the one it names still

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -203,3 +204,34 @@ def test_search_prints_no_third_party_log_lines(tiny_search) -> None:
              or re.search(r"\b(INFO|WARNING|DEBUG)\b \S+\.py:\d+ --", line)  # ray
              or "Warning:" in line]
     assert not noise, noise
+
+
+@pytest.mark.slow  # ~40 s: out of the default run (15-minute aim), CI runs it
+def test_search_quiet_tells_a_restart_once(ray_cluster, tmp_path: Path) -> None:
+    """``credit search --quiet`` while its trial's worker is SIGKILLed after the first
+    epoch: the driver's restart line appears once, and Ray's ``(raylet) ...`` notice of
+    the dead worker (which retold the same death) not at all, nor a "marked dead" one."""
+    from tests.service.test_study import _kill_after_first_epoch
+
+    args = ["search", "--quiet", "--space", "mnist-fc-backprop", "--trials", "1",
+            "--epochs", "4", "--batches-per-epoch", "60", "--dataset", "mnist-5k",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--name", "cli-restart"]
+    box: dict = {}
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_after_first_epoch, args=(box, tmp_path, stop),
+                              daemon=True)
+    killer.start()
+    try:
+        proc = credit(*args, cwd=tmp_path, timeout=300)
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert "killed_at" in box, "no trial worker was found to kill"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "study cli-restart: SUCCEEDED" in proc.stdout
+    lines = (proc.stdout + proc.stderr).splitlines()
+    restarts = [line for line in lines if ": restart " in line]
+    assert len(restarts) == 1 and ": restart 1 of 3 from its last checkpoint" in restarts[0], \
+        lines
+    assert not [line for line in lines if "(raylet)" in line or "marked dead" in line], lines

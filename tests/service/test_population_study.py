@@ -100,7 +100,7 @@ def test_bad_population_names_the_field(fields, where, tmp_path):
 def test_a_convolutional_population_is_sized_by_its_activations(tmp_path):
     """The CIFAR-10 CNN stacks too (grouped convolutions); ``auto`` counts what a member's
     feature maps hold: conv1's 32 × 32² units per image dominate, not its weights."""
-    from trainables.population import layer_units, member_bytes
+    from trainables.memory import layer_units, member_bytes
 
     spec = StudySpec(space="cifar10-cnn-backprop", population="auto", max_trials=5000,
                      parallel_trials=1, resources={"gpu": 1}, **_stores(tmp_path, "cnn"))
@@ -115,7 +115,7 @@ def test_a_convolutional_population_is_sized_by_its_activations(tmp_path):
 def test_auto_population_fills_the_memory_it_is_given(tmp_path):
     spec = StudySpec(space="mnist-fc-backprop", population="auto", max_trials=5000,
                      parallel_trials=2, **_stores(tmp_path, "auto"))
-    from trainables.population import member_bytes
+    from trainables.memory import member_bytes
     per = member_bytes(spec.trial_config({}))
     assert spec.members(per) == min(1024, 2500, (1 << 30) // per)
     assert spec.members(1 << 29) == 2  # 1 GiB per CPU / 512 MiB each

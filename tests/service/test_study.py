@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -357,6 +358,56 @@ def test_job_entrypoint_sigterm_ends_every_run_killed(ray_cluster, tmp_path, cre
     runs = trial_runs()
     assert runs and all(r.info.status in ("KILLED", "FINISHED") for r in runs)
     assert any(r.info.status == "KILLED" for r in runs)
+
+
+#: What a study's driver never imports (STYLE.md 13): it trains nothing; Ray's workers
+#: import these for the trials (``service.runner.worker_code``).
+TRAINING = ("torch", "torchvision", "trainables.tune", "trainables.trainer")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _driver(script: str, timeout: float) -> dict:
+    """Run ``script`` in a fresh interpreter (a study's driver); the last stderr line is
+    its JSON answer, to which this adds the training modules it had imported."""
+    # its peak memory from VmHWM: ru_maxrss counts the memory of the process that spawned it
+    code = ("import json, re, sys\n" + script +
+            f"\nanswer['training'] = sorted(m for m in {TRAINING!r} if m in sys.modules)"
+            "\nstatus = open('/proc/self/status').read()"
+            "\nanswer['peak_rss_mb'] = int(re.search(r'VmHWM:\\s*(\\d+)', status)[1]) // 1024"
+            "\nprint(json.dumps(answer), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    return json.loads(done.stderr.strip().splitlines()[-1])
+
+
+def test_the_drivers_modules_import_no_torch():
+    answer = _driver("import service.runner.job, service.runner.worker_code\nanswer = {}", 120)
+    assert answer["training"] == []
+
+
+def test_a_study_driver_never_imports_torch(ray_cluster, tmp_path):
+    """A whole study — a population trial, then the final evaluation's lone trial — in a
+    driver that never imports torch: only Ray's workers, which train, do. Its peak memory
+    is printed (issue "scale": under 400 MB, where importing torch alone took ~900 MB)."""
+    stores = _stores(tmp_path, "torchless")
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=2, population=2, parallel_trials=1,
+                     final_seeds=1, epochs=1, batches_per_epoch=5, dataset="mnist-5k",
+                     **stores)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.model_dump_json())
+    answer = _driver("from service.runner.job import main\n"
+                     f"answer = {{'rc': main([{str(spec_file)!r}])}}", 400)
+    print(f"study driver: peak RSS {answer['peak_rss_mb']} MB")
+    assert answer["rc"] == 0
+    assert answer["training"] == []
+    client = MlflowClient(stores["tracking_uri"])
+    exp = client.get_experiment_by_name("credit-search")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{tags.STUDY}` = 'torchless'")
+    roles = sorted(r.data.tags.get(tags.ROLE) for r in runs)
+    assert roles == ["final", "study", "trial", "trial"]  # every trial trained, elsewhere
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all("test_error" in r.data.metrics for r in runs if r.data.tags[tags.ROLE] != "study")
 
 
 @pytest.mark.parametrize("fields,where", [

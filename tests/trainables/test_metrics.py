@@ -43,16 +43,3 @@ def test_relative_error_and_sign_congruence():
     assert M.sign_congruence(W, -W) == 0.0
     B = torch.tensor([[0.5, 2.0], [0.1, -9.0]])  # 3 of 4 signs agree
     assert M.sign_congruence(W, B) == pytest.approx(75.0)
-
-
-def test_mean_and_standard_error_skip_missing_and_non_finite_values():
-    mean, sem = M.mean_sem([1.0, 2.0, 3.0, None, float("nan")])
-    assert mean == pytest.approx(2.0)
-    assert sem == pytest.approx(1.0 / math.sqrt(3))  # sample std 1, n = 3
-    assert M.mean_sem([0.25]) == (0.25, 0.0)
-    assert all(math.isnan(x) for x in M.mean_sem([None]))
-
-
-def test_finite_or_none_makes_strict_json():
-    assert M.finite_or_none({"a": [1.0, float("nan")], "b": (float("inf"), "x")}) == \
-        {"a": [1.0, None], "b": [None, "x"]}

@@ -5,6 +5,7 @@ stored them (``lifecycle.study_trials``); the points are ``service.records.serie
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from service.api import lifecycle, queries
@@ -33,11 +34,36 @@ class StudyData:
 
     @property
     def metric(self) -> str:
+        """The first objective's metric: the one of its value, its curve and Tune's rank."""
         return self.objectives[0]["metric"]
 
     @property
     def mode(self) -> str:
         return self.objectives[0].get("mode", "min")
+
+    @property
+    def several(self) -> bool:
+        """Several objectives: no single best, but a Pareto front (:attr:`pareto`)."""
+        return len(self.objectives) > 1
+
+    @property
+    def goals(self) -> str:
+        """Every objective as people read it: ``test_error (min), angle/fc2 (min)``."""
+        return ", ".join(f"{o['metric']} ({o.get('mode', 'min')})" for o in self.objectives)
+
+    def values(self, trial: dict[str, Any]) -> list[Any]:
+        """``trial``'s value of each objective, in order (None where it has none)."""
+        raw = trial.get("values") or {}
+        if not isinstance(raw, dict):  # a list, in the objectives' order
+            raw = dict(zip((o["metric"] for o in self.objectives), raw, strict=False))
+        return [raw.get(o["metric"]) for o in self.objectives]
+
+    @cached_property
+    def pareto(self) -> tuple[list[tuple[int, list[float]]],
+                              list[tuple[int, list[float]]]] | None:
+        """``(front, the others)`` of a study of several objectives (``series.pareto``);
+        None for one objective."""
+        return series.pareto(self.trials, self.objectives) if self.several else None
 
     @property
     def curve(self) -> list[tuple[int, float, float]]:
@@ -50,7 +76,8 @@ def load(svc: Services, ref: str, principal: Principal) -> StudyData:
     best = queries.current_best(record)
     objectives = series.objectives_of(record.spec)
     return StudyData(
-        public=to_public(svc, record), trials=lifecycle.study_trials(svc, record.id, principal),
+        public=to_public(svc, record, principal),
+        trials=lifecycle.study_trials(svc, record.id, principal),
         objectives=objectives, axes=series.axes_of(svc.spec_of(record).search_space()),
         final=series.final_seeds((best or {}).get("final_evaluation"),
                                  objectives[0]["metric"]),
@@ -75,9 +102,10 @@ def best_so_far_chart(d: StudyData) -> Chart:
 
 
 def param_charts(d: StudyData) -> list[Chart]:
-    """The objective against each searched parameter (log x where the space is log)."""
+    """The objective against each searched parameter (log x where the space is log), the
+    best trial marked (none with several objectives: there is no single best)."""
     by_number = {t["number"]: t for t in series.complete(d.trials)}
-    best = series.best_value(d.trials, d.mode)
+    best = None if d.several else series.best_value(d.trials, d.mode)
     out = []
     for axis in d.axes:
         points = series.param_points(d.trials, axis.name)
@@ -96,9 +124,9 @@ def param_charts(d: StudyData) -> list[Chart]:
 def pareto_section(d: StudyData) -> dict[str, Any] | None:
     """For a study of several objectives: its Pareto front (from the trials' ``values``)
     as a table and a plot of the first two objectives; None for one objective."""
-    if len(d.objectives) < 2:
+    if d.pareto is None:
         return None
-    front, others = series.pareto(d.trials, d.objectives)
+    front, others = d.pareto
     x, y = d.objectives[0]["metric"], d.objectives[1]["metric"]
 
     def points(rows):

@@ -28,8 +28,8 @@ from service.local.stack import (
     MlflowServer,
     OptunaDashboard,
     StackError,
-    start_together,
 )
+from service.local.startup import start_together
 from service.records.mlflow_access import auth_file
 from service.records.stores import check_database
 from service.records.tracking import account_env

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.local.stack import ComponentError, MlflowServer, log_tail, start_together
+from service.local.stack import MlflowServer
+from service.local.startup import ComponentError, log_tail, start_together
 
 
 def test_parts_start_concurrently_and_report_progress() -> None:

@@ -70,6 +70,21 @@ def test_pareto_holds_exactly_the_non_dominated_complete_trials(api, mlflow_serv
     assert "pareto.png" in {a["path"] for a in artifacts}
 
 
+def test_the_study_page_says_where_the_results_are(api, two_objectives):
+    """The page of the study of two objectives has no single best to show: it says so,
+    points to its Pareto front below and to ``/pareto``, and never says "no complete
+    trial yet" once trials completed. (The page's cases without a study run:
+    ``test_pages_views.py``.)"""
+    study = two_objectives
+    with api.client() as c:
+        page = c.get(f"/pages/studies/{study['id']}").text
+        front = c.get(f"/studies/{study['id']}/pareto").json()
+    assert "no complete trial yet" not in page
+    assert "test_error (min), angle/fc2 (min): no single best configuration" in page
+    assert f'<b id="front-size">{front["count"]}</b>' in page
+    assert f'href="/studies/{study["id"]}/pareto"' in page and '<section id="pareto">' in page
+
+
 @pytest.mark.parametrize("fields, loc, words", [
     ({"objectives": [TWO[0], TWO[0]]}, ["objectives", 1, "metric"], "named twice"),
     ({"objectives": [TWO[0], {"metric": "nope", "mode": "min"}]},
