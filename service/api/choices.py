@@ -1,23 +1,18 @@
-"""What a study can name: search-space presets, experiments, rules, datasets."""
+"""What a study can name: search-space presets, experiments, rules, datasets (their
+torch-free catalogue: the API trains nothing and imports no torch)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from search_spaces import load_space, preset_names
-from trainables.data import describe_datasets
+from trainables.catalog import dataset_descriptions, rule_descriptions
 from trainables.errors import CreditError
 from trainables.experiments import EXPERIMENTS
-from trainables.rules import RULES
 
 
 class UnknownSearchSpace(CreditError):
     """No preset of that name."""
-
-
-def _first_paragraph(doc: str | None) -> str:
-    text = (doc or "").strip().split("\n\n")[0]
-    return " ".join(text.split())
 
 
 def search_spaces() -> list[dict[str, Any]]:
@@ -43,8 +38,8 @@ def catalog() -> dict[str, Any]:
                     "classification": exp.classification, "datasets": list(exp.datasets),
                     "default_dataset": exp.default_dataset}
                    for name, exp in EXPERIMENTS.items()]
-    rules = [{"name": name, "description": _first_paragraph(rule.__doc__)}
-             for name, rule in RULES.items()]
+    rules = [{"name": name, "description": text}
+             for name, text in rule_descriptions().items()]
     datasets = [{"name": name, "description": text}
-                for name, text in sorted(describe_datasets().items())]
+                for name, text in dataset_descriptions().items()]
     return {"experiments": experiments, "rules": rules, "datasets": datasets}

@@ -246,3 +246,19 @@ def test_openapi_document_is_valid_and_lists_every_route(queue_api):
     assert create["required"] == ["name", "space"]
     assert not {"tracking_uri", "storage", "data_dir"} & set(create["properties"])
     assert create["additionalProperties"] is False
+
+
+def test_the_api_imports_no_torch():
+    """The HTTP service trains nothing: its app, ``credit serve`` and the dashboard gate
+    import no torch (the catalogue it serves is ``trainables.catalog``'s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, service.api.app, service.commands.actions.serve, "
+            "service.api.dashboard_gate\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'trainables.trainer', "
+            "'trainables.data', 'trainables.rules') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
