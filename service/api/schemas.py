@@ -119,6 +119,8 @@ class StudyPublic(BaseModel):
     mlflow_parent_run_id: str | None = None
     spec: dict[str, Any] = Field(description="the study as submitted, defaults filled in")
     created_at: dt.datetime
+    started_at: dt.datetime | None = Field(
+        None, description="when it left the queue: its Ray job submitted (null while QUEUED)")
     updated_at: dt.datetime
     links: Links
 

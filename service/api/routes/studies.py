@@ -58,6 +58,7 @@ def to_public(services: Services, record: StudyRecord, principal: Principal = AN
         job_id=record.job_id, mlflow_experiment_id=record.experiment_id,
         mlflow_parent_run_id=record.parent_run_id, spec=queries.public_spec(record),
         created_at=queries.aware(record.created_at),
+        started_at=queries.aware(record.started_at) if record.started_at else None,
         updated_at=queries.aware(record.updated_at),
         links={"self": f"/studies/{record.id}",
                "mlflow": mlflow_runs(services.settings.mlflow_ui_url, record.experiment_id,
