@@ -68,7 +68,7 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.mark = f"CREDIT_STACK_ID={stack_id}".encode()
         self.stop = threading.Event()
-        self.peak_total = self.peak_driver = self.peak_trial = 0.0
+        self.peak_total = self.peak_driver = self.peak_trial = self.peak_supervisor = 0.0
         self.peak_drivers = 0
 
     def _ours(self) -> list[int]:
@@ -96,6 +96,8 @@ class MemorySampler(threading.Thread):
                     self.peak_driver = max(self.peak_driver, rss)
                 elif cmd.startswith(("ray::ImplicitFunc", "ray::_Inner", "ray::train")):
                     self.peak_trial = max(self.peak_trial, rss)
+                elif cmd.startswith("ray::JobSupervisor"):
+                    self.peak_supervisor = max(self.peak_supervisor, rss)
             self.peak_total = max(self.peak_total, total)
             self.peak_drivers = max(self.peak_drivers, drivers)
             time.sleep(0.25)
@@ -232,8 +234,9 @@ def main() -> None:
         print(f"start->first epoch, {n} small studies: median {statistics.median(starts):.1f} s,"
               f" max {max(starts):.1f} s (target <= 3 s)")
     print(f"\npeak RSS: stack {sampler.peak_total / 1024:.2f} GB, a study driver "
-          f"{sampler.peak_driver:.0f} MB, a trial process {sampler.peak_trial:.0f} MB, "
-          f"drivers at once {sampler.peak_drivers}")
+          f"{sampler.peak_driver:.0f} MB (+ its Ray job supervisor "
+          f"{sampler.peak_supervisor:.0f} MB), a trial process {sampler.peak_trial:.0f} MB, "
+          f"driver processes at once {sampler.peak_drivers}")
 
 
 if __name__ == "__main__":
