@@ -74,5 +74,9 @@ def open_owner_experiment(tracking_uri: str, base: str, owner: str) -> str:
     experiment_id = tracking.ensure_experiment(tracking_uri, owner_experiment(base, owner),
                                                None)
     auth = get_app_client("basic-auth", tracking_uri=tracking_uri)
-    auth.grant_user_permission(owner, "experiment", experiment_id, OWNER_PERMISSION)
+    try:
+        auth.grant_user_permission(owner, "experiment", experiment_id, OWNER_PERMISSION)
+    except RestException as error:  # their earlier studies' grant
+        if not _exists(error):
+            raise
     return experiment_id
