@@ -387,6 +387,7 @@ def test_the_drivers_modules_import_no_torch():
 
 
 
+@pytest.mark.slow
 def test_a_study_driver_never_imports_torch(ray_cluster, tmp_path):
     """A whole study — a population trial, then the final evaluation's lone trial — in a
     driver that never imports torch: only Ray's workers, which train, do. Its peak memory
