@@ -16,10 +16,6 @@ import math
 
 import torch
 
-# Plain-number helpers, named here too for callers not yet moved to trainables.numbers
-# (``service.commands.actions.search``): the definitions live there, torch-free.
-from trainables.numbers import finite_or_none, mean_sem  # noqa: F401
-
 Tensor = torch.Tensor
 
 

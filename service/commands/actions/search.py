@@ -14,7 +14,7 @@ from service.runner.study import run_study
 from service.spec import StudyError, StudySpec
 from service.text import mean_sem, number
 from service.trials import TrialState
-from trainables.metrics import finite_or_none
+from trainables.numbers import finite_or_none
 
 
 def search(args: argparse.Namespace, spec: StudySpec) -> int:
