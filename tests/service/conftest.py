@@ -77,13 +77,15 @@ def _ray_cluster(patch: pytest.MonkeyPatch):
     deadline = time.time() + 60
     import ray
 
-    ray.init(address=address, log_to_driver=False, _node_ip_address=NODE_IP)
-    while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
-        time.sleep(0.5)
-    yield address
-    ray.shutdown()
-    stop_cluster(temp)
-    shutil.rmtree(temp, ignore_errors=True)
+    try:  # the cluster stops whatever happens here (a failed ray.init left it running)
+        ray.init(address=address, log_to_driver=False, _node_ip_address=NODE_IP)
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        yield address
+    finally:
+        ray.shutdown()
+        stop_cluster(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
