@@ -67,7 +67,7 @@ def room_problem(svc: Services, principal: Principal = ANYONE) -> str | None:
         if queued < settings.max_queued_per_owner:
             return None
         running = db.active_by_owner(session)
-        waiting = bool(db.queued_studies(session))
+        waiting = db.count_queued(session) > 0
     if not waiting and sum(running.values()) < settings.max_concurrent_studies and \
             running.get(owner, 0) < settings.running_per_owner:
         return None  # it would start at once

@@ -95,10 +95,10 @@ def _next(svc: Services) -> StudyRecord | None:
         queued = db.queued_studies(session)
         running = db.active_by_owner(session)
         last_start = db.last_start_by_owner(session)
-    for record in fair_order(queued, running, settings.running_per_owner, last_start):
-        if running.get(record.owner or "", 0) < settings.running_per_owner:
-            return record
-        return None  # the first in order is at its limit: so is everyone after it
+    order = fair_order(queued, running, settings.running_per_owner, last_start)
+    # owners at their limit come last: if the first is at its limit, so is everyone after
+    if order and running.get(order[0].owner or "", 0) < settings.running_per_owner:
+        return order[0]
     return None
 
 

@@ -227,10 +227,12 @@ def owners(session: Session) -> set[str]:
     return {o for o in session.scalars(select(StudyRecord.owner).distinct()).all() if o}
 
 
-def count_queued(session: Session, owner: str) -> int:
-    return int(session.scalar(select(func.count()).select_from(StudyRecord)
-                              .where(StudyRecord.status == QUEUED,
-                                     StudyRecord.owner == owner)) or 0)
+def count_queued(session: Session, owner: str | None = None) -> int:
+    """QUEUED studies: ``owner``'s, or every owner's (None)."""
+    query = select(func.count()).select_from(StudyRecord).where(StudyRecord.status == QUEUED)
+    if owner is not None:
+        query = query.where(StudyRecord.owner == owner)
+    return int(session.scalar(query) or 0)
 
 
 def queued_studies(session: Session) -> list[StudyRecord]:

@@ -3,6 +3,9 @@ document — over HTTP against ``credit serve``."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 import jsonschema
 import pytest
@@ -251,9 +254,6 @@ def test_openapi_document_is_valid_and_lists_every_route(queue_api):
 def test_the_api_imports_no_torch():
     """The HTTP service trains nothing: its app, ``credit serve`` and the dashboard gate
     import no torch (the catalogue it serves is ``trainables.catalog``'s)."""
-    import subprocess
-    import sys
-
     code = ("import sys, service.api.app, service.commands.actions.serve, "
             "service.api.dashboard_gate\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'trainables.trainer', "
