@@ -106,7 +106,7 @@ class RayJobs:
 
     # ----------------------------------------------------------------------- jobs
     def entrypoint(self) -> str:
-        return f"{shlex.quote(self.python)} -m service.runner.job"
+        return f"{shlex.quote(self.python)} -m service.runner.launch"
 
     def submit(self, submission_id: str, spec_json: str, env_vars: dict[str, str],
                metadata: dict[str, str] | None = None,

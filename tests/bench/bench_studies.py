@@ -60,9 +60,45 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _kind(cmd: str) -> str:
+    """What a process of the stack is, by its command line."""
+    if "service.runner.job" in cmd or "service.runner.launch" in cmd:
+        return "driver"
+    if cmd.startswith("ray::JobSupervisor"):
+        return "supervisor"
+    if cmd.startswith(("ray::ImplicitFunc", "ray::_Inner", "ray::train", "ray::Warm")):
+        return "trial"
+    if "service.runner.warm" in cmd:
+        return "warm"
+    if "mlflow" in cmd:
+        return "mlflow"
+    if "service.cli" in cmd or "uvicorn" in cmd:
+        return "api"
+    if "optuna" in cmd:
+        return "optuna"
+    return "ray"
+
+
+def _machine() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - values[3] - values[4]) / tick, sum(values) / tick
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return -1.0
+
+
 class MemorySampler(threading.Thread):
     """Every 0.25 s: the summed RSS of the stack's processes (those whose environment
-    carries ``CREDIT_STACK_ID=<id>``), and the largest driver and trial process."""
+    carries ``CREDIT_STACK_ID=<id>``), and the largest driver and trial process; and the
+    CPU seconds each process used, by kind (``cpu_by_kind``: as of its last sample)."""
 
     def __init__(self, stack_id: str):
         super().__init__(daemon=True)
@@ -70,6 +106,15 @@ class MemorySampler(threading.Thread):
         self.stop = threading.Event()
         self.peak_total = self.peak_driver = self.peak_trial = self.peak_supervisor = 0.0
         self.peak_drivers = 0
+        self.cpu: dict[int, tuple[str, float]] = {}
+        self.lock = threading.Lock()
+
+    def cpu_by_kind(self) -> dict[str, float]:
+        with self.lock:
+            out: dict[str, float] = {}
+            for kind, seconds in self.cpu.values():
+                out[kind] = out.get(kind, 0.0) + seconds
+            return out
 
     def _ours(self) -> list[int]:
         out = []
@@ -91,6 +136,10 @@ class MemorySampler(threading.Thread):
                 rss = _rss_mb(pid)
                 total += rss
                 cmd = _cmdline(pid)
+                seconds = _cpu_s(pid)
+                if seconds >= 0:
+                    with self.lock:
+                        self.cpu[pid] = (_kind(cmd), seconds)
                 if "service.runner.job" in cmd:
                     drivers += 1
                     self.peak_driver = max(self.peak_driver, rss)
@@ -160,7 +209,7 @@ def _ts(text: str) -> float:
 
 
 def run_arm(client: httpx.Client, mlflow_url: str, names: list[str], trials: int,
-            args) -> dict:
+            args, sampler: MemorySampler) -> dict:
     submitted: dict[str, float] = {}
 
     def submit(name: str) -> str:
@@ -169,11 +218,15 @@ def run_arm(client: httpx.Client, mlflow_url: str, names: list[str], trials: int
         assert r.status_code == 201, r.text
         return r.json()["id"]
 
+    cpu_before, machine_before = sampler.cpu_by_kind(), _machine()
     start = time.perf_counter()
     with ThreadPoolExecutor(len(names)) as pool:
         ids = list(pool.map(submit, names))
     studies = _wait_all(client, ids)
     wall = time.perf_counter() - start
+    time.sleep(0.5)  # the sampler's last look at the ended processes
+    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in sampler.cpu_by_kind().items()}
+    machine = [b - a for a, b in zip(machine_before, _machine(), strict=True)]
     assert all(s["status"] == "SUCCEEDED" for s in studies), \
         [(s["name"], s["status"], s["message"]) for s in studies]
     rows = []
@@ -184,7 +237,7 @@ def run_arm(client: httpx.Client, mlflow_url: str, names: list[str], trials: int
                      if first else None,
                      "from_start": first - started if first and started else None,
                      "waited": started - submitted[s["name"]] if started else None})
-    return {"wall": wall, "studies": rows}
+    return {"wall": wall, "studies": rows, "cpu": cpu, "busy": machine[0] / machine[1]}
 
 
 def main() -> None:
@@ -206,13 +259,13 @@ def main() -> None:
             sampler.start()
             with httpx.Client(base_url=url, timeout=120,
                               headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-                warm = run_arm(client, record["mlflow_ui"], ["warm-up"], 1, args)
+                warm = run_arm(client, record["mlflow_ui"], ["warm-up"], 1, args, sampler)
                 print(f"warm-up study (1 trial): {warm['wall']:.1f} s", flush=True)
                 many = run_arm(client, record["mlflow_ui"],
                                [f"small-{i:02d}" for i in range(args.studies)],
-                               args.trials, args)
+                               args.trials, args, sampler)
                 one = run_arm(client, record["mlflow_ui"], ["one-big"],
-                              args.studies * args.trials, args)
+                              args.studies * args.trials, args, sampler)
             sampler.stop.set()
             sampler.join()
         finally:
@@ -223,6 +276,13 @@ def main() -> None:
           f"{args.max_concurrent} running at once: {many['wall']:.1f} s")
     print(f"1 study of {n * t} trials, same settings: {one['wall']:.1f} s")
     print(f"ratio: {many['wall'] / one['wall']:.2f}x (target <= 2.0)")
+    kinds = sorted(set(many["cpu"]) | set(one["cpu"]),
+                   key=lambda k: -many["cpu"].get(k, 0.0))
+    print("\nCPU seconds by process kind   many     one")
+    for k in kinds:
+        print(f"  {k:<26} {many['cpu'].get(k, 0.0):6.1f}  {one['cpu'].get(k, 0.0):6.1f}")
+    print(f"  {'all':<26} {sum(many['cpu'].values()):6.1f}  {sum(one['cpu'].values()):6.1f}")
+    print(f"  machine busy               {many['busy']:6.0%}  {one['busy']:6.0%}")
     print("\nstudy      waited in queue  submit->first epoch  start->first epoch")
     for row in many["studies"] + one["studies"]:
         def f(v):

@@ -53,6 +53,8 @@ def _ray_cluster(patch: pytest.MonkeyPatch):
     # into the machine's outward IP, in --node-ip-address as in an address.
     patch.setenv("CREDIT_RAY_NODE_IP", NODE_IP)
     patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    # the nodes' warm drivers (service.runner.warm) keep their sockets and logs here
+    patch.setenv("CREDIT_WARM_DIR", str(temp / "warm"))
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     port, dashboard_port = free_port(), free_port()
     # Every port a node opens is chosen here: a second cluster on this machine (another

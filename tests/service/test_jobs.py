@@ -28,4 +28,4 @@ def test_an_unreachable_dashboard_is_a_job_error_naming_it():
     with pytest.raises(JobError, match="unreachable"):
         jobs.nodes()
     assert RayJobs(url, token="t").headers == {"Authorization": "Bearer t"}
-    assert jobs.entrypoint().endswith("-m service.runner.job")
+    assert jobs.entrypoint().endswith("-m service.runner.launch")

@@ -5,8 +5,10 @@ cancelled; parallel submissions are neither lost nor doubled."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import optuna
@@ -167,6 +169,33 @@ def test_report_of_a_finished_study_is_served(api, finished):
         assert png.headers["content-type"] == "image/png"
         assert c.get(f"/studies/{created['id']}/report/fig9.png").status_code == 404
         assert c.get(f"/studies/{created['id']}/report/x.html").status_code == 422
+
+
+def _warm_log() -> str:
+    folder = Path(os.environ["CREDIT_WARM_DIR"])
+    return "".join(p.read_text() for p in sorted(folder.glob("*.log")))
+
+
+def test_a_later_study_is_forked_by_the_nodes_warm_driver(api, finished, ray_jobs):
+    """The first study of a node starts its warm driver; once that is ready, a study's
+    driver is one of its forks, and ends with its study."""
+    assert finished[1]["status"] == "SUCCEEDED"
+    deadline = time.monotonic() + 120
+    while "ready" not in _warm_log() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "ready" in _warm_log(), _warm_log()
+    before = _warm_log().count(" started")
+    with api.client() as c:
+        r = c.post("/studies", json={"name": "forked", "space": "mnist-fc-node-perturbation",
+                                     "max_trials": 2, "parallel_trials": 2, "seed": 1, **TINY})
+        assert r.status_code == 201, r.text
+        final = wait_status(c, r.json()["id"], ENDED)
+    assert final["status"] == "SUCCEEDED", (final, ray_jobs.logs(final["job_id"])[-3000:])
+    log = _warm_log()
+    assert log.count(" started") == before + 1, log
+    pid = log.split(" started")[-2].rsplit("study driver ", 1)[1]
+    assert f"study driver {pid} exited 0" in log
+    assert ray_jobs.info(final["job_id"]).exit_code == 0
 
 
 def test_api_restart_mid_study_keeps_tracking_it(api):

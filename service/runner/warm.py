@@ -1,0 +1,272 @@
+"""A node's warm driver: ``python -m service.runner.warm SOCKET RAYLET_PID``.
+
+One process per Ray node (and Python, source and environment: ``service.runner.launch``
+keys it) that imports the study runner once — Ray, Tune, Optuna, MLflow, the service's
+code: seconds of CPU and a few hundred MB a cold driver pays again for every study —
+then forks one driver per study its socket receives. The fork is the study's driver,
+as ``python -m service.runner.job`` would be: the job's arguments, environment,
+working directory and standard streams, its own Ray connection (made after the fork:
+the warm process never joins Ray), its own exit code. One study's crash, stop or
+end never touches another's: each is its own process.
+
+- Only this user reaches the socket (its folder is private; the peer's uid is checked).
+- A driver dies with the warm process (``PR_SET_PDEATHSIG``), and is killed when its
+  job's entrypoint (``launch``) is gone (Ray's SIGKILL after its stop grace period).
+- It exits when its raylet is gone, or after ``CREDIT_WARM_IDLE_S`` (1800) seconds
+  with no driver; its lock (``SOCKET.lock``) makes it the only one of its key.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from service.runner.launch import HEADER, IDLE_VAR
+
+#: What a driver imports while it runs a study, beyond ``service.runner.job``'s imports:
+#: imported here once, so that no driver pays for them (measured: ``tests/bench``).
+PRELOAD = ("service.runner.job", "ray.tune.execution.tune_controller",
+           "ray.train._internal.storage", "optuna.samplers", "mlflow.tracking",
+           "matplotlib.pyplot", "sqlalchemy.dialects.sqlite", "pyarrow.fs")
+MAX_REQUEST = 64 << 20
+PR_SET_PDEATHSIG = 1
+
+
+def _preload() -> None:
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional part (a dialect) missing: its drivers import it
+            pass
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = conn.recv(min(n - len(data), 1 << 20))
+        if not chunk:
+            raise ConnectionError("the entrypoint hung up")
+        data += chunk
+    return bytes(data)
+
+
+def _request(conn: socket.socket) -> tuple[dict, list[int]]:
+    """The job's arguments, environment and working directory, and its 3 streams."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    if struct.unpack("3i", creds)[1] != os.getuid():
+        raise PermissionError("a process of another user")
+    head, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
+    try:
+        if len(head) != HEADER.size or len(fds) != 3:
+            raise ConnectionError("a request without its header and 3 streams")
+        (size,) = HEADER.unpack(head)
+        if size > MAX_REQUEST:
+            raise ConnectionError(f"a request of {size} bytes")
+        return json.loads(_recv_exact(conn, size)), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _run_driver(request: dict, fds: list[int], close: list[int]) -> None:
+    """In the fork: become the study's driver, run it, exit as a process would."""
+    code = 1
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for fd in close:
+            os.close(fd)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["service.runner.job", *request["argv"]]
+        code = importlib.import_module("service.runner.job").main(request["argv"])
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:  # what the interpreter does at exit, not the warm process's own frames
+        try:
+            threading._shutdown()  # type: ignore[attr-defined]
+            import atexit
+
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code & 0xFF)
+
+
+class WarmDriver:
+    """The socket, the drivers forked from it and their entrypoints' connections."""
+
+    def __init__(self, path: Path, raylet: int, idle_s: float):
+        self.path, self.raylet, self.idle_s = path, raylet, idle_s
+        self.sel = selectors.DefaultSelector()
+        self.drivers: dict[int, socket.socket] = {}  # driver pid → its entrypoint
+        self.last = time.monotonic()
+        self.inode = 0
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+
+    def bind(self) -> socket.socket:
+        self.path.unlink(missing_ok=True)  # a dead one's: we hold the lock
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(self.path))
+        os.chmod(self.path, 0o600)
+        self.inode = self.path.stat().st_ino
+        server.listen(64)
+        return server
+
+    def raylet_alive(self) -> bool:
+        try:  # a zombie is dead too (its parent has not reaped it yet)
+            stat = Path(f"/proc/{self.raylet}/stat").read_text()
+        except OSError:
+            return False
+        name, _, rest = stat.partition(" (")[2].rpartition(")")
+        return name == "raylet" and rest.split()[0] != "Z"
+
+    def serve(self, server: socket.socket, lock_fd: int) -> None:
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w)
+        self.sel.register(server, selectors.EVENT_READ, "accept")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "child")
+        print(f"credit: warm driver {os.getpid()} ready at {self.path}", flush=True)
+        while True:
+            for key, _ in self.sel.select(timeout=1.0):
+                if key.data == "accept":
+                    self.accept(server, lock_fd)
+                elif key.data == "child":
+                    while True:
+                        try:
+                            if not os.read(self.wake_r, 512):
+                                break
+                        except BlockingIOError:
+                            break
+                else:  # an entrypoint hung up (or wrote): killed, its driver goes too
+                    self.entrypoint_gone(key.data)
+            self.reap()
+            if not self.raylet_alive():
+                print("credit: warm driver: its raylet is gone; exiting", flush=True)
+                return
+            if not self.drivers and time.monotonic() - self.last > self.idle_s:
+                print("credit: warm driver: idle; exiting", flush=True)
+                return
+
+    def accept(self, server: socket.socket, lock_fd: int) -> None:
+        conn, _ = server.accept()
+        self.last = time.monotonic()
+        conn.settimeout(10)
+        try:
+            request, fds = _request(conn)
+        except (OSError, ValueError, ConnectionError) as error:
+            print(f"credit: warm driver: a request refused: {error}", flush=True)
+            conn.close()
+            return
+        close = [server.fileno(), lock_fd, self.wake_r, self.wake_w, conn.fileno(),
+                 *(c.fileno() for c in self.drivers.values())]
+        pid = os.fork()
+        if pid == 0:
+            _run_driver(request, fds, close)
+        for fd in fds:
+            os.close(fd)
+        self.drivers[pid] = conn
+        self.sel.register(conn, selectors.EVENT_READ, pid)
+        print(f"credit: warm driver: study driver {pid} started", flush=True)
+        try:
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        except OSError:
+            self.entrypoint_gone(pid)
+
+    def entrypoint_gone(self, pid: int) -> None:
+        conn = self.drivers.get(pid)
+        try:
+            if conn is not None and conn.recv(1, socket.MSG_PEEK):
+                conn.recv(4096)  # it has nothing to say: drop it
+                return
+        except OSError:
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if conn is not None:
+            self.sel.unregister(conn)
+
+    def reap(self) -> None:
+        while self.drivers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.drivers.pop(pid, None)
+            self.last = time.monotonic()
+            if conn is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            print(f"credit: warm driver: study driver {pid} exited {code}", flush=True)
+            try:
+                self.sel.unregister(conn)
+            except (KeyError, ValueError):
+                pass
+            try:
+                conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+            except OSError:
+                pass
+            conn.close()
+
+
+def main(argv: list[str]) -> int:
+    path, raylet = Path(argv[0]), int(argv[1])
+    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another is (becoming) this key's warm driver
+    started = time.perf_counter()
+    _preload()
+    print(f"credit: warm driver {os.getpid()}: imports took "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
+    warm = WarmDriver(path, raylet, float(os.environ.get(IDLE_VAR) or 1800))
+    server = warm.bind()
+    try:
+        warm.serve(server, lock)
+    finally:
+        try:
+            if path.stat().st_ino == warm.inode:  # not a successor's
+                path.unlink()
+        except OSError:
+            pass
+        for pid in list(warm.drivers):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
