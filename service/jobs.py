@@ -7,7 +7,10 @@ process, and the API finds it again by its submission id after a restart.
 
 The spec travels in the job's runtime environment (``CREDIT_STUDY_SPEC``, JSON), so
 the driver reads it on whichever node runs it, with no shared file system; the
-entrypoint is ``python -m service.runner.job``, which reads it from there. Not the job's
+entrypoint is ``python -m service.runner.launch``, which hands the study to its node's
+warm driver (``service.runner.warm``: the study runner imported once, one fork per
+study) or, where there is none yet, becomes ``python -m service.runner.job``; either
+reads the spec from there. Not the job's
 ``working_dir``: on one machine its nodes share Ray's temp dir, and one node's
 runtime-env agent deletes the package another still runs in. Every call here
 blocks (HTTP): callers run them off the event loop.

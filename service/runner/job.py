@@ -1,6 +1,7 @@
 """A study's driver process: ``python -m service.runner.job [SPEC.json] [--resume]``.
 
-The HTTP service starts it as a Ray Job, with the study's spec — the JSON it validated
+The HTTP service starts it as a Ray Job (through ``service.runner.launch``: a fork of
+the node's warm driver, or this module run cold), with the study's spec — the JSON it validated
 and stored — in ``$CREDIT_STUDY_SPEC`` (``service.jobs.SPEC_VAR``); given a file, it
 reads the spec from there instead. The spec is read with ``model_validate_json``, the
 same model the service validated it with. It prints the result as JSON and exits 0

@@ -86,6 +86,25 @@ def _machine() -> tuple[float, float]:
     return (sum(values) - values[3] - values[4]) / tick, sum(values) / tick
 
 
+def _pss_mb(pid: int) -> float:
+    """Proportional set size: a page shared by n processes counts 1/n in each (a warm
+    driver's forks share its imports)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far."""
     try:
@@ -105,6 +124,8 @@ class MemorySampler(threading.Thread):
         self.mark = f"CREDIT_STACK_ID={stack_id}".encode()
         self.stop = threading.Event()
         self.peak_total = self.peak_driver = self.peak_trial = self.peak_supervisor = 0.0
+        self.peak_pss_total = self.peak_driver_pss = self.peak_drivers_pss = 0.0
+        self.peak_warm_pss = 0.0
         self.peak_drivers = 0
         self.cpu: dict[int, tuple[str, float]] = {}
         self.lock = threading.Lock()
@@ -130,24 +151,35 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             pids = self._ours()
-            total = 0.0
+            total = pss_total = drivers_pss = 0.0
             drivers = 0
+            warm = {pid for pid in pids if "service.runner.warm" in _cmdline(pid)}
             for pid in pids:
-                rss = _rss_mb(pid)
+                rss, pss = _rss_mb(pid), _pss_mb(pid)
                 total += rss
+                pss_total += pss
                 cmd = _cmdline(pid)
                 seconds = _cpu_s(pid)
                 if seconds >= 0:
-                    with self.lock:
-                        self.cpu[pid] = (_kind(cmd), seconds)
-                if "service.runner.job" in cmd:
+                    with self.lock:  # a trial's process is IDLE before and after it
+                        kind = self.cpu.get(pid, ("ray", 0.0))[0]
+                        self.cpu[pid] = (_kind(cmd) if kind == "ray" else kind, seconds)
+                if pid in warm and _ppid(pid) not in warm:  # the warm driver itself
+                    self.peak_warm_pss = max(self.peak_warm_pss, pss)
+                    drivers_pss += pss
+                elif pid in warm or ("service.runner.job" in cmd
+                                     and not cmd.startswith("/bin/sh")):
                     drivers += 1
+                    drivers_pss += pss
                     self.peak_driver = max(self.peak_driver, rss)
+                    self.peak_driver_pss = max(self.peak_driver_pss, pss)
                 elif cmd.startswith(("ray::ImplicitFunc", "ray::_Inner", "ray::train")):
                     self.peak_trial = max(self.peak_trial, rss)
                 elif cmd.startswith("ray::JobSupervisor"):
                     self.peak_supervisor = max(self.peak_supervisor, rss)
             self.peak_total = max(self.peak_total, total)
+            self.peak_pss_total = max(self.peak_pss_total, pss_total)
+            self.peak_drivers_pss = max(self.peak_drivers_pss, drivers_pss)
             self.peak_drivers = max(self.peak_drivers, drivers)
             time.sleep(0.25)
 
@@ -155,7 +187,9 @@ class MemorySampler(threading.Thread):
 def _start_stack(home: Path, args) -> tuple[subprocess.Popen, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDIT_", "RAY_"))}
     env.update(CREDIT_HOME=str(home), CREDIT_API_TOKENS=TOKEN, CREDIT_SYNC_INTERVAL_S="1",
-               CREDIT_MAX_CONCURRENT_STUDIES=str(args.max_concurrent))
+               CREDIT_MAX_CONCURRENT_STUDIES=str(args.max_concurrent),
+               CREDIT_WARM_DRIVERS="0" if args.cold else "1",
+               CREDIT_WARM_DIR=str(home / "warm"))
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--local", "--port", str(port),
@@ -247,6 +281,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--max-concurrent", type=int, default=4)
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--cold", action="store_true",
+                    help="every driver starts cold (CREDIT_WARM_DRIVERS=0): the baseline")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="credit-bench-studies-") as tmp:
         home = Path(tmp) / "home"
@@ -297,6 +333,10 @@ def main() -> None:
           f"{sampler.peak_driver:.0f} MB (+ its Ray job supervisor "
           f"{sampler.peak_supervisor:.0f} MB), a trial process {sampler.peak_trial:.0f} MB, "
           f"driver processes at once {sampler.peak_drivers}")
+    print(f"peak PSS (shared pages split between their processes): stack "
+          f"{sampler.peak_pss_total / 1024:.2f} GB, a study driver "
+          f"{sampler.peak_driver_pss:.0f} MB, the warm driver {sampler.peak_warm_pss:.0f} MB, "
+          f"all drivers at once {sampler.peak_drivers_pss:.0f} MB")
 
 
 if __name__ == "__main__":
