@@ -16,7 +16,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,55 @@ CallbackFactory = Callable[[TrainConfig, str], Sequence[Callback]]
 ErrorHandler = Callable[[BaseException, int], dict[str, Any] | None]
 
 
+class TuneSession:
+    """What a trainable asks of Ray Tune: its trial's id and CPUs, the checkpoint it
+    starts from, where each epoch's report goes. A fork of a node's warm trainer
+    (``service.runner.warm``) trains for a Tune trial in another process: it puts a
+    session that relays these to that trial in place (``use_session``)."""
+
+    def trial_id(self) -> str:
+        from ray import tune
+
+        return tune.get_context().get_trial_id()
+
+    def cpus(self) -> float:
+        from ray import tune
+
+        return tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+
+    @contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        """The folder of the checkpoint to start from, or None (a new trial)."""
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    def report(self, metrics: dict[str, Any], directory: Path | None = None) -> None:
+        """Report ``metrics``, with the checkpoint in ``directory`` (copied before this
+        returns: the caller may delete it then)."""
+        from ray import tune
+
+        tune.report(metrics, checkpoint=None if directory is None
+                    else tune.Checkpoint.from_directory(str(directory)))
+
+
+_SESSION: list[TuneSession] = [TuneSession()]
+
+
+def session() -> TuneSession:
+    return _SESSION[0]
+
+
+def use_session(replacement: TuneSession) -> None:
+    """Trainables report to ``replacement`` from now on (in this process)."""
+    _SESSION[0] = replacement
+
+
 class ReportToTune(Callback):
     """Reports each epoch's metrics to Tune together with a full checkpoint.
 
@@ -45,11 +95,9 @@ class ReportToTune(Callback):
     """
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        from ray import tune
-
         with tempfile.TemporaryDirectory(prefix="credit-ckpt-") as tmp:
             trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE)
-            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+            session().report(dict(metrics), Path(tmp))
 
 
 def trial_threads(config: TrainConfig, cpus: float) -> int:
@@ -80,28 +128,23 @@ def train_trial(config: dict[str, Any], callback_factory: CallbackFactory | None
     ends there (a failure of the trial itself, e.g. divergence: never retried), None
     raises (an infrastructure failure: Tune restarts the trial from its checkpoint).
     """
-    from ray import tune
-
     trainer = None
     try:
-        context = tune.get_context()
         cfg = TrainConfig(**config)
         check_device(cfg)
-        cpus = context.get_trial_resources().required_resources.get("CPU", 1)
-        torch.set_num_threads(trial_threads(cfg, cpus))
-        extra = list(callback_factory(cfg, context.get_trial_id())) if callback_factory else []
+        torch.set_num_threads(trial_threads(cfg, session().cpus()))
+        extra = list(callback_factory(cfg, session().trial_id())) if callback_factory else []
         trainer = Trainer(cfg, callbacks=[*extra, ReportToTune()])
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                trainer.load_checkpoint(Path(directory) / CHECKPOINT_FILE)
+        with session().restored() as directory:
+            if directory is not None:
+                trainer.load_checkpoint(directory / CHECKPOINT_FILE)
         trainer.fit()
     except Exception as error:
         last = None if on_error is None else on_error(error, 0 if trainer is None
                                                       else trainer.epoch)
         if last is None:
             raise
-        tune.report(last)
+        session().report(last)
 
 
 # ------------------------------------------------------------------ populations
@@ -210,19 +253,14 @@ def train_population(config: dict[str, Any], metric: str, mode: str,
     stops the weaker members at each rung. An exception of the population as a whole is
     ``train_trial``'s: ``on_error`` decides between its last report and a restart.
     """
-    from ray import tune
-
     pop = None
     try:
-        context = tune.get_context()
-        cpus = context.get_trial_resources().required_resources.get("CPU", 1)
         check_device(TrainConfig(**{k: v for k, v in config.items() if k != POPULATION_KEY}))
         pop = Populations(config, metric, mode, callback_factory)
-        torch.set_num_threads(trial_threads(pop.groups[0].config, cpus))
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                pop.load_state_dict(torch.load(Path(directory) / POPULATION_FILE,
+        torch.set_num_threads(trial_threads(pop.groups[0].config, session().cpus()))
+        with session().restored() as directory:
+            if directory is not None:
+                pop.load_state_dict(torch.load(directory / POPULATION_FILE,
                                                weights_only=False))
         for g in pop.groups:
             for key in g.keys:
@@ -234,7 +272,7 @@ def train_population(config: dict[str, Any], metric: str, mode: str,
                 pop.halve(*halving)
             with tempfile.TemporaryDirectory(prefix="credit-ckpt-") as tmp:
                 torch.save(pop.state_dict(), Path(tmp) / POPULATION_FILE)
-                tune.report(pop.report(), checkpoint=tune.Checkpoint.from_directory(tmp))
+                session().report(pop.report(), Path(tmp))
     except Exception as error:
         last = None if on_error is None else on_error(error, 0 if pop is None else pop.epoch)
         if last is None or pop is None:
@@ -244,4 +282,4 @@ def train_population(config: dict[str, Any], metric: str, mode: str,
                 for cb in g.callbacks[key]:
                     cb.on_fit_error(g.members[key], error)
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        tune.report({**last, **pop.fail_all(reason)})
+        session().report({**last, **pop.fail_all(reason)})

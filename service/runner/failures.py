@@ -26,6 +26,7 @@ _INFRA_TYPES = {
     "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "TimeoutError",
     "PermissionError", "OperationalError", "DataUnavailableError", "TuneError",
     "StorageInternalError", "InterfaceError", "DatabaseError", "DeviceUnavailableError",
+    "TrialProcessError",
 }
 _INFRA_TEXT = re.compile(
     r"cluster storage|storage_path|not accessible by worker nodes|checkpoint|"

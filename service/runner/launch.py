@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import signal
 import socket
 import struct
@@ -40,6 +41,13 @@ IDLE_VAR = "CREDIT_WARM_IDLE_S"
 #: and not in its own environment (each driver gets its job's whole environment).
 PER_JOB = ("CREDIT_STUDY_SPEC", "RAY_JOB_CONFIG_JSON_ENV_VAR", "PWD", "OLDPWD", "SHLVL", "_")
 PER_JOB_PREFIXES = ("RAY_JOB_",)
+#: The variables a warm process's key is made of: those that can change what an import
+#: does (where Python finds code and libraries, the service's and MLflow's settings,
+#: the cluster). Not those Ray sets per worker (OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES):
+#: a fork gets its job's or trial's whole environment anyway.
+KEY_PREFIXES = ("CREDIT_", "MLFLOW_", "PYTHON", "VIRTUAL_ENV", "PATH", "LD_", "HOME",
+                "TMPDIR", "RAY_ADDRESS", "RAY_AUTH_MODE", "TORCH", "CUDA_HOME")
+ROLES = ("driver", "trainer")
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = struct.Struct("!Q")
 
@@ -103,40 +111,91 @@ def warm_dir(env: dict[str, str] | None = None) -> Path | None:
     return path
 
 
-def socket_path(env: dict[str, str] | None = None) -> Path | None:
-    """This node's warm driver's socket for this environment; None where there is none
-    to be had (switched off, not under a raylet, no private folder)."""
+def key_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in node_env(env).items() if k.startswith(KEY_PREFIXES)}
+
+
+def socket_path(env: dict[str, str] | None = None, role: str = "driver") -> Path | None:
+    """This node's warm process's socket for ``role`` (``driver``: a study's driver;
+    ``trainer``: a trial's training) and this environment; None where there is none to
+    be had (switched off, not under a raylet, no private folder)."""
     env = dict(os.environ if env is None else env)
     raylet = raylet_pid()
     if not enabled(env) or raylet is None or (directory := warm_dir(env)) is None:
         return None
     key = hashlib.sha256(json.dumps(
-        [sys.executable, raylet, source_stamp(), sorted(node_env(env).items())]).encode())
-    return directory / f"{key.hexdigest()[:20]}.sock"
+        [role, sys.executable, raylet, source_stamp(), sorted(key_env(env).items())]).encode())
+    return directory / f"{role}-{key.hexdigest()[:20]}.sock"
+
+
+# ------------------------------------------------------------------ frames
+def send_frame(sock: socket.socket, message: object) -> None:
+    """One pickled message, length first (between processes of one user only)."""
+    data = pickle.dumps(message)
+    sock.sendall(HEADER.pack(len(data)) + data)
+
+
+def recv_frame(sock: socket.socket) -> object | None:
+    """The next message; None when the other end has closed."""
+    head = _recv_exact(sock, HEADER.size)
+    if head is None:
+        return None
+    body = _recv_exact(sock, HEADER.unpack(head)[0])
+    if body is None:
+        return None
+    return pickle.loads(body)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(min(n - len(data), 1 << 20))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
 
 
 # ------------------------------------------------------------------------ the client
-def _send(sock: socket.socket, argv: list[str]) -> None:
-    payload = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
-    socket.send_fds(sock, [HEADER.pack(len(payload))], [0, 1, 2])
-    sock.sendall(payload)
-
-
-def run_warm(path: Path, argv: list[str]) -> int | None:
-    """Run the study in the warm driver at ``path``: its exit code (negative: killed by
-    that signal); None if no warm driver answers there."""
+def open_warm(path: Path, argv: list[str], fds: list[int], payload: bytes = b""):
+    """Have the warm process at ``path`` fork, with this process's environment and
+    working directory, ``fds`` as its standard streams (and a 4th, a trainer's channel)
+    and ``payload`` (a trainer's trial): (socket, its lines, the fork's pid), or None if
+    no warm process answers there. Closing the socket kills the fork."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
-        _send(sock, argv)
+        body = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(),
+                           "payload": payload.hex()}).encode()
+        socket.send_fds(sock, [HEADER.pack(len(body))], fds)
+        sock.sendall(body)
         lines = sock.makefile("r")
         started = json.loads(lines.readline() or "null")
     except (OSError, ValueError):
         sock.close()
         return None
     if not isinstance(started, dict) or "pid" not in started:
+        sock.close()
         return None
-    pid = int(started["pid"])
+    return sock, lines, int(started["pid"])
+
+
+def exit_code(lines) -> int | None:
+    """The fork's exit code (negative: killed by that signal), once it has exited; None
+    if the warm process went without saying."""
+    try:
+        return int(json.loads(lines.readline())["exit"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_warm(path: Path, argv: list[str]) -> int | None:
+    """Run the study in the warm driver at ``path``: its exit code (negative: killed by
+    that signal); None if no warm driver answers there."""
+    opened = open_warm(path, argv, [0, 1, 2])
+    if opened is None:
+        return None
+    _, lines, pid = opened
 
     def forward(signum, frame):
         try:
@@ -146,30 +205,29 @@ def run_warm(path: Path, argv: list[str]) -> int | None:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    line = lines.readline()
-    try:
-        ended = json.loads(line)["exit"]
-    except (ValueError, KeyError, TypeError):
+    ended = exit_code(lines)
+    if ended is None:
         print(f"credit: the warm driver of this node ended without the study's exit "
               f"status (driver pid {pid})", file=sys.stderr)
         return 1
-    return int(ended)
+    return ended
 
 
-def start_warm(path: Path) -> None:
-    """Start this node's warm driver in the background (its own session: Ray's stop of
-    this job must not reach it). It gives up at once if another holds the socket."""
+def start_warm(path: Path, role: str = "driver") -> None:
+    """Start this node's warm process for ``role`` in the background. It is nobody's
+    child: a shell starts it and exits, so Ray's clean-up of this job or worker (the
+    process group, the children of a worker that exits) never reaches it. It gives up
+    at once if another holds the socket."""
     env = node_env(dict(os.environ))
-    log = open(path.with_suffix(".log"), "ab")  # noqa: SIM115 -- handed to the child
+    command = [sys.executable, "-m", "service.runner.warm", str(path),
+               str(raylet_pid() or 0), role]
     try:
-        subprocess.Popen([sys.executable, "-m", "service.runner.warm", str(path),
-                          str(raylet_pid() or 0)],
-                         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                         cwd=str(ROOT), start_new_session=True, close_fds=True)
-    except OSError as error:
-        print(f"credit: could not start a warm driver: {error}", file=sys.stderr)
-    finally:
-        log.close()
+        subprocess.run(["/bin/sh", "-c", 'exec "$@" </dev/null >>"$0" 2>&1 &',
+                        str(path.with_suffix(".log")), *command],
+                       env=env, cwd=str(ROOT), start_new_session=True, close_fds=True,
+                       timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as error:
+        print(f"credit: could not start a warm {role}: {error}", file=sys.stderr)
 
 
 def exit_as(code: int) -> None:

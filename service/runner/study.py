@@ -37,6 +37,7 @@ from service.runner.monitor import StudyMonitor
 from service.runner.preflight import check_cluster, local_tracking
 from service.runner.ray_cluster import connect_ray, leave_ray, quiet_ray
 from service.runner.recovery import Recovery
+from service.runner.relay import pack
 from service.runner.resources import ResourceWatch
 from service.runner.results import (
     StudyResult,
@@ -142,12 +143,12 @@ def _tuner(spec: StudySpec, records: _Records, monitor, resume: bool):
                                    records.parent_id, spec.name)
     errors = TrialErrors(spec.objective.metric)
     if members(spec) > 1:  # K configurations per Ray trial, one stacked model
-        trainable = tune.with_parameters(
-            TRAIN_POPULATION, metric=spec.objective.metric, mode=spec.objective.mode,
-            callback_factory=factory, on_error=errors, halving=halving(spec))
+        trainable = tune.with_parameters(TRAIN_POPULATION, packed=pack(
+            metric=spec.objective.metric, mode=spec.objective.mode,
+            callback_factory=factory, on_error=errors, halving=halving(spec)))
     else:
-        trainable = tune.with_parameters(TRAIN_TRIAL, callback_factory=factory,
-                                         on_error=errors)
+        trainable = tune.with_parameters(TRAIN_TRIAL, packed=pack(callback_factory=factory,
+                                                                  on_error=errors))
     trainable = tune.with_resources(trainable, spec.resources.ray())
     tune_store = tune_storage()
     if resume and can_restore(tune_store, spec.name):

@@ -1,4 +1,8 @@
-"""A node's warm driver: ``python -m service.runner.warm SOCKET RAYLET_PID``.
+"""A node's warm processes: ``python -m service.runner.warm SOCKET RAYLET_PID [ROLE]``.
+
+ROLE ``driver`` (the default) forks study drivers; ``trainer`` forks the processes
+that train Tune's trials (``service.runner.relay``, ``service.runner.warm_trainer``):
+torch, the trainables and MLflow imported once per node instead of once per trial.
 
 One process per Ray node (and Python, source and environment: ``service.runner.launch``
 keys it) that imports the study runner once — Ray, Tune, Optuna, MLflow, the service's
@@ -23,6 +27,7 @@ import fcntl
 import importlib
 import json
 import os
+import pkgutil
 import selectors
 import signal
 import socket
@@ -35,17 +40,24 @@ from pathlib import Path
 
 from service.runner.launch import HEADER, IDLE_VAR
 
-#: What a driver imports while it runs a study, beyond ``service.runner.job``'s imports:
-#: imported here once, so that no driver pays for them (measured: ``tests/bench``).
-PRELOAD = ("service.runner.job", "ray.tune.execution.tune_controller",
-           "ray.train._internal.storage", "optuna.samplers", "mlflow.tracking",
-           "matplotlib.pyplot", "sqlalchemy.dialects.sqlite", "pyarrow.fs")
+#: What a role's forks import while they run, beyond their module's imports: imported
+#: here once, so that no fork pays for them (measured: ``tests/bench``).
+PRELOAD = {
+    "driver": ("service.runner.job", "ray.tune.execution.tune_controller",
+               "ray.train._internal.storage", "optuna.samplers", "mlflow.tracking",
+               "matplotlib.pyplot", "sqlalchemy.dialects.sqlite", "pyarrow.fs"),
+    "trainer": ("service.runner.warm_trainer", "mlflow.tracking", "matplotlib.pyplot"),
+}
+#: What a fork of each role runs: ``module:function(request, channel fd or None)``,
+#: which returns the fork's exit code.
+RUN = {"driver": "service.runner.warm:run_job", "trainer": "service.runner.warm_trainer:train"}
+FDS = {"driver": 3, "trainer": 4}
 MAX_REQUEST = 64 << 20
 PR_SET_PDEATHSIG = 1
 
 
-def _preload() -> None:
-    for name in PRELOAD:
+def _preload(role: str) -> None:
+    for name in PRELOAD[role]:
         try:
             importlib.import_module(name)
         except ImportError:  # an optional part (a dialect) missing: its drivers import it
@@ -62,15 +74,16 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return bytes(data)
 
 
-def _request(conn: socket.socket) -> tuple[dict, list[int]]:
-    """The job's arguments, environment and working directory, and its 3 streams."""
+def _request(conn: socket.socket, nfds: int) -> tuple[dict, list[int]]:
+    """The job's arguments, environment and working directory, its 3 streams (and a
+    trainer's channel)."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     if struct.unpack("3i", creds)[1] != os.getuid():
         raise PermissionError("a process of another user")
-    head, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
+    head, fds, _, _ = socket.recv_fds(conn, HEADER.size, nfds)
     try:
-        if len(head) != HEADER.size or len(fds) != 3:
-            raise ConnectionError("a request without its header and 3 streams")
+        if len(head) != HEADER.size or len(fds) != nfds:
+            raise ConnectionError(f"a request without its header and {nfds} descriptors")
         (size,) = HEADER.unpack(head)
         if size > MAX_REQUEST:
             raise ConnectionError(f"a request of {size} bytes")
@@ -81,8 +94,15 @@ def _request(conn: socket.socket) -> tuple[dict, list[int]]:
         raise
 
 
-def _run_driver(request: dict, fds: list[int], close: list[int]) -> None:
-    """In the fork: become the study's driver, run it, exit as a process would."""
+def run_job(request: dict, channel: int | None) -> int:
+    """A driver fork: ``python -m service.runner.job ARGS``."""
+    sys.argv = ["service.runner.job", *request["argv"]]
+    return importlib.import_module("service.runner.job").main(request["argv"])
+
+
+def _run_fork(role: str, request: dict, fds: list[int], close: list[int]) -> None:
+    """In the fork: become the job's driver (or the trial's trainer), run, exit as a
+    process would."""
     code = 1
     try:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -92,14 +112,13 @@ def _run_driver(request: dict, fds: list[int], close: list[int]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in close:
             os.close(fd)
-        for target, fd in enumerate(fds):
+        for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
             os.close(fd)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        sys.argv = ["service.runner.job", *request["argv"]]
-        code = importlib.import_module("service.runner.job").main(request["argv"])
+        code = pkgutil.resolve_name(RUN[role])(request, fds[3] if len(fds) > 3 else None)
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except BaseException:
@@ -120,8 +139,8 @@ def _run_driver(request: dict, fds: list[int], close: list[int]) -> None:
 class WarmDriver:
     """The socket, the drivers forked from it and their entrypoints' connections."""
 
-    def __init__(self, path: Path, raylet: int, idle_s: float):
-        self.path, self.raylet, self.idle_s = path, raylet, idle_s
+    def __init__(self, path: Path, raylet: int, idle_s: float, role: str = "driver"):
+        self.path, self.raylet, self.idle_s, self.role = path, raylet, idle_s, role
         self.sel = selectors.DefaultSelector()
         self.drivers: dict[int, socket.socket] = {}  # driver pid → its entrypoint
         self.last = time.monotonic()
@@ -152,7 +171,7 @@ class WarmDriver:
         signal.set_wakeup_fd(self.wake_w)
         self.sel.register(server, selectors.EVENT_READ, "accept")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "child")
-        print(f"credit: warm driver {os.getpid()} ready at {self.path}", flush=True)
+        print(f"credit: warm {self.role} {os.getpid()} ready at {self.path}", flush=True)
         while True:
             for key, _ in self.sel.select(timeout=1.0):
                 if key.data == "accept":
@@ -168,10 +187,10 @@ class WarmDriver:
                     self.entrypoint_gone(key.data)
             self.reap()
             if not self.raylet_alive():
-                print("credit: warm driver: its raylet is gone; exiting", flush=True)
+                print(f"credit: warm {self.role}: its raylet is gone; exiting", flush=True)
                 return
             if not self.drivers and time.monotonic() - self.last > self.idle_s:
-                print("credit: warm driver: idle; exiting", flush=True)
+                print(f"credit: warm {self.role}: idle; exiting", flush=True)
                 return
 
     def accept(self, server: socket.socket, lock_fd: int) -> None:
@@ -179,21 +198,21 @@ class WarmDriver:
         self.last = time.monotonic()
         conn.settimeout(10)
         try:
-            request, fds = _request(conn)
+            request, fds = _request(conn, FDS[self.role])
         except (OSError, ValueError, ConnectionError) as error:
-            print(f"credit: warm driver: a request refused: {error}", flush=True)
+            print(f"credit: warm {self.role}: a request refused: {error}", flush=True)
             conn.close()
             return
         close = [server.fileno(), lock_fd, self.wake_r, self.wake_w, conn.fileno(),
                  *(c.fileno() for c in self.drivers.values())]
         pid = os.fork()
         if pid == 0:
-            _run_driver(request, fds, close)
+            _run_fork(self.role, request, fds, close)
         for fd in fds:
             os.close(fd)
         self.drivers[pid] = conn
         self.sel.register(conn, selectors.EVENT_READ, pid)
-        print(f"credit: warm driver: study driver {pid} started", flush=True)
+        print(f"credit: warm {self.role}: {self.role} {pid} started", flush=True)
         try:
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         except OSError:
@@ -227,7 +246,7 @@ class WarmDriver:
             if conn is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            print(f"credit: warm driver: study driver {pid} exited {code}", flush=True)
+            print(f"credit: warm {self.role}: {self.role} {pid} exited {code}", flush=True)
             try:
                 self.sel.unregister(conn)
             except (KeyError, ValueError):
@@ -241,16 +260,20 @@ class WarmDriver:
 
 def main(argv: list[str]) -> int:
     path, raylet = Path(argv[0]), int(argv[1])
+    role = argv[2] if len(argv) > 2 else "driver"
+    if role not in RUN:
+        print(f"credit: warm: unknown role {role!r}", file=sys.stderr)
+        return 2
     lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # another is (becoming) this key's warm driver
     started = time.perf_counter()
-    _preload()
-    print(f"credit: warm driver {os.getpid()}: imports took "
+    _preload(role)
+    print(f"credit: warm {role} {os.getpid()}: imports took "
           f"{time.perf_counter() - started:.1f} s", flush=True)
-    warm = WarmDriver(path, raylet, float(os.environ.get(IDLE_VAR) or 1800))
+    warm = WarmDriver(path, raylet, float(os.environ.get(IDLE_VAR) or 1800), role)
     server = warm.bind()
     try:
         warm.serve(server, lock)

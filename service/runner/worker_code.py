@@ -44,8 +44,10 @@ class WorkerCode:
         return f"WorkerCode({self.target!r})"
 
 
-#: Tune's function trainables: one configuration per trial, or a population of them.
-TRAIN_TRIAL = WorkerCode("trainables.tune:train_trial")
-TRAIN_POPULATION = WorkerCode("trainables.tune:train_population")
+#: Tune's function trainables: one configuration per trial, or a population of them;
+#: each relays its trial to the node's warm trainer (``service.runner.relay``), and
+#: takes its arguments packed (``relay.pack``).
+TRAIN_TRIAL = WorkerCode("service.runner.relay:train_trial")
+TRAIN_POPULATION = WorkerCode("service.runner.relay:train_population")
 #: A dataset's loader (``trainables.data``), run on each node by the pre-flight check.
 LOAD_DATASET = WorkerCode("trainables.data:load_dataset")

@@ -66,10 +66,10 @@ def _kind(cmd: str) -> str:
         return "driver"
     if cmd.startswith("ray::JobSupervisor"):
         return "supervisor"
-    if cmd.startswith(("ray::ImplicitFunc", "ray::_Inner", "ray::train", "ray::Warm")):
+    if cmd.startswith(("ray::ImplicitFunc", "ray::_Inner", "ray::train")):
         return "trial"
-    if "service.runner.warm" in cmd:
-        return "warm"
+    if "service.runner.warm" in cmd:  # a warm process or one of its forks
+        return "warm trainer" if cmd.rstrip().endswith("trainer") else "warm driver"
     if "mlflow" in cmd:
         return "mlflow"
     if "service.cli" in cmd or "uvicorn" in cmd:
@@ -125,7 +125,8 @@ class MemorySampler(threading.Thread):
         self.stop = threading.Event()
         self.peak_total = self.peak_driver = self.peak_trial = self.peak_supervisor = 0.0
         self.peak_pss_total = self.peak_driver_pss = self.peak_drivers_pss = 0.0
-        self.peak_warm_pss = 0.0
+        self.peak_warm_pss = self.peak_fork = self.peak_fork_pss = 0.0
+        self.peak_trainer_pss = 0.0
         self.peak_drivers = 0
         self.cpu: dict[int, tuple[str, float]] = {}
         self.lock = threading.Lock()
@@ -153,7 +154,10 @@ class MemorySampler(threading.Thread):
             pids = self._ours()
             total = pss_total = drivers_pss = 0.0
             drivers = 0
-            warm = {pid for pid in pids if "service.runner.warm" in _cmdline(pid)}
+            warm = {pid for pid in pids if "service.runner.warm" in _cmdline(pid)
+                    and not _cmdline(pid).rstrip().endswith("trainer")}
+            trainers = {pid for pid in pids if "service.runner.warm" in _cmdline(pid)
+                        and pid not in warm}
             for pid in pids:
                 rss, pss = _rss_mb(pid), _pss_mb(pid)
                 total += rss
@@ -175,6 +179,11 @@ class MemorySampler(threading.Thread):
                     self.peak_driver_pss = max(self.peak_driver_pss, pss)
                 elif cmd.startswith(("ray::ImplicitFunc", "ray::_Inner", "ray::train")):
                     self.peak_trial = max(self.peak_trial, rss)
+                elif pid in trainers and _ppid(pid) in trainers:  # a trial's fork
+                    self.peak_fork = max(self.peak_fork, rss)
+                    self.peak_fork_pss = max(self.peak_fork_pss, pss)
+                elif pid in trainers:
+                    self.peak_trainer_pss = max(self.peak_trainer_pss, pss)
                 elif cmd.startswith("ray::JobSupervisor"):
                     self.peak_supervisor = max(self.peak_supervisor, rss)
             self.peak_total = max(self.peak_total, total)
@@ -337,6 +346,10 @@ def main() -> None:
           f"{sampler.peak_pss_total / 1024:.2f} GB, a study driver "
           f"{sampler.peak_driver_pss:.0f} MB, the warm driver {sampler.peak_warm_pss:.0f} MB, "
           f"all drivers at once {sampler.peak_drivers_pss:.0f} MB")
+    print(f"a trial's fork of the warm trainer: RSS {sampler.peak_fork:.0f} MB, PSS "
+          f"{sampler.peak_fork_pss:.0f} MB; the warm trainer PSS "
+          f"{sampler.peak_trainer_pss:.0f} MB; a trial's Tune actor (its relay, or the "
+          f"trial itself when cold) RSS {sampler.peak_trial:.0f} MB")
 
 
 if __name__ == "__main__":

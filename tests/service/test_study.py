@@ -15,7 +15,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
@@ -466,13 +465,23 @@ def test_trial_of_a_stopped_study_closes_its_run_and_does_not_train(tmp_path):
 
 
 def _waiting(spec) -> str:
+    """The study's waiting message, read without touching the storage: opening it with
+    Optuna would create its tables, racing the driver that creates them."""
+    path = Path(spec.storage.removeprefix("sqlite:///"))
+    if not path.exists():
+        return ""
     try:
-        return optuna.load_study(study_name=spec.name, storage=spec.storage).user_attrs.get(
-            WAITING_ATTR, "")
-    except KeyError:  # not created yet
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = db.execute(
+                "SELECT a.value_json FROM study_user_attributes a JOIN studies s "
+                "ON a.study_id = s.study_id WHERE s.study_name = ? AND a.key = ?",
+                (spec.name, WAITING_ATTR)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:  # no tables yet
         return ""
-    except sqlalchemy.exc.OperationalError:  # the driver is creating its tables right now
-        return ""
+    return json.loads(row[0]) if row else ""
 
 
 def test_a_study_waits_for_a_node_that_can_hold_its_trials(ray_cluster, tmp_path,

@@ -83,9 +83,8 @@ def _client(sock: Path, out: Path, *argv: str, env: dict | None = None) -> subpr
 def _driver_pid(log: Path, n: int) -> int:
     """The pid of the warm driver's n-th fork (1-based), from its log."""
     assert _wait(lambda: log.read_text().count(" started") >= n), log.read_text()
-    lines = [ln for ln in log.read_text().splitlines()
-             if "study driver" in ln and ln.endswith("started")]
-    return int(lines[n - 1].split("study driver ")[1].split()[0])
+    lines = [ln for ln in log.read_text().splitlines() if ln.endswith(" started")]
+    return int(lines[n - 1].split()[-2])
 
 
 def test_a_fork_is_the_jobs_driver_with_its_streams_env_and_exit_code(warm, tmp_path):

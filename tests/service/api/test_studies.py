@@ -173,7 +173,7 @@ def test_report_of_a_finished_study_is_served(api, finished):
 
 def _warm_log() -> str:
     folder = Path(os.environ["CREDIT_WARM_DIR"])
-    return "".join(p.read_text() for p in sorted(folder.glob("*.log")))
+    return "".join(p.read_text() for p in sorted(folder.glob("driver-*.log")))
 
 
 def test_a_later_study_is_forked_by_the_nodes_warm_driver(api, finished, ray_jobs):
@@ -193,8 +193,8 @@ def test_a_later_study_is_forked_by_the_nodes_warm_driver(api, finished, ray_job
     assert final["status"] == "SUCCEEDED", (final, ray_jobs.logs(final["job_id"])[-3000:])
     log = _warm_log()
     assert log.count(" started") == before + 1, log
-    pid = log.split(" started")[-2].rsplit("study driver ", 1)[1]
-    assert f"study driver {pid} exited 0" in log
+    pid = log.split(" started")[-2].rsplit(" ", 1)[1]
+    assert f"driver {pid} exited 0" in log
     assert ray_jobs.info(final["job_id"]).exit_code == 0
 
 
