@@ -5,6 +5,7 @@ of the trainer checkpoint."""
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
 from pathlib import Path
@@ -29,9 +30,18 @@ def run_name(study: str, role: str, trial_id: str, seed: int) -> str:
     return f"{study}/{role}-{int(tail) if tail.isdigit() else trial_id}"
 
 
+#: The Ray node of a trial trained outside Ray's own processes (a fork of the node's
+#: warm trainer: ``service.runner.warm_trainer`` sets them from its relay's).
+NODE_ID_VAR, NODE_IP_VAR = "CREDIT_TRIAL_NODE_ID", "CREDIT_TRIAL_NODE_IP"
+
+
 def _where() -> dict[str, str]:
     """Which machine and Ray node ran the trial (tags, for multi-node clusters)."""
     where = {tags.HOST: socket.gethostname()}
+    if os.environ.get(NODE_ID_VAR):
+        where[tags.NODE_ID] = os.environ[NODE_ID_VAR]
+        where[tags.NODE_IP] = os.environ.get(NODE_IP_VAR, "")
+        return where
     try:
         import ray  # deferred: a trial runs under Ray, the tests of this logger do not
 

@@ -22,6 +22,7 @@ import socket
 from contextlib import nullcontext
 from typing import Any
 
+import ray
 from ray import tune
 
 from service.runner import launch
@@ -57,7 +58,9 @@ def _relay(target: str, config: dict[str, Any], packed: bytes) -> None:
         with checkpoint.as_directory() if checkpoint else nullcontext(None) as directory:
             trial = {"target": target, "config": config, "kwargs": packed,
                      "trial_id": context.get_trial_id(), "cpus": resources.get("CPU", 1),
-                     "checkpoint": directory}
+                     "checkpoint": directory,
+                     "node_id": ray.get_runtime_context().get_node_id(),
+                     "node_ip": ray.util.get_node_ip_address()}
             if _in_fork(path, trial):
                 return
         launch.start_warm(path, role="trainer")

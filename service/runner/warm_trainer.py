@@ -13,6 +13,7 @@ it again: Tune sees the error it would have seen in its own process.
 
 from __future__ import annotations
 
+import os
 import pickle
 import pkgutil
 import socket
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from service.records.trial_logger import NODE_ID_VAR, NODE_IP_VAR
 from service.runner.launch import recv_frame, send_frame
 from trainables.tune import use_session
 
@@ -60,6 +62,7 @@ def train(request: dict, channel_fd: int | None) -> int:
     returned, 1 after sending the relay the exception it raised."""
     channel = socket.socket(fileno=channel_fd)
     trial = pickle.loads(bytes.fromhex(request["payload"]))
+    os.environ[NODE_ID_VAR], os.environ[NODE_IP_VAR] = trial["node_id"], trial["node_ip"]
     use_session(RelaySession(channel, trial))
     try:
         pkgutil.resolve_name(trial["target"])(trial["config"], **pickle.loads(trial["kwargs"]))
