@@ -14,8 +14,8 @@ every study did before. ``CREDIT_WARM_DRIVERS=0`` always does that.
 Standard library only: this process starts once per study and must cost nothing.
 The warm driver of a node is keyed by the node's raylet (an ancestor of every Job's
 entrypoint), this Python, the project's source files (path, size, mtime: edited code
-gets a new warm driver) and the environment a study's driver imports under (every
-variable but those Ray and the service set per job).
+gets a new warm driver) and the few variables that change what an import does
+(``KEY_VARS``).
 """
 
 from __future__ import annotations
@@ -35,18 +35,19 @@ from pathlib import Path
 SWITCH_VAR = "CREDIT_WARM_DRIVERS"
 #: Where the warm drivers' sockets, locks and logs are (a folder only this user reaches).
 DIR_VAR = "CREDIT_WARM_DIR"
-#: Seconds a warm driver with no study waits for one before it exits (default 1800).
+#: Seconds a warm process with no fork waits for a request before it exits (default 600).
 IDLE_VAR = "CREDIT_WARM_IDLE_S"
 #: Environment variables set per job, not per node: not part of a warm driver's key,
 #: and not in its own environment (each driver gets its job's whole environment).
 PER_JOB = ("CREDIT_STUDY_SPEC", "RAY_JOB_CONFIG_JSON_ENV_VAR", "PWD", "OLDPWD", "SHLVL", "_")
 PER_JOB_PREFIXES = ("RAY_JOB_",)
-#: The variables a warm process's key is made of: those that can change what an import
-#: does (where Python finds code and libraries, the service's and MLflow's settings,
-#: the cluster). Not those Ray sets per worker (OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES):
-#: a fork gets its job's or trial's whole environment anyway.
-KEY_PREFIXES = ("CREDIT_", "MLFLOW_", "PYTHON", "VIRTUAL_ENV", "PATH", "LD_", "HOME",
-                "TMPDIR", "RAY_ADDRESS", "RAY_AUTH_MODE", "TORCH", "CUDA_HOME")
+#: The variables a warm process's key is made of: those that change what an import
+#: finds or does (where Python finds code and libraries, Ray's auth mode, which Ray
+#: reads when it is imported). Not the service's nor MLflow's settings: a fork gets its
+#: job's (or trial's) whole environment, and no module of ours reads one when it is
+#: imported (tests/service/test_warm_drivers.py); not what Ray sets per worker.
+KEY_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "VIRTUAL_ENV", "PATH",
+            "LD_LIBRARY_PATH", "LD_PRELOAD", "HOME", "TMPDIR", "RAY_AUTH_MODE")
 ROLES = ("driver", "trainer")
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = struct.Struct("!Q")
@@ -112,7 +113,7 @@ def warm_dir(env: dict[str, str] | None = None) -> Path | None:
 
 
 def key_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in node_env(env).items() if k.startswith(KEY_PREFIXES)}
+    return {k: env[k] for k in KEY_VARS if k in env}
 
 
 def socket_path(env: dict[str, str] | None = None, role: str = "driver") -> Path | None:

@@ -16,8 +16,8 @@ end never touches another's: each is its own process.
 - Only this user reaches the socket (its folder is private; the peer's uid is checked).
 - A driver dies with the warm process (``PR_SET_PDEATHSIG``), and is killed when its
   job's entrypoint (``launch``) is gone (Ray's SIGKILL after its stop grace period).
-- It exits when its raylet is gone, or after ``CREDIT_WARM_IDLE_S`` (1800) seconds
-  with no driver; its lock (``SOCKET.lock``) makes it the only one of its key.
+- It exits when its raylet is gone, or after ``CREDIT_WARM_IDLE_S`` (600) seconds
+  with no fork; its lock (``SOCKET.lock``) makes it the only one of its key.
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def main(argv: list[str]) -> int:
     _preload(role)
     print(f"credit: warm {role} {os.getpid()}: imports took "
           f"{time.perf_counter() - started:.1f} s", flush=True)
-    warm = WarmDriver(path, raylet, float(os.environ.get(IDLE_VAR) or 1800), role)
+    warm = WarmDriver(path, raylet, float(os.environ.get(IDLE_VAR) or 600), role)
     server = warm.bind()
     try:
         warm.serve(server, lock)

@@ -158,3 +158,45 @@ def test_no_warm_driver_means_the_cold_way(tmp_path):
     assert not launch.enabled({launch.SWITCH_VAR: "0"}) and launch.enabled({})
     env = {"CREDIT_STUDY_SPEC": "{}", "RAY_JOB_CONFIG_JSON_ENV_VAR": "{}", "PATH": "/bin"}
     assert launch.node_env(env) == {"PATH": "/bin"}
+
+
+def _reads_environment(node) -> bool:
+    """Whether code run by ``node`` reads the environment (``os.environ``, ``os.getenv``;
+    ``os.environ.setdefault(...)``, a default set for every process, is not a read)."""
+    import ast
+
+    writes = {id(sub.func.value) for sub in ast.walk(node)
+              if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute)
+              and sub.func.attr == "setdefault"}
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Attribute) and sub.attr in ("environ", "getenv", "environb") \
+                and isinstance(sub.value, ast.Name) and sub.value.id == "os" \
+                and id(sub) not in writes:
+            return True
+    return False
+
+
+def test_no_module_of_ours_reads_the_environment_when_it_is_imported():
+    """A warm process imports our modules once, under its own environment, and its forks
+    get their job's: a module that read a setting at import would keep the warm
+    process's value. So none does (the key, ``launch.KEY_VARS``, names only what Python
+    and Ray read at import). Module and class bodies are what an import runs; default
+    values of arguments too."""
+    import ast
+
+    offenders = []
+    for package in ("service", "trainables", "search_spaces"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            pending = list(tree.body)
+            while pending:
+                node = pending.pop()
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    defaults = [*node.args.defaults, *node.args.kw_defaults, *node.decorator_list]
+                    if any(d is not None and _reads_environment(d) for d in defaults):
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+                elif isinstance(node, ast.ClassDef):
+                    pending.extend(node.body)
+                elif _reads_environment(node):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
