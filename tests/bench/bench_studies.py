@@ -63,20 +63,24 @@ def _cmdline(pid: int) -> str:
 def _kind(cmd: str) -> str:
     """What a process of the stack is, by its command line."""
     if "service.runner.job" in cmd or "service.runner.launch" in cmd:
-        return "driver"
+        return "driver (cold) / entrypoint"
     if cmd.startswith("ray::JobSupervisor"):
-        return "supervisor"
+        return "Ray job supervisor"
     if cmd.startswith(("ray::ImplicitFunc", "ray::_Inner", "ray::train")):
-        return "trial"
+        return "trial actor (relay)"
     if "service.runner.warm" in cmd:  # a warm process or one of its forks
-        return "warm trainer" if cmd.rstrip().endswith("trainer") else "warm driver"
+        return "warm trainer + forks" if cmd.rstrip().endswith("trainer") \
+            else "warm driver + forks"
+    if "service.cli" in cmd or "uvicorn" in cmd and "mlflow" not in cmd:
+        return "API (credit serve)"
     if "mlflow" in cmd:
-        return "mlflow"
-    if "service.cli" in cmd or "uvicorn" in cmd:
-        return "api"
-    if "optuna" in cmd:
-        return "optuna"
-    return "ray"
+        return "MLflow server"
+    if "optuna-dashboard" in cmd:
+        return "Optuna dashboard"
+    return "Ray (daemons, idle workers)"
+
+
+RAY = "Ray (daemons, idle workers)"
 
 
 def _machine() -> tuple[float, float]:
@@ -166,8 +170,8 @@ class MemorySampler(threading.Thread):
                 seconds = _cpu_s(pid)
                 if seconds >= 0:
                     with self.lock:  # a trial's process is IDLE before and after it
-                        kind = self.cpu.get(pid, ("ray", 0.0))[0]
-                        self.cpu[pid] = (_kind(cmd) if kind == "ray" else kind, seconds)
+                        kind = self.cpu.get(pid, (RAY, 0.0))[0]
+                        self.cpu[pid] = (_kind(cmd) if kind == RAY else kind, seconds)
                 if pid in warm and _ppid(pid) not in warm:  # the warm driver itself
                     self.peak_warm_pss = max(self.peak_warm_pss, pss)
                     drivers_pss += pss
@@ -323,11 +327,11 @@ def main() -> None:
     print(f"ratio: {many['wall'] / one['wall']:.2f}x (target <= 2.0)")
     kinds = sorted(set(many["cpu"]) | set(one["cpu"]),
                    key=lambda k: -many["cpu"].get(k, 0.0))
-    print("\nCPU seconds by process kind   many     one")
+    print(f"\n{'CPU seconds by process kind':<30} {'many':>6}  {'one':>6}")
     for k in kinds:
-        print(f"  {k:<26} {many['cpu'].get(k, 0.0):6.1f}  {one['cpu'].get(k, 0.0):6.1f}")
-    print(f"  {'all':<26} {sum(many['cpu'].values()):6.1f}  {sum(one['cpu'].values()):6.1f}")
-    print(f"  machine busy               {many['busy']:6.0%}  {one['busy']:6.0%}")
+        print(f"  {k:<28} {many['cpu'].get(k, 0.0):6.1f}  {one['cpu'].get(k, 0.0):6.1f}")
+    print(f"  {'all':<28} {sum(many['cpu'].values()):6.1f}  {sum(one['cpu'].values()):6.1f}")
+    print(f"  {'machine busy':<28} {many['busy']:6.0%}  {one['busy']:6.0%}")
     print("\nstudy      waited in queue  submit->first epoch  start->first epoch")
     for row in many["studies"] + one["studies"]:
         def f(v):
