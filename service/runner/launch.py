@@ -238,7 +238,7 @@ def exit_as(code: int) -> None:
     if code < 0:
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
-    os._exit(code & 0xFF)
+    sys.exit(code & 0xFF)
 
 
 def main() -> None:

@@ -33,7 +33,6 @@ import signal
 import socket
 import struct
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -100,9 +99,12 @@ def run_job(request: dict, channel: int | None) -> int:
     return importlib.import_module("service.runner.job").main(request["argv"])
 
 
-def _run_fork(role: str, request: dict, fds: list[int], close: list[int]) -> None:
-    """In the fork: become the job's driver (or the trial's trainer), run, exit as a
-    process would."""
+def _run_fork(role: str, request: dict, fds: list[int],
+              close: list[socket.socket | int]) -> None:
+    """In the fork: become the job's driver (or the trial's trainer), run, and exit as a
+    process does (``SystemExit``, up through the warm process's frames, whose clean-up
+    is the warm process's own and skips its forks: ``main``), so the interpreter's exit
+    joins the fork's threads and runs its exit handlers (Ray's, MLflow's, logging's)."""
     code = 1
     try:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -110,8 +112,11 @@ def _run_fork(role: str, request: dict, fds: list[int], close: list[int]) -> Non
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        for fd in close:
-            os.close(fd)
+        for item in close:
+            if isinstance(item, socket.socket):
+                item.close()
+            else:
+                os.close(item)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
             os.close(fd)
@@ -124,16 +129,7 @@ def _run_fork(role: str, request: dict, fds: list[int], close: list[int]) -> Non
     except BaseException:
         traceback.print_exc()
         code = 1
-    finally:  # what the interpreter does at exit, not the warm process's own frames
-        try:
-            threading._shutdown()  # type: ignore[attr-defined]
-            import atexit
-
-            atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code & 0xFF)
+    raise SystemExit(code & 0xFF)
 
 
 class WarmDriver:
@@ -203,8 +199,9 @@ class WarmDriver:
             print(f"credit: warm {self.role}: a request refused: {error}", flush=True)
             conn.close()
             return
-        close = [server.fileno(), lock_fd, self.wake_r, self.wake_w, conn.fileno(),
-                 *(c.fileno() for c in self.drivers.values())]
+        # what the fork must not hold: sockets closed as objects (none is closed again by
+        # its finalizer, on a number reused since), the lock and the pipe by number
+        close = [server, conn, *self.drivers.values(), lock_fd, self.wake_r, self.wake_w]
         pid = os.fork()
         if pid == 0:
             _run_fork(self.role, request, fds, close)
@@ -217,6 +214,20 @@ class WarmDriver:
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         except OSError:
             self.entrypoint_gone(pid)
+
+    def close(self) -> None:
+        """The socket's file removed (not a successor's), the forks still running told to
+        stop (they die with this process anyway: ``PR_SET_PDEATHSIG``)."""
+        try:
+            if self.path.stat().st_ino == self.inode:
+                self.path.unlink()
+        except OSError:
+            pass
+        for pid in list(self.drivers):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def entrypoint_gone(self, pid: int) -> None:
         conn = self.drivers.get(pid)
@@ -275,19 +286,12 @@ def main(argv: list[str]) -> int:
           f"{time.perf_counter() - started:.1f} s", flush=True)
     warm = WarmDriver(path, raylet, float(os.environ.get(IDLE_VAR) or 600), role)
     server = warm.bind()
+    me = os.getpid()
     try:
         warm.serve(server, lock)
     finally:
-        try:
-            if path.stat().st_ino == warm.inode:  # not a successor's
-                path.unlink()
-        except OSError:
-            pass
-        for pid in list(warm.drivers):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        if os.getpid() == me:  # the warm process's clean-up, never a fork's
+            warm.close()
     return 0
 
 

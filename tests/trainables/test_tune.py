@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,11 @@ def ray_local(tmp_path):
     """The session's Ray if one is up (the service tests' cluster), else a private one."""
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
-    if started:
+    if started and os.environ.get("RAY_ADDRESS"):  # the session's cluster, left by a test
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False,
+                 _node_ip_address=os.environ.get("CREDIT_RAY_NODE_IP"),
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parents[2])}})
+    elif started:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
                  _temp_dir=f"/tmp/credit-tune-{os.getpid()}")
     yield ray
