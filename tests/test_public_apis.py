@@ -13,6 +13,9 @@ THIRD_PARTY = ("ray", "optuna", "mlflow", "torch", "fastapi", "starlette", "pyda
 ALLOWED = {
     "argparse._SubParsersAction": "the documented type of add_subparsers() (type hints)",
     "torch._foreach_": "PyTorch's foreach ops (its optimizers' fast path), kept stable",
+    # a documented function of the os module (the underscore is its name): how a forked
+    # child exits without running its parent's clean-up (service.runner.warm)
+    "os._exit": "documented in the os module: the exit of a forked child",
     # ray.init documents these two among its "hidden / experimental options"
     # (test_ray_init_still_documents_its_options fails when an upgrade drops them):
     # a private local cluster on loopback, in a temp dir whose socket paths stay short.
