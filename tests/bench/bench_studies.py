@@ -131,6 +131,7 @@ class MemorySampler(threading.Thread):
         self.peak_pss_total = self.peak_driver_pss = self.peak_drivers_pss = 0.0
         self.peak_warm_pss = self.peak_fork = self.peak_fork_pss = 0.0
         self.peak_trainer_pss = 0.0
+        self.trial_rss: dict[int, float] = {}  # each Tune trial actor's peak
         self.peak_drivers = 0
         self.cpu: dict[int, tuple[str, float]] = {}
         self.lock = threading.Lock()
@@ -183,6 +184,7 @@ class MemorySampler(threading.Thread):
                     self.peak_driver_pss = max(self.peak_driver_pss, pss)
                 elif cmd.startswith(("ray::ImplicitFunc", "ray::_Inner", "ray::train")):
                     self.peak_trial = max(self.peak_trial, rss)
+                    self.trial_rss[pid] = max(self.trial_rss.get(pid, 0.0), rss)
                 elif pid in trainers and _ppid(pid) in trainers:  # a trial's fork
                     self.peak_fork = max(self.peak_fork, rss)
                     self.peak_fork_pss = max(self.peak_fork_pss, pss)
@@ -350,10 +352,12 @@ def main() -> None:
           f"{sampler.peak_pss_total / 1024:.2f} GB, a study driver "
           f"{sampler.peak_driver_pss:.0f} MB, the warm driver {sampler.peak_warm_pss:.0f} MB, "
           f"all drivers at once {sampler.peak_drivers_pss:.0f} MB")
+    actors = list(sampler.trial_rss.values()) or [0.0]
     print(f"a trial's fork of the warm trainer: RSS {sampler.peak_fork:.0f} MB, PSS "
           f"{sampler.peak_fork_pss:.0f} MB; the warm trainer PSS "
           f"{sampler.peak_trainer_pss:.0f} MB; a trial's Tune actor (its relay, or the "
-          f"trial itself when cold) RSS {sampler.peak_trial:.0f} MB")
+          f"trial itself when cold) RSS: median {statistics.median(actors):.0f} MB of "
+          f"{len(actors)}, largest {sampler.peak_trial:.0f} MB")
 
 
 if __name__ == "__main__":

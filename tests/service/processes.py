@@ -51,3 +51,19 @@ def stop_cluster(temp_dir: Path) -> None:
                 if pid != os.getpid() and alive(pid)
                 and (prefix in cmd or holds_open(pid, prefix + "/"))]
     stop_processes(mine, grace_s=10.0)
+
+
+def an_epoch_logged(tracking_uri: str) -> bool:
+    """Whether a trial run of the store's ``credit-search`` experiment has logged an epoch
+    (False while the store is being created)."""
+    from mlflow.tracking import MlflowClient
+
+    from service.records import tags
+
+    client = MlflowClient(tracking_uri)
+    try:
+        exp = client.get_experiment_by_name("credit-search")
+        runs = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
+    except Exception:  # the store is being created
+        return False
+    return any(r.data.metrics.get("epoch", 0) >= 1 for r in runs)

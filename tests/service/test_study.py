@@ -23,7 +23,7 @@ from service.records import tracking as T
 from service.records import trial_logger as TL
 from service.records.optuna_trials import LOST, RESTARTS_ATTR, TUNE_TRIAL_ID, WAITING_ATTR
 from service.spec import StudySpec
-from tests.service.processes import holds_open, processes
+from tests.service.processes import an_epoch_logged, holds_open, processes
 
 
 def run_study(*args, **kwargs):
@@ -136,14 +136,8 @@ def _run_study_beside(spec, beside):
 def _kill_after_first_epoch(result_box: dict, tmp_path: Path, stop: threading.Event) -> None:
     """Once a trial has logged its first epoch to MLflow, SIGKILL the Ray worker process
     that trains it (as a crashed worker or a lost node would end it)."""
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     while not stop.is_set():
-        try:
-            exp = client.get_experiment_by_name("credit-search")
-            runs = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
-        except Exception:  # the store is being created
-            runs = []
-        if any(r.data.metrics.get("epoch", 0) >= 1 for r in runs):
+        if an_epoch_logged(f"sqlite:///{tmp_path / 'mlflow.db'}"):
             # this session's cluster only: its processes hold files of its temp dir open
             # (another cluster on this machine, a namespace test's, is not ours to kill)
             ours = f"/tmp/credit-test-ray-{os.getpid()}/"

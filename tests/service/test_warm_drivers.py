@@ -102,12 +102,18 @@ def test_a_fork_is_the_jobs_driver_with_its_streams_env_and_exit_code(warm, tmp_
     assert log.read_text().count("started") == 2
 
 
-def test_sigterm_reaches_the_driver_and_the_entrypoint_exits_as_it_did(warm, tmp_path):
-    _, sock, log = warm
+def _waiting_driver(sock: Path, log: Path, tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """A job whose driver waits (its spec file is a FIFO nobody writes): (entrypoint,
+    the driver's pid)."""
     fifo = tmp_path / "spec.fifo"
     os.mkfifo(fifo)
     client = _client(sock, tmp_path / "job.log", str(fifo))
-    driver = _driver_pid(log, 1)
+    return client, _driver_pid(log, 1)
+
+
+def test_sigterm_reaches_the_driver_and_the_entrypoint_exits_as_it_did(warm, tmp_path):
+    _, sock, log = warm
+    client, driver = _waiting_driver(sock, log, tmp_path)
     assert _alive(driver) and client.poll() is None
     client.send_signal(signal.SIGTERM)  # as `ray job stop` does
     assert client.wait(30) == -signal.SIGTERM
@@ -116,10 +122,7 @@ def test_sigterm_reaches_the_driver_and_the_entrypoint_exits_as_it_did(warm, tmp
 
 def test_a_killed_entrypoint_takes_its_driver_along(warm, tmp_path):
     proc, sock, log = warm
-    fifo = tmp_path / "spec.fifo"
-    os.mkfifo(fifo)
-    client = _client(sock, tmp_path / "job.log", str(fifo))
-    driver = _driver_pid(log, 1)
+    client, driver = _waiting_driver(sock, log, tmp_path)
     client.kill()  # Ray's SIGKILL after its grace period
     client.wait()
     assert _wait(lambda: not _alive(driver), 10), "the driver outlived its job"
@@ -131,10 +134,7 @@ def test_the_warm_driver_ends_with_its_raylet_and_takes_no_second_place(warm, ra
     second = subprocess.run([sys.executable, "-m", "service.runner.warm", str(sock),
                              str(raylet.pid)], cwd=ROOT, timeout=60, capture_output=True)
     assert second.returncode == 0 and proc.poll() is None  # the lock: one per key
-    fifo = tmp_path / "spec.fifo"
-    os.mkfifo(fifo)
-    client = _client(sock, tmp_path / "job.log", str(fifo))
-    driver = _driver_pid(log, 1)
+    client, driver = _waiting_driver(sock, log, tmp_path)
     raylet.kill()
     assert proc.wait(15) == 0
     assert "raylet is gone" in log.read_text()

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from service.records import tags
 from service.records import tracking as T
 from service.spec import StudySpec
+from tests.service.processes import an_epoch_logged
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_IP = "127.0.0.2"
@@ -110,16 +111,10 @@ def test_a_fork_trains_a_trial_bit_for_bit_as_tunes_own_actor(warm_nodes, tmp_pa
 
 def _kill_a_fork_after_its_first_epoch(box: dict, tmp_path: Path, before: set[int],
                                        stop: threading.Event) -> None:
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     while not stop.is_set():
-        try:
-            exp = client.get_experiment_by_name("credit-search")
-            runs = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
-        except Exception:  # the store is being created
-            runs = []
         started, exited = _forks(_logs())
         running = started - exited - before
-        if running and any(r.data.metrics.get("epoch", 0) >= 1 for r in runs):
+        if running and an_epoch_logged(f"sqlite:///{tmp_path / 'mlflow.db'}"):
             box["pid"] = pid = min(running)
             os.kill(pid, signal.SIGKILL)
             return
