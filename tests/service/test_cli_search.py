@@ -214,7 +214,7 @@ def test_search_quiet_tells_a_restart_once(ray_cluster, tmp_path: Path) -> None:
     from tests.service.test_study import _kill_after_first_epoch
 
     args = ["search", "--quiet", "--space", "mnist-fc-backprop", "--trials", "1",
-            "--epochs", "4", "--batches-per-epoch", "60", "--dataset", "mnist-5k",
+            "--epochs", "6", "--batches-per-epoch", "150", "--dataset", "mnist-5k",
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
             "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--name", "cli-restart"]
     box: dict = {}

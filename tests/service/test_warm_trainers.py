@@ -72,14 +72,21 @@ def _spec(tmp_path: Path, name: str, **kw) -> StudySpec:
 
 @pytest.fixture
 def warm_nodes(ray_cluster, tmp_path):
-    """Both nodes' warm trainers ready: a study of 3 trials at once (3 CPUs: both nodes)
-    starts them, if an earlier test has not."""
-    if _logs().count(" ready at ") < 2:
-        _study(_spec(tmp_path, "warm-up"), warm=True)
-        deadline = time.monotonic() + 180
-        while _logs().count(" ready at ") < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
-    assert _logs().count(" ready at ") >= 2, _logs()
+    """Both nodes' warm trainers for this driver's trials ready: a study of 3 trials at
+    once (3 CPUs: both nodes) starts any that is missing (a warm trainer is keyed by
+    its trials' environment too: another test's driver may have started others)."""
+    (tmp_path / "warm-up").mkdir()  # its own stores: the tests read theirs
+    _study(_spec(tmp_path / "warm-up", "warm-up"), warm=True)
+    folder = Path(os.environ["CREDIT_WARM_DIR"])
+
+    def ready() -> bool:
+        logs = [p.read_text() for p in folder.glob("trainer-*.log")]
+        return len(logs) >= 2 and all(" ready at " in text for text in logs)
+
+    deadline = time.monotonic() + 180
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ready(), _logs()
 
 
 def _histories(result) -> dict[str, list[float]]:
@@ -126,7 +133,7 @@ def test_a_killed_fork_restarts_its_trial_from_its_checkpoint(warm_nodes, tmp_pa
     from service.records.optuna_trials import RESTARTS_ATTR
 
     spec = _spec(tmp_path, "fork-killed", space="mnist-fc-backprop", max_trials=1,
-                 parallel_trials=1, epochs=4, batches_per_epoch=60)
+                 parallel_trials=1, epochs=6, batches_per_epoch=150)
     before = _forks(_logs())[0]
     box: dict = {}
     stop = threading.Event()
@@ -150,7 +157,7 @@ def test_a_killed_fork_restarts_its_trial_from_its_checkpoint(warm_nodes, tmp_pa
               if r.data.tags.get(tags.ROLE) == "trial"]
     assert run.info.status == "FINISHED" and run.data.tags[tags.RESTARTS] == "1"
     history = MlflowClient(spec.tracking_uri).get_metric_history(run.info.run_id, "test_loss")
-    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
 def test_trials_tune_stops_early_take_their_forks_along(warm_nodes, tmp_path):
