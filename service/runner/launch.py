@@ -29,6 +29,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 #: Set to "0" (or "false", "no", "off"): every study's driver starts cold.
@@ -99,8 +100,6 @@ def warm_dir(env: dict[str, str] | None = None) -> Path | None:
     """The folder of the warm drivers' sockets: made if missing; None if it is not this
     user's alone (another user's socket there must never receive a study)."""
     env = os.environ if env is None else env
-    import tempfile
-
     path = Path(env.get(DIR_VAR) or Path(tempfile.gettempdir()) / f"credit-warm-{os.getuid()}")
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -138,16 +137,17 @@ def send_frame(sock: socket.socket, message: object) -> None:
 
 def recv_frame(sock: socket.socket) -> object | None:
     """The next message; None when the other end has closed."""
-    head = _recv_exact(sock, HEADER.size)
+    head = recv_exact(sock, HEADER.size)
     if head is None:
         return None
-    body = _recv_exact(sock, HEADER.unpack(head)[0])
+    body = recv_exact(sock, HEADER.unpack(head)[0])
     if body is None:
         return None
     return pickle.loads(body)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """``n`` bytes from ``sock``; None if the other end closes first."""
     data = bytearray()
     while len(data) < n:
         chunk = sock.recv(min(n - len(data), 1 << 20))

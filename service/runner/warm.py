@@ -39,7 +39,7 @@ import time
 import traceback
 from pathlib import Path
 
-from service.runner.launch import HEADER, IDLE_VAR
+from service.runner.launch import HEADER, IDLE_VAR, recv_exact
 
 #: What a role's forks import while they run, beyond their module's imports: imported
 #: here once, so that no fork pays for them (measured: ``tests/bench``).
@@ -65,16 +65,6 @@ def _preload(role: str) -> None:
             pass
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = conn.recv(min(n - len(data), 1 << 20))
-        if not chunk:
-            raise ConnectionError("the entrypoint hung up")
-        data += chunk
-    return bytes(data)
-
-
 def _request(conn: socket.socket, nfds: int) -> tuple[dict, list[int]]:
     """The job's arguments, environment and working directory, its 3 streams (and a
     trainer's channel)."""
@@ -88,7 +78,10 @@ def _request(conn: socket.socket, nfds: int) -> tuple[dict, list[int]]:
         (size,) = HEADER.unpack(head)
         if size > MAX_REQUEST:
             raise ConnectionError(f"a request of {size} bytes")
-        return json.loads(_recv_exact(conn, size)), fds
+        body = recv_exact(conn, size)
+        if body is None:
+            raise ConnectionError("the entrypoint hung up")
+        return json.loads(body), fds
     except BaseException:
         for fd in fds:
             os.close(fd)
