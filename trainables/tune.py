@@ -4,8 +4,8 @@ Imported only in the processes that run trials: a study's driver names these
 functions (``"trainables.tune:train_trial"``) and never imports this module, nor torch;
 what it reads of a trial's report is in ``trainables.trial_reports``. The rest of
 ``trainables`` never imports Ray. The trial's config dict is a ``TrainConfig``;
-per-epoch metrics go to ``ray.tune.report`` with a checkpoint of everything, so a
-restored trial continues bit-identically. Extra trainer callbacks (e.g. experiment
+per-epoch metrics go to ``ray.tune.report``, with a checkpoint of everything when one is
+due (``CheckpointPace``), so a restored trial continues bit-identically. Extra trainer callbacks (e.g. experiment
 tracking) come from ``callback_factory``, which keeps this module free of any tracking
 library.
 """
@@ -16,6 +16,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,14 @@ from trainables.trainer import Trainer
 from trainables.trial_reports import MEMBERS_KEY, POPULATION_KEY
 
 CHECKPOINT_FILE = "trainer.pt"
+#: A trial checkpoints its first epoch, its last, and any other once this many seconds
+#: have passed since its last checkpoint. Tune deletes a trial's checkpoints beyond the
+#: newest ``service.runner.tuner.CHECKPOINTS_KEPT`` as it gets them, while the experiment
+#: state a restore reads is uploaded every few seconds: a trial checkpointing every
+#: 0.1-second epoch had deleted the checkpoint that state named before it was uploaded,
+#: and the study could not resume. Paced, that state must be (CHECKPOINTS_KEPT - 1)
+#: periods (20 s) stale for it.
+CHECKPOINT_PERIOD_S = 5.0
 CallbackFactory = Callable[[TrainConfig, str], Sequence[Callback]]
 #: What a trial that raised reports instead: its last result (a dict), or None to raise
 #: (Tune then restarts the trial from its last checkpoint, while it has restarts left).
@@ -87,14 +96,38 @@ def use_session(replacement: TuneSession) -> None:
     _SESSION[0] = replacement
 
 
+class CheckpointPace:
+    """Which epochs a trial checkpoints: its first (of this attempt), its last, and any
+    other ``period_s`` or more after its last checkpoint (``CHECKPOINT_PERIOD_S``)."""
+
+    def __init__(self, period_s: float = CHECKPOINT_PERIOD_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.period_s, self.clock = period_s, clock
+        self.last: float | None = None
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        now = self.clock()
+        if self.last is None or epoch >= epochs or now - self.last >= self.period_s:
+            self.last = now
+            return True
+        return False
+
+
 class ReportToTune(Callback):
-    """Reports each epoch's metrics to Tune together with a full checkpoint.
+    """Reports each epoch's metrics to Tune, with a full checkpoint when one is due
+    (``CheckpointPace``).
 
     It must be the LAST callback: Tune may stop the trial inside ``report`` (ASHA),
     so everything else of the epoch has to be done by then.
     """
 
+    def __init__(self) -> None:
+        self.pace = CheckpointPace()
+
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if not self.pace.due(trainer.epoch, trainer.config.epochs):
+            session().report(dict(metrics))
+            return
         with tempfile.TemporaryDirectory(prefix="credit-ckpt-") as tmp:
             trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE)
             session().report(dict(metrics), Path(tmp))
@@ -247,7 +280,8 @@ def train_population(config: dict[str, Any], metric: str, mode: str,
                      on_error: ErrorHandler | None = None,
                      halving: tuple[int, int] | None = None) -> None:
     """Ray Tune function trainable of a population (``config[POPULATION_KEY]`` lists its
-    members): every epoch one report with each member's state and a checkpoint of all.
+    members): every epoch one report with each member's state, and a checkpoint of all
+    when one is due (``CheckpointPace``; also when no member is left to train).
 
     A member that diverges fails alone; ``halving`` = (grace period, reduction factor)
     stops the weaker members at each rung. An exception of the population as a whole is
@@ -266,10 +300,15 @@ def train_population(config: dict[str, Any], metric: str, mode: str,
             for key in g.keys:
                 for cb in g.callbacks[key]:
                     cb.on_fit_start(g.members[key])
+        pace = CheckpointPace()
         while pop.epoch < pop.epochs and any(g.keys for g in pop.groups):
             pop.run_epoch()
             if halving is not None:
                 pop.halve(*halving)
+            if not pace.due(pop.epoch if any(g.keys for g in pop.groups) else pop.epochs,
+                            pop.epochs):
+                session().report(pop.report())
+                continue
             with tempfile.TemporaryDirectory(prefix="credit-ckpt-") as tmp:
                 torch.save(pop.state_dict(), Path(tmp) / POPULATION_FILE)
                 session().report(pop.report(), Path(tmp))
