@@ -5,9 +5,9 @@ functions (``"trainables.tune:train_trial"``) and never imports this module, nor
 what it reads of a trial's report is in ``trainables.trial_reports``. The rest of
 ``trainables`` never imports Ray. The trial's config dict is a ``TrainConfig``;
 per-epoch metrics go to ``ray.tune.report``, with a checkpoint of everything when one is
-due (``CheckpointPace``), so a restored trial continues bit-identically. Extra trainer callbacks (e.g. experiment
-tracking) come from ``callback_factory``, which keeps this module free of any tracking
-library.
+due (``CheckpointPace``), so a restored trial continues bit-identically. Extra trainer
+callbacks (e.g. experiment tracking) come from ``callback_factory``, which keeps this
+module free of any tracking library.
 """
 
 from __future__ import annotations

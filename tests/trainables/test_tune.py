@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 
 from trainables.config import TrainConfig
-from trainables.tune import (CHECKPOINT_FILE, CHECKPOINT_PERIOD_S, CheckpointPace, train_trial,
-                             trial_threads)
+from trainables.tune import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_PERIOD_S,
+    CheckpointPace,
+    train_trial,
+    trial_threads,
+)
 
 
 def testtrial_threads_follow_the_trial_cpus_up_to_what_the_model_uses():
@@ -66,7 +71,7 @@ def test_a_trial_checkpoints_its_first_and_last_epochs_and_one_a_period_between(
         now[0] += 1.5  # an epoch takes 1.5 s
         due.append(pace.due(epoch, 10))
     # epoch 1 (t=1.5), then t >= 6.5: epoch 5 (t=7.5), epoch 9 (t=13.5), the last
-    assert [e for e, d in zip(range(1, 11), due) if d] == [1, 5, 9, 10]
+    assert [e for e, d in zip(range(1, 11), due, strict=True) if d] == [1, 5, 9, 10]
     slow = CheckpointPace(period_s=5.0, clock=lambda: now[0])
     for epoch in range(1, 4):
         now[0] += 6.0  # epochs longer than the period: every one
