@@ -211,10 +211,12 @@ def test_search_quiet_tells_a_restart_once(ray_cluster, tmp_path: Path) -> None:
     """``credit search --quiet`` while its trial's worker is SIGKILLed after the first
     epoch: the driver's restart line appears once, and Ray's ``(raylet) ...`` notice of
     the dead worker (which retold the same death) not at all, nor a "marked dead" one."""
+    from tests.service.processes import KILLED_TRIAL_EPOCHS
     from tests.service.test_study import _kill_after_first_epoch
 
     args = ["search", "--quiet", "--space", "mnist-fc-backprop", "--trials", "1",
-            "--epochs", "6", "--batches-per-epoch", "150", "--dataset", "mnist-5k",
+            "--epochs", str(KILLED_TRIAL_EPOCHS), "--batches-per-epoch", "150",
+            "--dataset", "mnist-5k",
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
             "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--name", "cli-restart"]
     box: dict = {}

@@ -198,11 +198,16 @@ def test_unshared_storage_over_http_fails_the_study_with_one_line(cluster):
     assert mlflow_runs(cluster.mlflow_url, "http-unshared") == []
 
 
+#: Epochs (of 20 batches) of the trials whose driver is killed: a warm trial runs several
+#: of them a second, and the test must see both trials mid-way to kill the driver.
+RESUMED_EPOCHS = 100
+
+
 def _search(cluster: Cluster, name: str, *extra: str) -> list[str]:
     """`credit search` on the head host, its trials pinned to the worker host."""
     return cluster.on("head", [
         sys.executable, "-m", "service.cli", "search", "--space", "mnist-fc-backprop",
-        "--name", name, "--trials", "2", "--concurrency", "2", "--epochs", "40",
+        "--name", name, "--trials", "2", "--concurrency", "2", "--epochs", str(RESUMED_EPOCHS),
         "--batches-per-epoch", "20", "--dataset", "mnist-5k", "--trial-resource",
         "worker_host=1", "--tracking-uri", cluster.mlflow_url,
         "--storage", cluster.pg_url("optuna"), "--quiet", *extra])
@@ -230,7 +235,8 @@ def test_driver_killed_and_resumed_continues_checkpointed_trials_on_the_worker(c
         while time.monotonic() < deadline and driver.poll() is None:
             trials = [x for x in mlflow_runs(cluster.mlflow_url, "resumed")
                       if x["tags"].get("credit.role") == "trial"]
-            if len(trials) == 2 and all(3 <= x["metrics"].get("epoch", 0) < 30 for x in trials):
+            if len(trials) == 2 and all(3 <= x["metrics"].get("epoch", 0) < RESUMED_EPOCHS - 20
+                                         for x in trials):
                 break
             time.sleep(0.3)
         else:
@@ -256,7 +262,7 @@ def test_driver_killed_and_resumed_continues_checkpointed_trials_on_the_worker(c
         steps = _history(cluster.mlflow_url, run["info"]["run_id"], "epoch")
         # every epoch logged once: the epochs re-run from the checkpoint the restore
         # started from (bit-identically) are not logged a second time
-        assert sorted(steps) == list(range(1, 41)), (steps, before)
+        assert sorted(steps) == list(range(1, RESUMED_EPOCHS + 1)), (steps, before)
     study = optuna.load_study(study_name="resumed", storage=cluster.pg_url("optuna"))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
 

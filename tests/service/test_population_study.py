@@ -12,6 +12,7 @@ from service.records import tags
 from service.records.optuna_trials import TUNE_TRIAL_ID
 from service.spec import StudySpec
 from service.trials import POPULATION_ATTR
+from tests.service.processes import KILLED_TRIAL_EPOCHS
 from tests.service.test_study import DIVERGING, TINY, _children, _optuna_trials, _stores, run_study
 from trainables.experiments import EXPERIMENTS
 
@@ -169,8 +170,9 @@ def test_a_population_whose_worker_dies_resumes_as_one(ray_cluster, tmp_path):
     from service.records.optuna_trials import RESTARTS_ATTR
     from tests.service.test_study import _kill_after_first_epoch, _run_study_beside
 
-    spec = StudySpec(space="mnist-fc-backprop", max_trials=3, population=3, epochs=6,
-                     batches_per_epoch=150, dataset="mnist-5k", **_stores(tmp_path, "popkill"))
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=3, population=3,
+                     epochs=KILLED_TRIAL_EPOCHS, batches_per_epoch=150, dataset="mnist-5k",
+                     **_stores(tmp_path, "popkill"))
     box: dict = {}
     result = _run_study_beside(spec, lambda stop: _kill_after_first_epoch(box, tmp_path, stop))
     assert "killed_at" in box, "no trial worker was found to kill"
@@ -185,4 +187,4 @@ def test_a_population_whose_worker_dies_resumes_as_one(ray_cluster, tmp_path):
     for run in runs:
         assert run.info.status == "FINISHED" and run.data.tags[tags.RESTARTS] == "1"
         history = client.get_metric_history(run.info.run_id, "test_loss")
-        assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+        assert sorted(m.step for m in history) == list(range(1, KILLED_TRIAL_EPOCHS + 1))

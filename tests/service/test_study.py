@@ -23,7 +23,7 @@ from service.records import tracking as T
 from service.records import trial_logger as TL
 from service.records.optuna_trials import LOST, RESTARTS_ATTR, TUNE_TRIAL_ID, WAITING_ATTR
 from service.spec import StudySpec
-from tests.service.processes import an_epoch_logged, holds_open, processes
+from tests.service.processes import KILLED_TRIAL_EPOCHS, an_epoch_logged, holds_open, processes
 
 
 def run_study(*args, **kwargs):
@@ -156,7 +156,8 @@ def test_a_trial_whose_worker_dies_restarts_from_its_checkpoint(ray_cluster, tmp
     epoch) restarts the same trial from its last checkpoint: the study SUCCEEDS with
     the trial COMPLETE, one Optuna trial, one MLflow run FINISHED with one point per
     epoch, and the restart counted in both."""
-    spec = StudySpec(space="mnist-fc-backprop", max_trials=1, epochs=6, batches_per_epoch=150,
+    spec = StudySpec(space="mnist-fc-backprop", max_trials=1, epochs=KILLED_TRIAL_EPOCHS,
+                     batches_per_epoch=150,
                      dataset="mnist-5k", **_stores(tmp_path, "restarts"))
     box: dict = {}
     result = _run_study_beside(spec, lambda stop: _kill_after_first_epoch(box, tmp_path, stop))
@@ -171,7 +172,8 @@ def test_a_trial_whose_worker_dies_restarts_from_its_checkpoint(ray_cluster, tmp
     assert int(run.data.tags[tags.EPOCHS_REDONE]) >= 0
     assert float(run.data.tags[tags.RESTART_DELAY]) > 0
     history = MlflowClient(spec.tracking_uri).get_metric_history(run.info.run_id, "test_loss")
-    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # one point per epoch
+    assert sorted(m.step for m in history) == \
+        list(range(1, KILLED_TRIAL_EPOCHS + 1))  # one point per epoch
 
 
 def test_asha_stopped_trials_are_pruned_not_complete(ray_cluster, tmp_path):

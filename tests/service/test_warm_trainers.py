@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from service.records import tags
 from service.records import tracking as T
 from service.spec import StudySpec
-from tests.service.processes import an_epoch_logged
+from tests.service.processes import KILLED_TRIAL_EPOCHS, an_epoch_logged
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_IP = "127.0.0.2"
@@ -133,7 +133,7 @@ def test_a_killed_fork_restarts_its_trial_from_its_checkpoint(warm_nodes, tmp_pa
     from service.records.optuna_trials import RESTARTS_ATTR
 
     spec = _spec(tmp_path, "fork-killed", space="mnist-fc-backprop", max_trials=1,
-                 parallel_trials=1, epochs=6, batches_per_epoch=150)
+                 parallel_trials=1, epochs=KILLED_TRIAL_EPOCHS, batches_per_epoch=150)
     before = _forks(_logs())[0]
     box: dict = {}
     stop = threading.Event()
@@ -157,7 +157,7 @@ def test_a_killed_fork_restarts_its_trial_from_its_checkpoint(warm_nodes, tmp_pa
               if r.data.tags.get(tags.ROLE) == "trial"]
     assert run.info.status == "FINISHED" and run.data.tags[tags.RESTARTS] == "1"
     history = MlflowClient(spec.tracking_uri).get_metric_history(run.info.run_id, "test_loss")
-    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+    assert sorted(m.step for m in history) == list(range(1, KILLED_TRIAL_EPOCHS + 1))
 
 
 def test_trials_tune_stops_early_take_their_forks_along(warm_nodes, tmp_path):
