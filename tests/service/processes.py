@@ -9,11 +9,11 @@ from pathlib import Path
 
 from service.local.stack import alive, stop_processes
 
-#: Epochs (of 150 batches) of a trial a test kills after its first epoch: enough that it
-#: still trains when the killer, which polls, lands. A warm trial checkpoints its first
-#: and last epochs only (``trainables.tune.CheckpointPace``), and 6 such epochs had ended
-#: before the kill.
-KILLED_TRIAL_EPOCHS = 20
+#: Epochs (of 150 batches, some 0.25 s each warm) of a trial a test kills after its first
+#: epoch: enough that it still trains when the killer, which polls, lands. A warm trial
+#: checkpoints its first and last epochs only (``trainables.tune.CheckpointPace``), and
+#: 6 such epochs had ended before the kill.
+KILLED_TRIAL_EPOCHS = 30
 
 
 def processes() -> Iterator[tuple[int, str]]:
