@@ -27,6 +27,20 @@ def processes() -> Iterator[tuple[int, str]]:
             yield int(entry.name), cmd
 
 
+def uptime() -> float:
+    """Seconds since this machine booted (the clock of ``started_at``)."""
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def started_at(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds since boot; None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")
+
+
 def holds_open(pid: int, prefix: str) -> bool:
     """Whether process ``pid`` has a file under ``prefix`` open (its logs, say)."""
     try:

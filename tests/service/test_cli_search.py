@@ -235,5 +235,5 @@ def test_search_quiet_tells_a_restart_once(ray_cluster, tmp_path: Path) -> None:
     lines = (proc.stdout + proc.stderr).splitlines()
     restarts = [line for line in lines if ": restart " in line]
     assert len(restarts) == 1 and ": restart 1 of 3 from its last checkpoint" in restarts[0], \
-        lines
+        (lines, box)
     assert not [line for line in lines if "(raylet)" in line or "marked dead" in line], lines

@@ -23,7 +23,14 @@ from service.records import tracking as T
 from service.records import trial_logger as TL
 from service.records.optuna_trials import LOST, RESTARTS_ATTR, TUNE_TRIAL_ID, WAITING_ATTR
 from service.spec import StudySpec
-from tests.service.processes import KILLED_TRIAL_EPOCHS, an_epoch_logged, holds_open, processes
+from tests.service.processes import (
+    KILLED_TRIAL_EPOCHS,
+    an_epoch_logged,
+    holds_open,
+    processes,
+    started_at,
+    uptime,
+)
 
 
 def run_study(*args, **kwargs):
@@ -135,19 +142,26 @@ def _run_study_beside(spec, beside):
 
 def _kill_after_first_epoch(result_box: dict, tmp_path: Path, stop: threading.Event) -> None:
     """Once a trial has logged its first epoch to MLflow, SIGKILL the Ray worker process
-    that trains it (as a crashed worker or a lost node would end it)."""
+    that trains it (as a crashed worker or a lost node would end it): a trial actor of
+    this session's cluster started since this began (an older one is an earlier test's,
+    on its way out), the newest."""
+    since = uptime()
     while not stop.is_set():
         if an_epoch_logged(f"sqlite:///{tmp_path / 'mlflow.db'}"):
             # this session's cluster only: its processes hold files of its temp dir open
             # (another cluster on this machine, a namespace test's, is not ours to kill)
             ours = f"/tmp/credit-test-ray-{os.getpid()}/"
-            for pid, cmd in processes():
-                if cmd.startswith("ray::") and "ImplicitFunc" in cmd \
-                        and holds_open(pid, ours):
-                    os.kill(pid, signal.SIGKILL)
-                    result_box["killed_at"] = time.time()
-                    result_box["pid"] = pid
-                    return
+            actors = [(started_at(pid), pid) for pid, cmd in processes()
+                      if cmd.startswith("ray::") and "ImplicitFunc" in cmd
+                      and holds_open(pid, ours)]
+            result_box["older"] = [pid for start, pid in actors if (start or 0) < since]
+            new = sorted((start, pid) for start, pid in actors if (start or 0) >= since)
+            if new:
+                pid = new[-1][1]
+                os.kill(pid, signal.SIGKILL)
+                result_box["killed_at"] = time.time()
+                result_box["pid"] = pid
+                return
         time.sleep(0.2)
 
 
