@@ -36,8 +36,8 @@ CHECKPOINT_FILE = "trainer.pt"
 #: A trial checkpoints its first epoch, its last, and any other once this many seconds
 #: have passed since its last checkpoint. Tune deletes a trial's checkpoints beyond the
 #: newest ``service.runner.tuner.CHECKPOINTS_KEPT`` as it gets them, while the experiment
-#: state a restore reads is uploaded every few seconds: a trial checkpointing every
-#: 0.1-second epoch had deleted the checkpoint that state named before it was uploaded,
+#: state a restore reads is uploaded every few seconds: a trial checkpointing each of
+#: its sub-second epochs had deleted the checkpoint that state named before it was uploaded,
 #: and the study could not resume. Paced, that state must be (CHECKPOINTS_KEPT - 1)
 #: periods (20 s) stale for it.
 CHECKPOINT_PERIOD_S = 5.0
@@ -105,12 +105,24 @@ class CheckpointPace:
         self.period_s, self.clock = period_s, clock
         self.last: float | None = None
 
-    def due(self, epoch: int, epochs: int) -> bool:
+    def due(self, last: bool) -> bool:
+        """Whether this epoch (``last``: the trial's final one) gets a checkpoint."""
         now = self.clock()
-        if self.last is None or epoch >= epochs or now - self.last >= self.period_s:
+        if self.last is None or last or now - self.last >= self.period_s:
             self.last = now
             return True
         return False
+
+    def report(self, metrics: dict[str, Any], last: bool,
+               save: Callable[[Path], None]) -> None:
+        """Report an epoch's ``metrics``, with the checkpoint ``save(folder)`` writes when
+        one is due."""
+        if not self.due(last):
+            session().report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="credit-ckpt-") as tmp:
+            save(Path(tmp))
+            session().report(metrics, Path(tmp))
 
 
 class ReportToTune(Callback):
@@ -125,12 +137,8 @@ class ReportToTune(Callback):
         self.pace = CheckpointPace()
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        if not self.pace.due(trainer.epoch, trainer.config.epochs):
-            session().report(dict(metrics))
-            return
-        with tempfile.TemporaryDirectory(prefix="credit-ckpt-") as tmp:
-            trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE)
-            session().report(dict(metrics), Path(tmp))
+        self.pace.report(dict(metrics), trainer.epoch >= trainer.config.epochs,
+                         lambda folder: trainer.save_checkpoint(folder / CHECKPOINT_FILE))
 
 
 def trial_threads(config: TrainConfig, cpus: float) -> int:
@@ -305,13 +313,9 @@ def train_population(config: dict[str, Any], metric: str, mode: str,
             pop.run_epoch()
             if halving is not None:
                 pop.halve(*halving)
-            if not pace.due(pop.epoch if any(g.keys for g in pop.groups) else pop.epochs,
-                            pop.epochs):
-                session().report(pop.report())
-                continue
-            with tempfile.TemporaryDirectory(prefix="credit-ckpt-") as tmp:
-                torch.save(pop.state_dict(), Path(tmp) / POPULATION_FILE)
-                session().report(pop.report(), Path(tmp))
+            pace.report(pop.report(),
+                        pop.epoch >= pop.epochs or not any(g.keys for g in pop.groups),
+                        lambda folder: torch.save(pop.state_dict(), folder / POPULATION_FILE))
     except Exception as error:
         last = None if on_error is None else on_error(error, 0 if pop is None else pop.epoch)
         if last is None or pop is None:

@@ -69,13 +69,13 @@ def test_a_trial_checkpoints_its_first_and_last_epochs_and_one_a_period_between(
     due = []
     for epoch in range(1, 11):
         now[0] += 1.5  # an epoch takes 1.5 s
-        due.append(pace.due(epoch, 10))
+        due.append(pace.due(epoch == 10))
     # epoch 1 (t=1.5), then t >= 6.5: epoch 5 (t=7.5), epoch 9 (t=13.5), the last
     assert [e for e, d in zip(range(1, 11), due, strict=True) if d] == [1, 5, 9, 10]
     slow = CheckpointPace(period_s=5.0, clock=lambda: now[0])
     for epoch in range(1, 4):
         now[0] += 6.0  # epochs longer than the period: every one
-        assert slow.due(epoch, 3)
+        assert slow.due(epoch == 3)
 
 
 def test_a_trial_of_quick_epochs_checkpoints_no_more_than_its_pace(ray_local, tmp_path):
