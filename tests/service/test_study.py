@@ -58,8 +58,12 @@ def _optuna_trials(spec):
 
 
 def test_random_search_best_matches_optuna_and_mlflow(ray_cluster, tmp_path):
+    # Epochs long enough that three trials overlap (the cluster has 3 CPUs, one trial
+    # each): warm trials of TINY's 15 batches can end before Tune starts the next one,
+    # and then all of them may run on the head node.
     spec = StudySpec(space="mnist-fc-node-perturbation", max_trials=4, parallel_trials=3,
-                     sampler="random", seed=1, **TINY, **_stores(tmp_path, "rs"))
+                     sampler="random", seed=1, **dict(TINY, batches_per_epoch=1000),
+                     **_stores(tmp_path, "rs"))
     seen = []
     result = run_study(spec, progress=seen.append)
     assert result.status == "SUCCEEDED"
@@ -93,7 +97,9 @@ def test_random_search_best_matches_optuna_and_mlflow(ray_cluster, tmp_path):
     assert parent.data.metrics["best_test_error"] == pytest.approx(result.best_value)
     assert parent.data.tags["credit.best_run_id"] == result.best_run_id
     # trials ran on both nodes of the cluster
-    assert len({r.data.tags.get("credit.node_id") for r in children}) == 2
+    spans = sorted((r.info.start_time, r.info.end_time, r.data.tags.get("credit.node_id", "")[:8])
+                   for r in children)
+    assert len({r.data.tags.get("credit.node_id") for r in children}) == 2, spans
 
 
 #: A space whose lr 5000 diverges in epoch 1 and 0.05 trains.
