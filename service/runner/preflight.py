@@ -28,8 +28,7 @@ from mlflow.tracking import MlflowClient
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from service.records.tune_storage import S3_ENDPOINT_ENV, STORAGE_ENV, tune_storage
-from service.runner.ray_cluster import worker_env
-from service.runner.worker_code import LOAD_DATASET, apply_env
+from service.runner.worker_code import LOAD_DATASET
 from service.spec import StudyError
 
 MARKER_DIR = ".credit-preflight"
@@ -69,10 +68,8 @@ def serve_problem(settings, nodes: list) -> str | None:
 
 def _node_check(location: str, endpoint: str | None, marker: str, token: str,
                 tracking_uri: str, experiment_id: str, experiment_name: str,
-                dataset: str, data_dir: str | None,
-                env: dict[str, str] | None = None) -> list[str]:
+                dataset: str, data_dir: str | None) -> list[str]:
     """Runs ON a node: the problems found there (empty: all good)."""
-    apply_env(env)
     problems = []
     if endpoint:
         os.environ[S3_ENDPOINT_ENV] = endpoint
@@ -143,7 +140,7 @@ def check_cluster(spec, tracking_uri: str, experiment_id: str) -> int:
     task = ray.remote(num_cpus=0, max_retries=0)(_node_check)
     args: tuple[Any, ...] = (store.location, os.environ.get(S3_ENDPOINT_ENV), marker, token,
                              tracking_uri, experiment_id, spec.experiment_name,
-                             config.dataset, config.data_dir, worker_env())
+                             config.dataset, config.data_dir)
     refs = {
         ref: node for node in nodes
         for ref in [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(

@@ -26,7 +26,6 @@ import ray
 from ray import tune
 
 from service.runner import launch
-from service.runner.worker_code import apply_env
 
 __all__ = ["TrialProcessError", "pack", "train_population", "train_trial"]
 
@@ -40,22 +39,17 @@ def pack(**kwargs: Any) -> bytes:
     return pickle.dumps(kwargs)
 
 
-def train_trial(config: dict[str, Any], packed: bytes,
-                env: dict[str, str] | None = None) -> None:
-    """``trainables.tune.train_trial`` for Tune, in this node's warm trainer; ``env``:
-    the study's variables (``ray_cluster.worker_env``)."""
-    _relay("trainables.tune:train_trial", config, packed, env)
+def train_trial(config: dict[str, Any], packed: bytes) -> None:
+    """``trainables.tune.train_trial`` for Tune, in this node's warm trainer."""
+    _relay("trainables.tune:train_trial", config, packed)
 
 
-def train_population(config: dict[str, Any], packed: bytes,
-                     env: dict[str, str] | None = None) -> None:
+def train_population(config: dict[str, Any], packed: bytes) -> None:
     """``trainables.tune.train_population`` for Tune, in this node's warm trainer."""
-    _relay("trainables.tune:train_population", config, packed, env)
+    _relay("trainables.tune:train_population", config, packed)
 
 
-def _relay(target: str, config: dict[str, Any], packed: bytes,
-           env: dict[str, str] | None) -> None:
-    apply_env(env)  # before anything reads one; a fork of the warm trainer gets them too
+def _relay(target: str, config: dict[str, Any], packed: bytes) -> None:
     context = tune.get_context()
     resources = context.get_trial_resources().required_resources
     path = None if resources.get("GPU", 0) else launch.socket_path(role="trainer")

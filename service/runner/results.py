@@ -18,7 +18,6 @@ from service.records.trial_logger import TrialLoggerFactory
 from service.records.tune_storage import tune_storage
 from service.records.warm_start import own_trials
 from service.runner.failures import TrialErrors, failure_kind, trial_failure
-from service.runner.ray_cluster import worker_env
 from service.runner.relay import pack
 from service.runner.tuner import result_loggers, tune_environment
 from service.runner.worker_code import TRAIN_TRIAL
@@ -179,8 +178,7 @@ def final_evaluation(spec: StudySpec, result: StudyResult, tracking_uri: str,
     config["seed"] = tune.grid_search(seeds)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(TRAIN_TRIAL, packed=pack(
-            callback_factory=factory, on_error=TrialErrors(spec.objective.metric)),
-            env=worker_env()),
+            callback_factory=factory, on_error=TrialErrors(spec.objective.metric))),
             spec.resources.ray()),
         param_space=config,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.parallel_trials,

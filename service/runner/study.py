@@ -35,7 +35,7 @@ from service.runner.failures import (
 )
 from service.runner.monitor import StudyMonitor
 from service.runner.preflight import check_cluster, local_tracking
-from service.runner.ray_cluster import connect_ray, leave_ray, quiet_ray, worker_env
+from service.runner.ray_cluster import connect_ray, leave_ray, quiet_ray
 from service.runner.recovery import Recovery
 from service.runner.relay import pack
 from service.runner.resources import ResourceWatch
@@ -145,12 +145,10 @@ def _tuner(spec: StudySpec, records: _Records, monitor, resume: bool):
     if members(spec) > 1:  # K configurations per Ray trial, one stacked model
         trainable = tune.with_parameters(TRAIN_POPULATION, packed=pack(
             metric=spec.objective.metric, mode=spec.objective.mode,
-            callback_factory=factory, on_error=errors, halving=halving(spec)),
-            env=worker_env())
+            callback_factory=factory, on_error=errors, halving=halving(spec)))
     else:
         trainable = tune.with_parameters(TRAIN_TRIAL, packed=pack(callback_factory=factory,
-                                                                  on_error=errors),
-                                         env=worker_env())
+                                                                  on_error=errors))
     trainable = tune.with_resources(trainable, spec.resources.ray())
     tune_store = tune_storage()
     if resume and can_restore(tune_store, spec.name):

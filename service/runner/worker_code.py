@@ -11,17 +11,10 @@ reads these names as imports of this module.
 
 from __future__ import annotations
 
-import os
 import pkgutil
 from typing import Any
 
-__all__ = ["LOAD_DATASET", "TRAIN_POPULATION", "TRAIN_TRIAL", "WorkerCode", "apply_env"]
-
-
-def apply_env(env: dict[str, str] | None) -> None:
-    """In a Ray worker, first thing: the study's variables (``ray_cluster.worker_env``),
-    as the runtime environment its workers start without would have set them."""
-    os.environ.update(env or {})
+__all__ = ["LOAD_DATASET", "TRAIN_POPULATION", "TRAIN_TRIAL", "WorkerCode"]
 
 
 class WorkerCode:
