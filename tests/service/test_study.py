@@ -97,9 +97,10 @@ def test_random_search_best_matches_optuna_and_mlflow(ray_cluster, tmp_path):
     assert parent.data.metrics["best_test_error"] == pytest.approx(result.best_value)
     assert parent.data.tags["credit.best_run_id"] == result.best_run_id
     # trials ran on both nodes of the cluster
-    spans = sorted((r.info.start_time, r.info.end_time, r.data.tags.get("credit.node_id", "")[:8])
-                   for r in children)
-    assert len({r.data.tags.get("credit.node_id") for r in children}) == 2, spans
+    nodes = [r.data.tags.get("credit.node_id", "") for r in children]
+    spans = sorted((r.info.start_time, r.info.end_time, node[:8])
+                   for r, node in zip(children, nodes, strict=True))
+    assert len(set(nodes)) == 2, spans
 
 
 #: A space whose lr 5000 diverges in epoch 1 and 0.05 trains.
@@ -177,8 +178,7 @@ def test_a_trial_whose_worker_dies_restarts_from_its_checkpoint(ray_cluster, tmp
     the trial COMPLETE, one Optuna trial, one MLflow run FINISHED with one point per
     epoch, and the restart counted in both."""
     spec = StudySpec(space="mnist-fc-backprop", max_trials=1, epochs=KILLED_TRIAL_EPOCHS,
-                     batches_per_epoch=150,
-                     dataset="mnist-5k", **_stores(tmp_path, "restarts"))
+                     batches_per_epoch=150, dataset="mnist-5k", **_stores(tmp_path, "restarts"))
     box: dict = {}
     result = _run_study_beside(spec, lambda stop: _kill_after_first_epoch(box, tmp_path, stop))
     assert "killed_at" in box, "no trial worker was found to kill"
